@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the whole suite. pytest exit 5 ("no tests collected") means the suite's wiring is
+# broken (bad testpaths, import errors hidden by collection), so it is a failure here.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python -m pytest -p no:cacheprovider -q -rfEs --timeout=1200 --durations=15 "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "run_tests: pytest collected no tests — the test suite's wiring is broken" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,196 @@
+"""Adapters (named lines of versions) and their immutable versions.
+
+A push validates the archive completely (``shared.archives``) before anything is stored, then
+stores the blob (atomic, content-addressed) and records the version in one transaction. Two
+simultaneous pushes race only on the version number; the unique constraint decides and the
+loser retries with the next number.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.registry.domain import catalog
+from services.registry.domain.events import enqueue_event
+from services.registry.storage.artifacts import FileArtifactStore
+from services.registry.storage.tables import AdapterRow, VersionRow
+from shared.archives import ArchiveLimits, validate_archive
+from shared.db import Database
+from shared.errors import Conflict, InternalError, NotFound, Unprocessable
+from shared.modelref import version_ref
+from shared.schemas.registry import VersionMetadata
+
+PUSH_RETRIES = 8
+
+
+def new_adapter_id() -> str:
+    return "ad-" + secrets.token_hex(12)
+
+
+def find_adapter(s: Session, tenant: str, name: str) -> AdapterRow | None:
+    return s.scalars(
+        select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.name == name)
+    ).first()
+
+
+def get_adapter(s: Session, tenant: str, name: str, *, lock: bool = False) -> AdapterRow:
+    """Another tenant's adapter is indistinguishable from a missing one (404)."""
+    stmt = select(AdapterRow).where(AdapterRow.tenant == tenant, AdapterRow.name == name)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = s.scalars(stmt).first()
+    if row is None:
+        raise NotFound(f"adapter {name!r} not found", param="name", code="adapter_not_found")
+    return row
+
+
+def create_adapter(s: Session, tenant: str, name: str, description: str = "") -> AdapterRow:
+    if find_adapter(s, tenant, name) is not None:
+        raise Conflict(f"adapter {name!r} already exists", param="name", code="adapter_exists")
+    row = AdapterRow(id=new_adapter_id(), tenant=tenant, name=name, description=description)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def list_adapters(
+    s: Session, tenant: str, after: str | None, limit: int
+) -> tuple[list[AdapterRow], bool]:
+    stmt = select(AdapterRow).where(AdapterRow.tenant == tenant).order_by(AdapterRow.name)
+    if after:
+        stmt = stmt.where(AdapterRow.name > after)
+    rows = list(s.scalars(stmt.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def get_version(s: Session, tenant: str, name: str, number: int) -> VersionRow:
+    adapter = get_adapter(s, tenant, name)
+    row = s.scalars(
+        select(VersionRow).where(VersionRow.adapter_id == adapter.id, VersionRow.number == number)
+    ).first()
+    if row is None:
+        raise NotFound(
+            f"adapter {name!r} has no version {number}", param="version", code="version_not_found"
+        )
+    return row
+
+
+def list_versions(
+    s: Session, tenant: str, name: str, after: int | None, limit: int
+) -> tuple[list[VersionRow], bool]:
+    adapter = get_adapter(s, tenant, name)
+    stmt = select(VersionRow).where(VersionRow.adapter_id == adapter.id).order_by(VersionRow.number)
+    if after is not None:
+        stmt = stmt.where(VersionRow.number > after)
+    rows = list(s.scalars(stmt.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+@dataclass(frozen=True)
+class PushPolicy:
+    max_rank: int
+    limits: ArchiveLimits
+    system_urls: list[str]
+
+
+def push_version(
+    db: Database,
+    store: FileArtifactStore,
+    *,
+    tenant: str,
+    name: str,
+    archive: Path,
+    meta: VersionMetadata,
+    actor: str,
+    policy: PushPolicy,
+) -> VersionRow:
+    """Validate, store and record one adapter version. Nothing is kept if validation fails."""
+    with db.session() as s:
+        base = catalog.get_model(s, tenant, meta.base_model, param="metadata.base_model")
+        spec = catalog.spec_of(base)
+    work = Path(tempfile.mkdtemp(prefix="push-", dir=store.staging_dir()))
+    try:
+        _, info = validate_archive(
+            archive, work, spec, max_rank=policy.max_rank, limits=policy.limits
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    digest, size = store.put_file(archive)
+    lineage = meta.lineage.model_copy(update={"base_model": meta.lineage.base_model or base.id})
+    for _ in range(PUSH_RETRIES):
+        try:
+            with db.session(write=True) as s:
+                adapter = find_adapter(s, tenant, name) or create_adapter(s, tenant, name)
+                number = (
+                    s.scalar(
+                        select(func.max(VersionRow.number)).where(
+                            VersionRow.adapter_id == adapter.id
+                        )
+                    )
+                    or 0
+                ) + 1
+                row = VersionRow(
+                    adapter_id=adapter.id,
+                    number=number,
+                    sha256=digest,
+                    size_bytes=size,
+                    base_model=base.id,
+                    rank=info.rank,
+                    alpha=info.alpha,
+                    target_modules=list(info.target_modules),
+                    description=meta.description,
+                    lineage=lineage.model_dump(),
+                    labels=meta.labels,
+                    created_by=actor,
+                )
+                s.add(row)
+                s.flush()
+                enqueue_event(
+                    s,
+                    tenant,
+                    "version.created",
+                    {
+                        "adapter": name,
+                        "version": number,
+                        "sha256": digest,
+                        "ref": version_ref(tenant, name, number),
+                        "base_model": base.id,
+                    },
+                    policy.system_urls,
+                )
+                s.expunge(row)
+                return row
+        except IntegrityError:
+            continue  # a concurrent push took this number (or created the adapter); go again
+    raise InternalError("could not allocate a version number under contention")
+
+
+def delete_adapter(db: Database, store: FileArtifactStore, tenant: str, name: str) -> None:
+    """Remove an adapter with its versions and aliases; blobs no version uses any more go too.
+
+    Inference replicas keep their own verified copies, so nothing they may still load is
+    deleted from under them.
+    """
+    with db.session(write=True) as s:
+        adapter = get_adapter(s, tenant, name, lock=True)
+        if adapter.aliases:
+            names = ", ".join(sorted(a.name for a in adapter.aliases))
+            raise Unprocessable(
+                f"adapter {name!r} still has aliases ({names}); delete them first",
+                param="name",
+                code="adapter_has_aliases",
+            )
+        digests = {v.sha256 for v in adapter.versions}
+        s.delete(adapter)
+        s.flush()
+        still_used = set(s.scalars(select(VersionRow.sha256).where(VersionRow.sha256.in_(digests))))
+    for digest in digests - still_used:
+        store.delete(digest)

@@ -1,0 +1,213 @@
+"""Adapters, versions (archive push/download) and aliases."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+
+from services.registry.deps import Actor, State
+from services.registry.domain import adapters as domain
+from services.registry.domain import aliases
+from services.registry.domain.views import adapter_out, alias_out, move_out, version_out
+from shared.app import request_id_of
+from shared.auth import TenantId
+from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.modelref import NAME_RE
+from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
+from shared.schemas.registry import (
+    AdapterCreate,
+    AdapterOut,
+    AdapterVersionOut,
+    AliasMoveOut,
+    AliasOut,
+    AliasSet,
+    VersionMetadata,
+)
+
+router = APIRouter(tags=["adapters"])
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+@router.get("/v1/adapters", response_model=ListResponse[AdapterOut])
+def list_adapters(
+    st: State, tenant: TenantId, after: str | None = None, limit: Limit = DEFAULT_LIMIT
+) -> ListResponse[AdapterOut]:
+    with st.db.session() as s:
+        rows, more = domain.list_adapters(s, tenant, after, limit)
+        return ListResponse(data=[adapter_out(r) for r in rows], has_more=more)
+
+
+@router.post("/v1/adapters", response_model=AdapterOut, status_code=201)
+def create_adapter(body: AdapterCreate, st: State, tenant: TenantId) -> AdapterOut:
+    with st.db.session(write=True) as s:
+        return adapter_out(domain.create_adapter(s, tenant, body.name, body.description))
+
+
+@router.get("/v1/adapters/{name}", response_model=AdapterOut)
+def get_adapter(name: str, st: State, tenant: TenantId) -> AdapterOut:
+    with st.db.session() as s:
+        return adapter_out(domain.get_adapter(s, tenant, name))
+
+
+@router.delete("/v1/adapters/{name}")
+def delete_adapter(name: str, st: State, tenant: TenantId) -> dict[str, object]:
+    domain.delete_adapter(st.db, st.store, tenant, name)
+    return {"id": name, "object": "adapter", "deleted": True}
+
+
+def _metadata(raw: str) -> VersionMetadata:
+    try:
+        return VersionMetadata.model_validate(json.loads(raw))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"metadata is not valid JSON: {exc.msg} at char {exc.pos}", param="metadata"
+        ) from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InvalidRequest(f"metadata.{field}: {err['msg']}", param=f"metadata.{field}") from exc
+
+
+def _spool(upload: UploadFile, dest_dir: Path, limit: int) -> Path:
+    """Copy the upload to a private temp file, refusing more than ``limit`` bytes."""
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar.gz", dir=dest_dir)
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                out.close()
+                os.unlink(name)
+                raise PayloadTooLarge(
+                    f"archive exceeds {limit} bytes", param="file", code="archive_too_large"
+                )
+            out.write(chunk)
+    return Path(name)
+
+
+@router.post("/v1/adapters/{name}/versions", response_model=AdapterVersionOut, status_code=201)
+def push_version(
+    name: str,
+    request: Request,
+    st: State,
+    tenant: TenantId,
+    actor: Actor,
+    file: Annotated[UploadFile, File(description="PEFT LoRA adapter directory as .tar.gz")],
+    metadata: Annotated[str, Form(max_length=64 * 1024)],
+) -> AdapterVersionOut:
+    if not NAME_RE.match(name):
+        raise InvalidRequest(f"adapter name {name!r} is invalid", param="name")
+    meta = _metadata(metadata)
+    archive = _spool(file, st.store.staging_dir(), st.policy.limits.max_archive_bytes)
+    try:
+        row = domain.push_version(
+            st.db,
+            st.store,
+            tenant=tenant,
+            name=name,
+            archive=archive,
+            meta=meta,
+            actor=actor,
+            policy=st.policy,
+        )
+    finally:
+        archive.unlink(missing_ok=True)
+    st.dispatcher.notify()
+    return version_out(tenant, name, row)
+
+
+@router.get("/v1/adapters/{name}/versions", response_model=ListResponse[AdapterVersionOut])
+def list_versions(
+    name: str, st: State, tenant: TenantId, after: int | None = None, limit: Limit = DEFAULT_LIMIT
+) -> ListResponse[AdapterVersionOut]:
+    with st.db.session() as s:
+        rows, more = domain.list_versions(s, tenant, name, after, limit)
+        return ListResponse(data=[version_out(tenant, name, r) for r in rows], has_more=more)
+
+
+@router.get("/v1/adapters/{name}/versions/{version}", response_model=AdapterVersionOut)
+def get_version(name: str, version: int, st: State, tenant: TenantId) -> AdapterVersionOut:
+    with st.db.session() as s:
+        return version_out(tenant, name, domain.get_version(s, tenant, name, version))
+
+
+@router.get("/v1/adapters/{name}/versions/{version}/archive")
+def download_archive(name: str, version: int, st: State, tenant: TenantId) -> Response:
+    """The stored archive, verified against its sha256 before a byte is sent."""
+    with st.db.session() as s:
+        row = domain.get_version(s, tenant, name, version)
+    # Verify then send a private hard-linked snapshot: the blob cannot change mid-download.
+    st.store.open(row.sha256).close()
+    snapshot = Path(tempfile.mkdtemp(dir=st.store.staging_dir())) / "a.tar.gz"
+    os.link(st.store.path(row.sha256), snapshot)
+    return FileResponse(
+        snapshot,
+        media_type="application/gzip",
+        filename=f"{name}-v{version}.tar.gz",
+        headers={"X-Tunefleet-Sha256": row.sha256, "ETag": f'"{row.sha256}"'},
+        background=BackgroundTask(shutil.rmtree, snapshot.parent, ignore_errors=True),
+    )
+
+
+@router.put("/v1/adapters/{name}/aliases/{alias}", response_model=AliasOut)
+def set_alias(
+    name: str,
+    alias: str,
+    body: AliasSet,
+    request: Request,
+    st: State,
+    tenant: TenantId,
+    actor: Actor,
+) -> AliasOut:
+    row, previous = aliases.set_alias(
+        st.db,
+        tenant=tenant,
+        name=name,
+        alias=alias,
+        version=body.version,
+        actor=actor,
+        request_id=request_id_of(request),
+        system_urls=st.policy.system_urls,
+    )
+    st.dispatcher.notify()
+    return alias_out(tenant, name, row, previous)
+
+
+@router.get("/v1/adapters/{name}/aliases/{alias}", response_model=AliasOut)
+def get_alias(name: str, alias: str, st: State, tenant: TenantId) -> AliasOut:
+    with st.db.session() as s:
+        return alias_out(tenant, name, aliases.get_alias(s, tenant, name, alias))
+
+
+@router.delete("/v1/adapters/{name}/aliases/{alias}")
+def delete_alias(
+    name: str, alias: str, request: Request, st: State, tenant: TenantId, actor: Actor
+) -> dict[str, object]:
+    aliases.delete_alias(
+        st.db,
+        tenant=tenant,
+        name=name,
+        alias=alias,
+        actor=actor,
+        request_id=request_id_of(request),
+        system_urls=st.policy.system_urls,
+    )
+    st.dispatcher.notify()
+    return {"id": f"{name}@{alias}", "object": "adapter.alias", "deleted": True}
+
+
+@router.get("/v1/adapters/{name}/alias-moves", response_model=ListResponse[AliasMoveOut])
+def alias_moves(
+    name: str, st: State, tenant: TenantId, limit: Limit = DEFAULT_LIMIT
+) -> ListResponse[AliasMoveOut]:
+    with st.db.session() as s:
+        return ListResponse(data=[move_out(m) for m in aliases.list_moves(s, tenant, name, limit)])

@@ -1,0 +1,1 @@
+"""Registry persistence: SQL tables and the content-addressed artifact store."""

@@ -1,0 +1,134 @@
+"""Registry tables (owner: registry; nobody else reads them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BaseModelRow(Base):
+    __tablename__ = "base_models"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), default="system")
+    path: Mapped[str] = mapped_column(Text)
+    hub_id: Mapped[str | None] = mapped_column(String(200))
+    revision: Mapped[str | None] = mapped_column(String(64))
+    weights_sha256: Mapped[str | None] = mapped_column(String(64))
+    architecture: Mapped[str] = mapped_column(String(64))
+    max_context: Mapped[int] = mapped_column(Integer)
+    has_chat_template: Mapped[bool] = mapped_column(default=False)
+    # module path -> [out, in]; what adapter validation checks target modules/shapes against
+    linear_shapes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class AdapterRow(Base):
+    __tablename__ = "adapters"
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_adapter_tenant_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    versions: Mapped[list[VersionRow]] = relationship(
+        back_populates="adapter", cascade="all, delete-orphan", order_by="VersionRow.number"
+    )
+    aliases: Mapped[list[AliasRow]] = relationship(
+        back_populates="adapter", cascade="all, delete-orphan"
+    )
+
+
+class VersionRow(Base):
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("adapter_id", "number", name="uq_version_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    base_model: Mapped[str] = mapped_column(String(64))
+    rank: Mapped[int] = mapped_column(Integer)
+    alpha: Mapped[float] = mapped_column()
+    target_modules: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text, default="")
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    adapter: Mapped[AdapterRow] = relationship(back_populates="versions")
+
+
+class AliasRow(Base):
+    __tablename__ = "adapter_aliases"
+
+    adapter_id: Mapped[str] = mapped_column(
+        ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+    adapter: Mapped[AdapterRow] = relationship(back_populates="aliases")
+
+
+class AliasMoveRow(Base):
+    """Append-only history of alias moves: who, when, from, to."""
+
+    __tablename__ = "alias_moves"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    adapter: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(32))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class WebhookRow(Base):
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class DeliveryRow(Base):
+    """Outbox: written in the same transaction as the change it announces."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    webhook_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    event: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(default=0.0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)

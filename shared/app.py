@@ -1,0 +1,192 @@
+"""The pieces every service app is assembled from.
+
+``create_service_app`` gives a FastAPI app with: the request-context middleware (request id,
+tenant, JSON access log, HTTP metrics), the one error handler that renders API.md's envelope,
+and ``/healthz``, ``/readyz``, ``/metrics``. Services add their routers and lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.errors import STATUS_TO_ERROR, InvalidRequest, TunefleetError
+from shared.logging import request_id_var, tenant_var
+from shared.metrics import CONTENT_TYPE_LATEST, HttpMetrics, new_registry, render
+
+log = logging.getLogger("tunefleet.http")
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""Returns None when ready, else the reason it is not."""
+
+_QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex[:24]
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware): streams pass through untouched and cheaply."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or new_request_id()
+        tenant = headers.get(b"x-tenant-id", b"").decode("latin-1")[:64] or None
+        rid_token = request_id_var.set(rid)
+        tenant_token = tenant_var.set(tenant)
+        scope.setdefault("state", {})["request_id"] = rid
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *[(k, v) for k, v in message["headers"] if k.lower() != b"x-request-id"],
+                    (b"x-request-id", rid.encode("latin-1")),
+                ]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(scope["method"], template, status, elapsed)
+            if scope["path"] not in _QUIET_PATHS:
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "route": template,
+                        "status": status,
+                        "ms": round(elapsed * 1000, 2),
+                    },
+                )
+            request_id_var.reset(rid_token)
+            tenant_var.reset(tenant_token)
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def error_response(exc: TunefleetError, request_id: str | None) -> JSONResponse:
+    headers = dict(exc.headers)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return JSONResponse(exc.to_dict(request_id), status_code=exc.status, headers=headers)
+
+
+def _validation_param(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The one place domain errors become HTTP: the envelope of API.md, never a traceback."""
+
+    @app.exception_handler(TunefleetError)
+    async def _domain(request: Request, exc: TunefleetError) -> JSONResponse:
+        return error_response(exc, request_id_of(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = _validation_param(tuple(first.get("loc", ())))
+        msg = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+        return error_response(InvalidRequest(msg, param=param or None), request_id_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        cls = STATUS_TO_ERROR.get(exc.status_code, InvalidRequest)
+        err = TunefleetError.__new__(cls)
+        TunefleetError.__init__(err, str(exc.detail), code=_http_code(exc.status_code))
+        err.status = exc.status_code  # type: ignore[misc]  # e.g. 405 keeps its own status
+        return error_response(err, request_id_of(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"error_type": type(exc).__name__})
+        err = TunefleetError("internal error; quote the request id when reporting it")
+        return error_response(err, request_id_of(request))
+
+
+def _http_code(status: int) -> str:
+    return {404: "not_found", 405: "method_not_allowed"}.get(status, f"http_{status}")
+
+
+def create_service_app(
+    service: str,
+    *,
+    internal_token: str,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
+    title: str | None = None,
+    registry: CollectorRegistry | None = None,
+) -> FastAPI:
+    """A FastAPI app with the fleet's middleware, error envelope and health endpoints.
+
+    Readiness: append async checks to ``app.state.readiness_checks``; ``/readyz`` is 503 with
+    the first failing reason, and also while ``app.state.draining`` is set.
+    """
+    app = FastAPI(title=title or f"tunefleet {service}", lifespan=lifespan)
+    app.state.service = service
+    app.state.internal_token = internal_token
+    app.state.metrics_registry = registry or new_registry()
+    app.state.http_metrics = HttpMetrics(app.state.metrics_registry, service)
+    app.state.readiness_checks = []
+    app.state.draining = False
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.http_metrics)
+    install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        reason = "draining" if app.state.draining else None
+        for check in app.state.readiness_checks:
+            if reason:
+                break
+            try:
+                reason = await check()
+            except Exception as exc:  # a readiness probe must answer, never raise
+                reason = f"{type(exc).__name__}: {exc}"
+        if reason:
+            return JSONResponse(
+                {"status": "unavailable", "service": service, "reason": reason},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+        return JSONResponse({"status": "ready", "service": service})
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(render(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,1 @@
+"""Typed async clients, one small class per service, over httpx."""

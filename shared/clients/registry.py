@@ -1,0 +1,133 @@
+"""Typed async client for the adapter registry (used by gateway, training, inference)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from shared.clients.base import ServiceClient
+from shared.errors import InternalError
+from shared.schemas.common import ListResponse
+from shared.schemas.registry import (
+    AdapterOut,
+    AdapterVersionOut,
+    AliasMoveOut,
+    AliasOut,
+    BaseModelOut,
+    Resolution,
+    VersionMetadata,
+    WebhookOut,
+)
+
+
+class RegistryClient(ServiceClient):
+    service = "registry"
+
+    async def resolve(self, tenant: str, model: str) -> Resolution:
+        data = await self.json("GET", "/v1/resolve", tenant=tenant, params={"model": model})
+        return Resolution.model_validate(data)
+
+    async def list_base_models(self, tenant: str) -> list[BaseModelOut]:
+        data = await self.json("GET", "/v1/base-models", tenant=tenant)
+        return ListResponse[BaseModelOut].model_validate(data).data
+
+    async def list_adapters(
+        self, tenant: str, *, after: str | None = None, limit: int = 100
+    ) -> ListResponse[AdapterOut]:
+        params: dict[str, Any] = {"limit": limit}
+        if after:
+            params["after"] = after
+        data = await self.json("GET", "/v1/adapters", tenant=tenant, params=params)
+        return ListResponse[AdapterOut].model_validate(data)
+
+    async def get_adapter(self, tenant: str, name: str) -> AdapterOut:
+        return AdapterOut.model_validate(
+            await self.json("GET", f"/v1/adapters/{name}", tenant=tenant)
+        )
+
+    async def push_version(
+        self,
+        tenant: str,
+        name: str,
+        archive: Path,
+        metadata: VersionMetadata,
+        *,
+        actor: str | None = None,
+    ) -> AdapterVersionOut:
+        headers = {"X-Tunefleet-Actor": actor} if actor else None
+        with archive.open("rb") as fh:
+            data = await self.json(
+                "POST",
+                f"/v1/adapters/{name}/versions",
+                tenant=tenant,
+                headers=headers,
+                files={"file": (archive.name, fh, "application/gzip")},
+                data={"metadata": metadata.model_dump_json()},
+            )
+        return AdapterVersionOut.model_validate(data)
+
+    async def list_versions(self, tenant: str, name: str) -> list[AdapterVersionOut]:
+        data = await self.json(
+            "GET", f"/v1/adapters/{name}/versions", tenant=tenant, params={"limit": 100}
+        )
+        return ListResponse[AdapterVersionOut].model_validate(data).data
+
+    async def get_version(self, tenant: str, name: str, version: int) -> AdapterVersionOut:
+        return AdapterVersionOut.model_validate(
+            await self.json("GET", f"/v1/adapters/{name}/versions/{version}", tenant=tenant)
+        )
+
+    async def download_archive(
+        self, tenant: str, name: str, version: int, dest: Path, *, sha256: str | None = None
+    ) -> Path:
+        """Stream an archive to ``dest`` (atomic rename), verifying its sha256 on the way."""
+        path = f"/v1/adapters/{name}/versions/{version}/archive"
+        tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
+        h = hashlib.sha256()
+        async with self._http.stream("GET", path, headers=self._headers(tenant)) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                raise self._error(resp)
+            expected = sha256 or resp.headers.get("X-Tunefleet-Sha256")
+            with tmp.open("wb") as out:
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+        if expected and h.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise InternalError(f"archive of {name}@v{version} failed its sha256 check")
+        tmp.replace(dest)
+        return dest
+
+    async def set_alias(
+        self, tenant: str, name: str, alias: str, version: int, *, actor: str | None = None
+    ) -> AliasOut:
+        headers = {"X-Tunefleet-Actor": actor} if actor else None
+        data = await self.json(
+            "PUT",
+            f"/v1/adapters/{name}/aliases/{alias}",
+            tenant=tenant,
+            headers=headers,
+            json={"version": version},
+        )
+        return AliasOut.model_validate(data)
+
+    async def delete_alias(self, tenant: str, name: str, alias: str) -> None:
+        await self.request("DELETE", f"/v1/adapters/{name}/aliases/{alias}", tenant=tenant)
+
+    async def alias_moves(self, tenant: str, name: str) -> list[AliasMoveOut]:
+        data = await self.json("GET", f"/v1/adapters/{name}/alias-moves", tenant=tenant)
+        return ListResponse[AliasMoveOut].model_validate(data).data
+
+    async def create_webhook(self, tenant: str, url: str, events: list[str]) -> WebhookOut:
+        data = await self.json(
+            "POST",
+            "/v1/webhooks",
+            tenant=tenant,
+            content=json.dumps({"url": url, "events": events}),
+            headers={"Content-Type": "application/json"},
+        )
+        return WebhookOut.model_validate(data)

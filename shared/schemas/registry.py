@@ -1,0 +1,171 @@
+"""Wire models of the adapter registry (API.md: adapter registry)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.modelref import ALIAS_RE, NAME_RE
+
+WebhookEvent = Literal["alias.moved", "alias.deleted", "version.created", "job.succeeded"]
+
+
+class BaseModelCreate(BaseModel):
+    id: str = Field(pattern=NAME_RE.pattern, description="catalog id, e.g. 'tiny-llama'")
+    path: str = Field(description="local Hugging Face model directory")
+    hub_id: str | None = None
+    revision: str | None = None
+    max_context: int | None = Field(default=None, ge=16)
+
+
+class BaseModelOut(BaseModel):
+    id: str
+    object: Literal["base_model"] = "base_model"
+    path: str
+    hub_id: str | None
+    revision: str | None
+    weights_sha256: str | None
+    architecture: str
+    max_context: int
+    has_chat_template: bool
+    owned_by: str
+    created: int
+
+
+class AdapterCreate(BaseModel):
+    name: str = Field(pattern=NAME_RE.pattern)
+    description: str = Field(default="", max_length=2000)
+
+
+class AdapterOut(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    name: str
+    owned_by: str
+    description: str
+    created: int
+    latest_version: int | None
+    aliases: dict[str, int]
+
+
+class Lineage(BaseModel):
+    job_id: str | None = None
+    dataset_id: str | None = None
+    training_file: str | None = None
+    base_model: str | None = None
+    method: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class VersionMetadata(BaseModel):
+    """The ``metadata`` form field of a version push (JSON)."""
+
+    base_model: str = Field(description="catalog id the adapter was trained on")
+    description: str = Field(default="", max_length=2000)
+    lineage: Lineage = Field(default_factory=Lineage)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class AdapterVersionOut(BaseModel):
+    object: Literal["adapter.version"] = "adapter.version"
+    adapter: str
+    version: int
+    ref: str
+    sha256: str
+    size_bytes: int
+    base_model: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    description: str
+    lineage: Lineage
+    labels: dict[str, str]
+    created_by: str
+    created: int
+
+
+class AliasSet(BaseModel):
+    version: int = Field(ge=1)
+
+
+class AliasOut(BaseModel):
+    object: Literal["adapter.alias"] = "adapter.alias"
+    adapter: str
+    alias: str
+    version: int
+    previous_version: int | None = None
+    ref: str
+    updated: int
+
+
+class AliasMoveOut(BaseModel):
+    object: Literal["adapter.alias_move"] = "adapter.alias_move"
+    id: int
+    adapter: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    request_id: str | None
+    created: int
+
+
+class Resolution(BaseModel):
+    """A model string turned into what can be served. ``ref`` is immutable."""
+
+    object: Literal["model.resolution"] = "model.resolution"
+    model: str
+    kind: Literal["base", "adapter"]
+    base_model: str
+    ref: str
+    tenant: str | None = None
+    adapter: str | None = None
+    version: int | None = None
+    alias: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    rank: int | None = None
+    target_modules: list[str] | None = None
+    archive_path: str | None = None
+
+
+class WebhookCreate(BaseModel):
+    url: str = Field(pattern=r"^https?://", max_length=2000)
+    events: list[WebhookEvent] = Field(min_length=1)
+
+
+class WebhookOut(BaseModel):
+    id: str
+    object: Literal["webhook"] = "webhook"
+    url: str
+    events: list[str]
+    created: int
+    secret: str | None = Field(default=None, description="shown once, at creation")
+
+
+class WebhookDeliveryOut(BaseModel):
+    id: int
+    object: Literal["webhook.delivery"] = "webhook.delivery"
+    webhook_id: str | None
+    url: str
+    event: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created: int
+    delivered: int | None
+
+
+class EventEnvelope(BaseModel):
+    """The body of every webhook delivery."""
+
+    id: str
+    type: str
+    created: int
+    tenant: str
+    data: dict[str, Any]
+
+
+ALIAS_PATTERN = ALIAS_RE.pattern
