@@ -3,6 +3,8 @@
 # broken (bad testpaths, import errors hidden by collection), so it is a failure here.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"   # GiB; vLLM-cpu takes ~11 otherwise
+export VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0
 .venv/bin/python -m pytest -p no:cacheprovider -q -rfEs --timeout=1200 --durations=15 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

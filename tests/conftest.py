@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from asgi_lifespan import LifespanManager
 
@@ -92,3 +93,18 @@ async def registry(tmp_path: Path, db_url: str, model_dir: Path) -> AsyncIterato
             headers={"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"},
         ) as http:
             yield RegistryHarness(app=app, http=http, home=tmp_path)
+
+
+@pytest.fixture(scope="session")
+async def vllm_engine(model_dir: Path) -> AsyncIterator[object]:
+    """ONE real vLLM engine for the whole test run (starting one costs ~30 s on 2 cores)."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from tests.support.engine import start_engine
+
+    engine = await start_engine(model_dir)
+    procs = list(engine._engine_procs)
+    yield engine
+    await engine.shutdown()
+    assert engine.is_dead()
+    left = [p.pid for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"vLLM processes left after shutdown: {left}"

@@ -1,0 +1,1 @@
+"""Inference service: serves many hot-swappable LoRA adapters on one base model."""

@@ -1,0 +1,240 @@
+"""Turning OpenAI-shaped requests into engine work, with accounting.
+
+Routes hand a validated request here; this module resolves the model to an immutable
+identity, holds its adapter for the request's duration, builds the token prompt (chat
+template), bounds it by the context, and yields engine chunks while recording metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from services.inference.engine.adapters import AdapterCache
+from services.inference.engine.base import (
+    AdapterHandle,
+    AdapterLoadError,
+    EngineOverloadedError,
+    GenerationChunk,
+    GenerationRequest,
+    InferenceEngine,
+)
+from services.inference.engine.resolver import ModelResolver
+from services.inference.metrics import InferenceMetrics
+from shared.errors import InvalidRequest, NotFound, ServiceUnavailable, TunefleetError
+from shared.schemas.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
+from shared.schemas.registry import Resolution
+
+
+@dataclass
+class Prepared:
+    """One client request, resolved and tokenized, ready for the engine."""
+
+    resolution: Resolution
+    prompts: list[list[int]]
+    body: SamplingFields
+    max_tokens: int
+    request_id: str
+    metric_labels: tuple[str, str]
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def served_ref(self) -> str:
+        return self.resolution.ref
+
+
+class Server:
+    def __init__(
+        self,
+        engine: InferenceEngine,
+        cache: AdapterCache,
+        resolver: ModelResolver,
+        metrics: InferenceMetrics,
+        *,
+        base_model: str,
+        max_model_len: int,
+        default_max_tokens: int,
+        max_waiting: int,
+    ) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.resolver = resolver
+        self.metrics = metrics
+        self.base_model = base_model
+        self.max_model_len = max_model_len
+        self.default_max_tokens = default_max_tokens
+        self.max_waiting = max_waiting
+
+    # ------------------------------------------------------------------ prepare
+    async def prepare(
+        self, tenant: str, body: CompletionRequest | ChatCompletionRequest, request_id: str
+    ) -> Prepared:
+        res = await self.resolver.resolve(tenant, body.model)
+        if res.base_model != self.base_model:
+            raise NotFound(
+                f"model {body.model!r} is built on {res.base_model!r}, which this "
+                f"replica does not serve",
+                param="model",
+                code="model_not_found",
+            )
+        if isinstance(body, ChatCompletionRequest):
+            prompts = [self._chat_tokens(body)]
+            param = "messages"
+        else:
+            raw = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+            prompts = [self.engine.tokenizer(p, add_special_tokens=True)["input_ids"] for p in raw]
+            param = "prompt"
+        longest = max(len(p) for p in prompts)
+        room = self.max_model_len - longest
+        if room < 1:
+            raise InvalidRequest(
+                f"{param} is {longest} tokens; this model's context is {self.max_model_len} "
+                "tokens including the answer",
+                param=param,
+                code="context_length_exceeded",
+            )
+        if body.max_tokens is None:
+            max_tokens = min(self.default_max_tokens, room)
+        elif body.max_tokens > room:
+            raise InvalidRequest(
+                f"max_tokens {body.max_tokens} + prompt {longest} tokens exceeds the context "
+                f"of {self.max_model_len} tokens (at most {room} here)",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        else:
+            max_tokens = body.max_tokens
+        adapter = f"{res.adapter}@v{res.version}" if res.kind == "adapter" else res.ref
+        return Prepared(
+            resolution=res,
+            prompts=prompts,
+            body=body,
+            max_tokens=max_tokens,
+            request_id=request_id,
+            metric_labels=(tenant, adapter),
+        )
+
+    def _chat_tokens(self, body: ChatCompletionRequest) -> list[int]:
+        try:
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
+            ]
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="messages") from exc
+        ids = self.engine.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    # ------------------------------------------------------------------ run
+    async def stream(self, p: Prepared) -> AsyncIterator[GenerationChunk]:
+        """Chunks of every prompt's choices; choice index = prompt index * n + choice."""
+        if self.engine.is_dead():
+            raise ServiceUnavailable("inference engine is not running", code="engine_dead")
+        if self.engine.stats().get("waiting", 0) >= self.max_waiting:
+            raise EngineOverloadedError(
+                "inference engine is overloaded; retry shortly", retry_after=1
+            )
+        labels = p.metric_labels
+        start = time.perf_counter()
+        first_at: float | None = None
+        prompt_tokens = sum(len(x) for x in p.prompts)
+        status = "error"
+        try:
+            if p.resolution.kind == "adapter":
+                async with self.cache.use(p.resolution) as handle:
+                    async for chunk in self._run(p, handle):
+                        first_at = first_at or time.perf_counter()
+                        yield chunk
+            else:
+                async for chunk in self._run(p, None):
+                    first_at = first_at or time.perf_counter()
+                    yield chunk
+            status = "ok"
+        except TunefleetError as exc:
+            status = str(exc.status)
+            if isinstance(exc, AdapterLoadError):
+                self.metrics.adapter_load_failures.labels(exc.reason).inc()
+            raise
+        finally:
+            m = self.metrics
+            m.requests.labels(*labels, status).inc()
+            m.prompt_tokens.labels(*labels).inc(prompt_tokens)
+            end = time.perf_counter()
+            m.e2e.labels(*labels).observe(end - start)
+            if first_at is not None:
+                m.ttft.labels(*labels).observe(first_at - start)
+
+    async def _run(
+        self,
+        p: Prepared,
+        handle: AdapterHandle | None,
+    ) -> AsyncIterator[GenerationChunk]:
+        n = p.body.n
+        queue: asyncio.Queue[GenerationChunk | BaseException | None] = asyncio.Queue()
+        totals: dict[int, int] = {}
+        first_token_time: dict[int, float] = {}
+
+        async def one(prompt_index: int, ids: list[int]) -> None:
+            req = GenerationRequest(
+                request_id=f"{p.request_id}-{prompt_index}-{uuid.uuid4().hex[:6]}",
+                prompt_token_ids=ids,
+                max_tokens=p.max_tokens,
+                temperature=p.body.temperature,
+                top_p=p.body.top_p,
+                stop=p.body.stop,
+                seed=p.body.seed,
+                n=n,  # type: ignore[arg-type]
+                choices=p.body.choices_allowed,
+                json_schema=p.body.json_schema(),
+                adapter=handle,
+            )
+            try:
+                async for chunk in self.engine.generate(req):
+                    idx = prompt_index * n + chunk.index
+                    if chunk.first_token:
+                        first_token_time[idx] = time.perf_counter()
+                    totals[idx] = chunk.completion_tokens
+                    await queue.put(
+                        GenerationChunk(
+                            index=idx,
+                            text_delta=chunk.text_delta,
+                            finish_reason=chunk.finish_reason,
+                            prompt_tokens=chunk.prompt_tokens,
+                            completion_tokens=chunk.completion_tokens,
+                            first_token=chunk.first_token,
+                        )
+                    )
+            except BaseException as exc:  # surfaced to the consumer below
+                await queue.put(exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(one(i, ids)) for i, ids in enumerate(p.prompts)]
+        pending = len(tasks)
+        try:
+            while pending:
+                item = await queue.get()
+                if item is None:
+                    pending -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            generated = sum(totals.values())
+            labels = p.metric_labels
+            self.metrics.generation_tokens.labels(*labels).inc(generated)
+            now = time.perf_counter()
+            for idx, t0 in first_token_time.items():
+                if totals.get(idx, 0) > 1:
+                    self.metrics.tpot.labels(*labels).observe((now - t0) / (totals[idx] - 1))

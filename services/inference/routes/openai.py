@@ -1,0 +1,86 @@
+"""OpenAI-compatible routes: completions, chat completions, models."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from services.inference.deps import Srv
+from services.inference.domain.responses import complete, sse_stream
+from shared.app import request_id_of
+from shared.auth import TenantId
+from shared.errors import ServiceUnavailable
+from shared.schemas.common import ListResponse
+from shared.schemas.openai import ChatCompletionRequest, CompletionRequest, ModelCard
+
+router = APIRouter(tags=["openai"])
+VERSION_HEADER = "X-Tunefleet-Adapter-Version"
+
+
+async def _serve(
+    request: Request,
+    srv: Srv,
+    tenant: str,
+    body: CompletionRequest | ChatCompletionRequest,
+    *,
+    chat: bool,
+) -> Response:
+    if request.app.state.draining:
+        raise ServiceUnavailable("replica is draining; retry on another", code="draining")
+    rid = request_id_of(request) or uuid.uuid4().hex
+    prepared = await srv.prepare(tenant, body, rid)
+    response_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    headers = {VERSION_HEADER: prepared.served_ref}
+    chunks = srv.stream(prepared)
+    if body.stream:
+        # Pull the first chunk before answering 200, so resolution/adapter/overload errors
+        # still get their proper status instead of an error event in a 200 stream.
+        first = await anext(chunks, None)
+
+        async def replay():  # type: ignore[no-untyped-def]
+            if first is not None:
+                yield first
+            async for c in chunks:
+                yield c
+
+        return StreamingResponse(
+            sse_stream(prepared, replay(), chat=chat, response_id=response_id),
+            media_type="text/event-stream",
+            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    out = await complete(prepared, chunks, chat=chat, response_id=response_id)
+    return JSONResponse(out.model_dump(), headers=headers)
+
+
+@router.post("/v1/completions")
+async def completions(
+    body: CompletionRequest, request: Request, srv: Srv, tenant: TenantId
+) -> Response:
+    return await _serve(request, srv, tenant, body, chat=False)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, srv: Srv, tenant: TenantId
+) -> Response:
+    return await _serve(request, srv, tenant, body, chat=True)
+
+
+@router.get("/v1/models", response_model=ListResponse[ModelCard])
+async def models(srv: Srv, tenant: TenantId) -> ListResponse[ModelCard]:
+    """The base this replica serves plus the tenant's adapters (all forms that resolve)."""
+    now = int(time.time())
+    cards = [ModelCard(id=srv.base_model, created=now, owned_by="system")]
+    page = await srv.resolver.registry.list_adapters(tenant, limit=100)
+    for a in page.data:
+        if a.latest_version is None:
+            continue
+        ids = [f"{a.name}@{v}" for v in range(1, a.latest_version + 1)]
+        ids += [f"{a.name}@{alias}" for alias in a.aliases]
+        if "production" in a.aliases:
+            ids.insert(0, a.name)
+        cards += [ModelCard(id=i, created=a.created, owned_by=tenant) for i in ids]
+    return ListResponse(data=cards)

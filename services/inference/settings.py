@@ -1,0 +1,47 @@
+"""Inference settings (env prefix ``TUNEFLEET_INFERENCE_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEFLEET_INFERENCE_", extra="ignore", populate_by_name=True
+    )
+
+    port: int = Field(default=8003, ge=1, le=65535)
+    replica_id: str = Field(default="inference-0", pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    base_model: str = "tiny-llama"
+    model_dir: Path | None = Field(
+        default=None, description="default $TUNEFLEET_HOME/models/<base>"
+    )
+    registry_url: str = "http://127.0.0.1:8001"
+    max_model_len: int = Field(default=1024, ge=32)
+    max_loras: int = Field(default=8, ge=1, description="adapters batched together at once")
+    max_cpu_loras: int = Field(default=32, ge=1, description="adapters kept loaded (LRU)")
+    max_lora_rank: int = Field(default=64, ge=1)
+    kv_cache_gib: float = Field(default=1.0, gt=0)
+    max_num_seqs: int = Field(default=64, ge=1)
+    max_waiting: int = Field(default=512, ge=1, description="requests queued before 503")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$")
+    resolve_ttl_s: float = Field(default=5.0, ge=0, description="alias re-resolution period")
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    default_max_tokens: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _loras(self) -> InferenceSettings:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be >= max_loras")
+        return self
+
+    def base_dir(self) -> Path:
+        return self.model_dir or self.home / "models" / self.base_model
+
+    def adapter_dir(self) -> Path:
+        return self.home / "inference" / self.replica_id / "adapters"

@@ -1,0 +1,3 @@
+"""tiny-llama: deterministic local base model (corpus, tokenizer, pretraining, build)."""
+
+MODEL_NAME = "tiny-llama"

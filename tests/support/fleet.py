@@ -1,0 +1,128 @@
+"""Registry + inference apps wired together in-process over real HTTP semantics (ASGI).
+
+The registry's webhooks reach the inference app (hot swap), the inference app fetches
+archives from the registry: the same calls as between processes, without the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from services.inference.app import create_app as create_inference
+from services.inference.settings import InferenceSettings
+from services.registry.app import create_app as create_registry
+from services.registry.settings import RegistrySettings
+
+TOKEN = "fleet-test-token"
+EVENTS_URL = "http://inference/internal/registry-events"
+
+
+@dataclass
+class Fleet:
+    registry_app: FastAPI
+    inference_app: FastAPI
+    registry: httpx.AsyncClient
+    inference: httpx.AsyncClient
+    home: Path
+
+    async def push(self, name: str, archive: Path, tenant: str = "acme") -> dict[str, Any]:
+        with archive.open("rb") as fh:
+            r = await self.registry.post(
+                f"/v1/adapters/{name}/versions",
+                headers={"X-Tenant-Id": tenant},
+                files={"file": ("a.tar.gz", fh)},
+                data={"metadata": '{"base_model":"tiny-llama"}'},
+            )
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def promote(
+        self, name: str, version: int, alias: str = "production", tenant: str = "acme"
+    ) -> None:
+        r = await self.registry.put(
+            f"/v1/adapters/{name}/aliases/{alias}",
+            json={"version": version},
+            headers={"X-Tenant-Id": tenant},
+        )
+        assert r.status_code == 200, r.text
+
+
+@asynccontextmanager
+async def fleet(
+    home: Path,
+    model_dir: Path,
+    engine: Any,
+    **inference_overrides: Any,
+) -> AsyncIterator[Fleet]:
+    reg_settings = RegistrySettings(
+        home=home,
+        internal_token=TOKEN,
+        seed_models_dir=model_dir.parent,
+        webhook_poll_s=0.05,
+        notify_urls=[EVENTS_URL],
+    )
+    inf_settings = InferenceSettings(
+        **{
+            "home": home,
+            "internal_token": TOKEN,
+            "model_dir": model_dir,
+            "registry_url": "http://registry",
+            "max_model_len": 512,
+            "max_loras": 4,
+            "max_cpu_loras": 8,
+            "max_lora_rank": 16,
+            "resolve_ttl_s": 5.0,
+            **inference_overrides,
+        }
+    )
+    holder: dict[str, FastAPI] = {}
+
+    class LateASGI(httpx.ASGITransport):
+        """Transport to an app created after this transport (the two apps call each other)."""
+
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await httpx.ASGITransport(app=holder[self.key]).handle_async_request(request)
+
+    reg_app = create_registry(reg_settings, webhook_transport=LateASGI("inference"))
+    inf_app = create_inference(
+        inf_settings, engine, registry_transport=LateASGI("registry"), own_engine=False
+    )
+    holder.update(registry=reg_app, inference=inf_app)
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(LifespanManager(reg_app))
+        await stack.enter_async_context(LifespanManager(inf_app, startup_timeout=300))
+        reg = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=reg_app),
+                base_url="http://registry",
+                headers=headers,
+            )
+        )
+        inf = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=inf_app),
+                base_url="http://inference",
+                headers=headers,
+                timeout=120,
+            )
+        )
+        for _ in range(3000):  # ready = engine started and generated one token
+            if (await inf.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError("inference never became ready")
+        yield Fleet(reg_app, inf_app, reg, inf, home)
