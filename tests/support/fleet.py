@@ -17,12 +17,15 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from gateway.app import create_app as create_gateway
+from gateway.settings import GatewaySettings
 from services.inference.app import create_app as create_inference
 from services.inference.settings import InferenceSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 
 TOKEN = "fleet-test-token"
+ADMIN_KEY = "tf-admin-test-key"
 EVENTS_URL = "http://inference/internal/registry-events"
 
 
@@ -33,6 +36,8 @@ class Fleet:
     registry: httpx.AsyncClient
     inference: httpx.AsyncClient
     home: Path
+    gateway_app: FastAPI
+    gateway: httpx.AsyncClient  # no credentials: tests pass API keys
 
     async def push(self, name: str, archive: Path, tenant: str = "acme") -> dict[str, Any]:
         with archive.open("rb") as fh:
@@ -54,6 +59,18 @@ class Fleet:
             headers={"X-Tenant-Id": tenant},
         )
         assert r.status_code == 200, r.text
+
+
+class HostRouter(httpx.AsyncBaseTransport):
+    """Routes http://registry, http://inference, http://gateway to the in-process apps (which
+    are created after the transports that reach them: the apps call each other)."""
+
+    def __init__(self, apps: dict[str, FastAPI]) -> None:
+        self.apps = apps
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        app = self.apps[request.url.host]
+        return await httpx.ASGITransport(app=app).handle_async_request(request)
 
 
 @asynccontextmanager
@@ -86,24 +103,26 @@ async def fleet(
     )
     holder: dict[str, FastAPI] = {}
 
-    class LateASGI(httpx.ASGITransport):
-        """Transport to an app created after this transport (the two apps call each other)."""
-
-        def __init__(self, key: str) -> None:
-            self.key = key
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            return await httpx.ASGITransport(app=holder[self.key]).handle_async_request(request)
-
-    reg_app = create_registry(reg_settings, webhook_transport=LateASGI("inference"))
+    reg_app = create_registry(reg_settings, webhook_transport=HostRouter(holder))
     inf_app = create_inference(
-        inf_settings, engine, registry_transport=LateASGI("registry"), own_engine=False
+        inf_settings, engine, registry_transport=HostRouter(holder), own_engine=False
     )
-    holder.update(registry=reg_app, inference=inf_app)
+    gw_app = create_gateway(
+        GatewaySettings(
+            home=home,
+            internal_token=TOKEN,
+            admin_key=ADMIN_KEY,
+            registry_url="http://registry",
+            inference_urls=["http://inference"],
+        ),
+        upstream_transport=HostRouter(holder),
+    )
+    holder.update(registry=reg_app, inference=inf_app, gateway=gw_app)
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(LifespanManager(reg_app))
         await stack.enter_async_context(LifespanManager(inf_app, startup_timeout=300))
+        await stack.enter_async_context(LifespanManager(gw_app))
         reg = await stack.enter_async_context(
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=reg_app),
@@ -125,4 +144,9 @@ async def fleet(
             await asyncio.sleep(0.1)
         else:
             raise TimeoutError("inference never became ready")
-        yield Fleet(reg_app, inf_app, reg, inf, home)
+        gw = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=gw_app), base_url="http://gateway", timeout=120
+            )
+        )
+        yield Fleet(reg_app, inf_app, reg, inf, home, gw_app, gw)

@@ -1,0 +1,82 @@
+"""The gateway app: ``create_app(settings)`` — the one public, OpenAI-compatible surface."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+from fastapi import FastAPI
+
+from gateway.deps import GatewayState
+from gateway.domain.keys import bootstrap_admin
+from gateway.domain.quotas import RateLimiter
+from gateway.domain.routing import ReplicaSet
+from gateway.domain.usage import UsageRecorder
+from gateway.routes import admin, inference, registry
+from gateway.settings import GatewaySettings
+from shared.app import create_service_app
+from shared.db import Database, run_migrations
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_gateway"
+
+
+def create_app(
+    settings: GatewaySettings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    token = settings.resolved_token()
+    key_secret = settings.key_hash_secret.get_secret_value() if settings.key_hash_secret else token
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.db_url()
+        await anyio.to_thread.run_sync(run_migrations, url, MIGRATIONS, VERSION_TABLE)
+        db = Database(url)
+        with db.session(write=True) as s:
+            written = bootstrap_admin(
+                s,
+                key_secret,
+                settings.admin_key.get_secret_value() if settings.admin_key else None,
+                settings.admin_key_file(),
+            )
+        if written:
+            log.info("bootstrap admin key written", extra={"path": written})
+        upstream = httpx.AsyncClient(
+            transport=upstream_transport,
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=3.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+        )
+        replicas = ReplicaSet(settings.inference_urls, upstream)
+        usage = UsageRecorder(db)
+        app.state.gateway = GatewayState(
+            settings=settings,
+            db=db,
+            key_secret=key_secret,
+            internal_token=token,
+            upstream=upstream,
+            replicas=replicas,
+            limiter=RateLimiter(),
+            usage=usage,
+        )
+        await replicas.check_once()
+        replicas.start()
+        usage.start()
+        try:
+            yield
+        finally:
+            await replicas.stop()
+            await usage.stop()
+            await upstream.aclose()
+            db.dispose()
+
+    app = create_service_app(
+        "gateway", internal_token=token, lifespan=lifespan, title="tunefleet gateway"
+    )
+    for module in (inference, registry, admin):
+        app.include_router(module.router)
+    return app

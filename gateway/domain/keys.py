@@ -1,0 +1,151 @@
+"""Tenants and API keys.
+
+Keys look like ``tf-<id>-<secret>``; only ``HMAC-SHA256(server secret, key)`` is stored, so a
+leaked table does not leak usable keys, and lookups stay one indexed equality.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.storage.tables import ApiKeyRow, TenantRow
+from shared.auth import TENANT_RE
+from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
+
+ROLES = ("app", "integrator", "sre", "admin")
+SYSTEM_TENANT = "system"
+
+# What each role may do (API.md): app = inference (and reading models/adapters);
+# integrator = files, jobs, adapters, integrations + inference; sre = metrics and read-only
+# admin; admin = everything.
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "infer": frozenset({"app", "integrator", "admin"}),
+    "read": frozenset({"app", "integrator", "sre", "admin"}),
+    "write": frozenset({"integrator", "admin"}),
+    "admin_read": frozenset({"sre", "admin"}),
+    "admin_write": frozenset({"admin"}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from the API key on every request."""
+
+    key_id: str
+    tenant: str
+    role: str
+
+    def require(self, permission: str) -> None:
+        """Raise 403 unless this key's role grants ``permission`` (see PERMISSIONS)."""
+        allowed = PERMISSIONS[permission]
+        if self.role not in allowed:
+            raise Forbidden(
+                f"an API key with role {self.role!r} may not do this "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def hash_key(secret: str, key: str) -> str:
+    return hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    key_id = "key_" + secrets.token_hex(6)
+    return key_id, f"tf-{key_id[4:]}-{secrets.token_urlsafe(24)}"
+
+
+def create_tenant(s: Session, tenant_id: str, name: str) -> TenantRow:
+    if not TENANT_RE.match(tenant_id):
+        raise InvalidRequest("tenant id must match [a-z0-9][a-z0-9_-]{0,62}", param="id")
+    if s.get(TenantRow, tenant_id) is not None:
+        raise Conflict(f"tenant {tenant_id!r} already exists", param="id")
+    row = TenantRow(id=tenant_id, name=name or tenant_id)
+    s.add(row)
+    s.flush()
+    return row
+
+
+def get_tenant(s: Session, tenant_id: str) -> TenantRow:
+    row = s.get(TenantRow, tenant_id)
+    if row is None:
+        raise NotFound(f"tenant {tenant_id!r} not found", param="tenant")
+    return row
+
+
+def create_key(
+    s: Session,
+    secret: str,
+    *,
+    tenant: str,
+    role: str,
+    name: str = "",
+    expires_at: int | None = None,
+) -> tuple[ApiKeyRow, str]:
+    if role not in ROLES:
+        raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", param="role")
+    get_tenant(s, tenant)
+    key_id, key = new_key()
+    row = ApiKeyRow(
+        id=key_id,
+        tenant=tenant,
+        role=role,
+        name=name,
+        hash=hash_key(secret, key),
+        prefix=key[:10],
+        expires_at=expires_at,
+    )
+    s.add(row)
+    s.flush()
+    return row, key
+
+
+def authenticate(s: Session, secret: str, authorization: str | None) -> Principal:
+    scheme, _, key = (authorization or "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key.startswith("tf-"):
+        raise Unauthorized("missing API key: send 'Authorization: Bearer tf-…'")
+    row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.hash == hash_key(secret, key))).first()
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("invalid or revoked API key")
+    if row.expires_at is not None and row.expires_at <= time.time():
+        raise Unauthorized("API key expired", code="api_key_expired")
+    return Principal(key_id=row.id, tenant=row.tenant, role=row.role)
+
+
+def bootstrap_admin(s: Session, secret: str, configured: str | None, key_file: Path) -> str | None:
+    """Ensure an admin key exists: from TUNEFLEET_ADMIN_KEY, else generated once into a
+    0600 file. Returns the key file path written, if any."""
+    if s.get(TenantRow, SYSTEM_TENANT) is None:
+        s.add(TenantRow(id=SYSTEM_TENANT, name="fleet operators"))
+        s.flush()
+    if configured:
+        digest = hash_key(secret, configured)
+        if s.scalars(select(ApiKeyRow).where(ApiKeyRow.hash == digest)).first() is None:
+            s.add(
+                ApiKeyRow(
+                    id="key_bootstrap",
+                    tenant=SYSTEM_TENANT,
+                    role="admin",
+                    name="bootstrap (TUNEFLEET_ADMIN_KEY)",
+                    hash=digest,
+                    prefix=configured[:10],
+                )
+            )
+        return None
+    if s.scalars(select(ApiKeyRow).where(ApiKeyRow.role == "admin")).first() is not None:
+        return None
+    row, key = create_key(s, secret, tenant=SYSTEM_TENANT, role="admin", name="bootstrap")
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    return str(key_file)

@@ -1,0 +1,186 @@
+"""Administration: tenants, API keys, audit (role admin; sre reads)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from gateway.deps import Caller, State
+from gateway.domain import audit
+from gateway.domain.keys import create_key, create_tenant, get_tenant
+from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow
+from shared.app import request_id_of
+from shared.auth import TENANT_RE
+from shared.errors import NotFound
+from shared.schemas.common import MAX_LIMIT
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+class TenantCreate(BaseModel):
+    id: str = Field(pattern=TENANT_RE.pattern)
+    name: str = Field(default="", max_length=200)
+
+
+class KeyCreate(BaseModel):
+    tenant: str = Field(pattern=TENANT_RE.pattern)
+    role: str = Field(pattern=r"^(app|integrator|sre|admin)$")
+    name: str = Field(default="", max_length=200)
+    expires_in_s: int | None = Field(default=None, ge=60)
+
+
+def _tenant_out(t: TenantRow) -> dict[str, Any]:
+    return {"id": t.id, "object": "tenant", "name": t.name, "created": t.created_at}
+
+
+def _key_out(k: ApiKeyRow) -> dict[str, Any]:
+    return {
+        "id": k.id,
+        "object": "api_key",
+        "tenant": k.tenant,
+        "role": k.role,
+        "name": k.name,
+        "prefix": k.prefix,
+        "expires_at": k.expires_at,
+        "revoked": k.revoked_at is not None,
+        "created": k.created_at,
+    }
+
+
+async def _write(st: State, fn: Any) -> Any:
+    def run() -> Any:
+        with st.db.session(write=True) as s:
+            return fn(s)
+
+    return await anyio.to_thread.run_sync(run)
+
+
+@router.post("/tenants", status_code=201)
+async def add_tenant(
+    body: TenantCreate, request: Request, st: State, who: Caller
+) -> dict[str, Any]:
+    who.require("admin_write")
+
+    def do(s: Any) -> dict[str, Any]:
+        out = _tenant_out(create_tenant(s, body.id, body.name))
+        audit.record(
+            s,
+            tenant=body.id,
+            actor=who.key_id,
+            action="tenant.create",
+            target=body.id,
+            request_id=request_id_of(request),
+        )
+        return out
+
+    return await _write(st, do)  # type: ignore[no-any-return]
+
+
+@router.get("/tenants")
+async def list_tenants(st: State, who: Caller) -> dict[str, Any]:
+    who.require("admin_read")
+    with st.db.session() as s:
+        rows = s.scalars(select(TenantRow).order_by(TenantRow.id)).all()
+        return {"object": "list", "data": [_tenant_out(t) for t in rows], "has_more": False}
+
+
+@router.post("/keys", status_code=201)
+async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> dict[str, Any]:
+    """Creates a key and shows it once; only its keyed hash is stored."""
+    who.require("admin_write")
+    expires = int(time.time()) + body.expires_in_s if body.expires_in_s else None
+
+    def do(s: Any) -> dict[str, Any]:
+        row, key = create_key(
+            s, st.key_secret, tenant=body.tenant, role=body.role, name=body.name, expires_at=expires
+        )
+        audit.record(
+            s,
+            tenant=body.tenant,
+            actor=who.key_id,
+            action="key.create",
+            target=row.id,
+            request_id=request_id_of(request),
+            details={"role": body.role},
+        )
+        return {**_key_out(row), "key": key}
+
+    return await _write(st, do)  # type: ignore[no-any-return]
+
+
+@router.get("/keys")
+async def list_keys(st: State, who: Caller, tenant: str | None = None) -> dict[str, Any]:
+    who.require("admin_read")
+    with st.db.session() as s:
+        stmt = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
+        if tenant:
+            get_tenant(s, tenant)
+            stmt = stmt.where(ApiKeyRow.tenant == tenant)
+        return {"object": "list", "data": [_key_out(k) for k in s.scalars(stmt)], "has_more": False}
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, request: Request, st: State, who: Caller) -> dict[str, Any]:
+    who.require("admin_write")
+
+    def do(s: Any) -> dict[str, Any]:
+        row = s.get(ApiKeyRow, key_id)
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found", param="key_id")
+        row.revoked_at = row.revoked_at or int(time.time())
+        audit.record(
+            s,
+            tenant=row.tenant,
+            actor=who.key_id,
+            action="key.revoke",
+            target=key_id,
+            request_id=request_id_of(request),
+        )
+        return {**_key_out(row), "deleted": True}
+
+    out = await _write(st, do)
+    st.auth_cache.clear()  # revocation takes effect at once on this gateway
+    return out  # type: ignore[no-any-return]
+
+
+@router.get("/audit")
+async def list_audit(
+    st: State,
+    who: Caller,
+    tenant: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+) -> dict[str, Any]:
+    who.require("admin_read")
+    with st.db.session() as s:
+        stmt = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+        if tenant:
+            stmt = stmt.where(AuditRow.tenant == tenant)
+        data = [
+            {
+                "id": r.id,
+                "object": "audit.entry",
+                "at": r.at,
+                "tenant": r.tenant,
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "outcome": r.outcome,
+                "request_id": r.request_id,
+                "details": r.details,
+                "hash": r.hash,
+            }
+            for r in s.scalars(stmt)
+        ]
+    return {"object": "list", "data": data, "has_more": False}
+
+
+@router.get("/audit/verify")
+async def verify_audit(st: State, who: Caller) -> dict[str, Any]:
+    who.require("admin_read")
+    with st.db.session() as s:
+        return {"object": "audit.verification", **audit.verify_chain(s)}

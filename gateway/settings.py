@@ -1,0 +1,45 @@
+"""Gateway settings (env prefix ``TUNEFLEET_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEFLEET_GATEWAY_", extra="ignore", populate_by_name=True
+    )
+
+    port: int = Field(default=8000, ge=1, le=65535)
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TUNEFLEET_GATEWAY_DATABASE_URL", "DATABASE_URL"),
+    )
+    registry_url: str = "http://127.0.0.1:8001"
+    inference_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8003"])
+    admin_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TUNEFLEET_ADMIN_KEY"),
+        description="bootstrap admin key; generated into $TUNEFLEET_HOME/admin_key if unset",
+    )
+    key_hash_secret: SecretStr | None = Field(
+        default=None, description="HMAC key for API-key hashes; defaults to the internal token"
+    )
+    default_rpm: int = Field(default=600, ge=1)
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
+    upstream_timeout_s: float = Field(default=120.0, gt=0)
+
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        path = self.home / "gateway" / "gateway.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path.resolve()}"
+
+    def admin_key_file(self) -> Path:
+        return self.home / "admin_key"
