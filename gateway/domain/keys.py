@@ -143,7 +143,7 @@ def bootstrap_admin(s: Session, secret: str, configured: str | None, key_file: P
         return None
     if s.scalars(select(ApiKeyRow).where(ApiKeyRow.role == "admin")).first() is not None:
         return None
-    row, key = create_key(s, secret, tenant=SYSTEM_TENANT, role="admin", name="bootstrap")
+    _, key = create_key(s, secret, tenant=SYSTEM_TENANT, role="admin", name="bootstrap")
     key_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
