@@ -33,7 +33,7 @@ test: install model
 lint: install
 	$(VENV)/bin/ruff check gateway services shared tests benchmarks
 	$(VENV)/bin/ruff format --check gateway services shared tests benchmarks
-	$(VENV)/bin/mypy shared
+	$(VENV)/bin/mypy shared services gateway
 
 run: install model run-registry
 

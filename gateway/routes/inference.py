@@ -57,7 +57,7 @@ async def _generate(path: str, request: Request, st: State, who: Caller) -> Resp
             return await relay(resp)
         out = await relay(resp)
         if resp.status_code == 200:
-            usage = json.loads(out.body).get("usage", {})
+            usage = json.loads(bytes(out.body)).get("usage", {})
             st.usage.add(
                 who.tenant,
                 who.key_id,

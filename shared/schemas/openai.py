@@ -47,7 +47,7 @@ class SamplingFields(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
+    stop: list[str] | None = Field(default=None, description="a string or up to 4 strings")
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -57,13 +57,11 @@ class SamplingFields(BaseModel):
     )
     user: str | None = None
 
-    @field_validator("stop")
+    @field_validator("stop", mode="before")
     @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> list[str] | None:
-        if v is None:
-            return None
+    def _stop_list(cls, v: object) -> object:
         stops = [v] if isinstance(v, str) else v
-        if len(stops) > 4 or any(not s for s in stops):
+        if isinstance(stops, list) and (len(stops) > 4 or any(not s for s in stops)):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
 

@@ -190,7 +190,7 @@ class Server:
                 top_p=p.body.top_p,
                 stop=p.body.stop,
                 seed=p.body.seed,
-                n=n,  # type: ignore[arg-type]
+                n=n,
                 choices=p.body.choices_allowed,
                 json_schema=p.body.json_schema(),
                 adapter=handle,

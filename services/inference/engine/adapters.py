@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -114,8 +115,11 @@ class AdapterCache:
         if task is None:
             task = asyncio.create_task(self._load(res), name=f"load {res.ref}")
             self._loading[res.ref] = task
-            task.add_done_callback(lambda _t, ref=res.ref: self._loading.pop(ref, None))
+            task.add_done_callback(partial(self._load_finished, res.ref))
         return await asyncio.shield(task)
+
+    def _load_finished(self, ref: str, _task: asyncio.Task[LoadedAdapter]) -> None:
+        self._loading.pop(ref, None)
 
     # ------------------------------------------------------------------ admin
     def pin(self, ref: str, pinned: bool = True) -> LoadedAdapter:
