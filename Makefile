@@ -8,7 +8,7 @@ HOME_DIR ?= $(or $(TUNEFLEET_HOME),$(CURDIR)/var)
 INSTALL_STAMP := $(VENV)/.install-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 MODEL_DIR := $(HOME_DIR)/models/tiny-llama
 
-.PHONY: install model test test-quick lint run run-registry clean
+.PHONY: install model test lint run run-registry clean
 
 install: $(INSTALL_STAMP)
 
@@ -35,7 +35,8 @@ lint: install
 	$(VENV)/bin/ruff format --check gateway services shared tests benchmarks
 	$(VENV)/bin/mypy shared services gateway
 
-run: install model run-registry
+run: install model
+	TUNEFLEET_HOME=$(HOME_DIR) $(VENV)/bin/tunefleet up
 
 run-registry:
 	TUNEFLEET_HOME=$(HOME_DIR) $(PY) -m services.registry
