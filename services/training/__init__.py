@@ -1,0 +1,1 @@
+"""Training service: data preparation (``data/``), and later the Ray driver and train loop."""
