@@ -43,6 +43,8 @@ class Principal:
     key_id: str
     tenant: str
     role: str
+    pii_mode: str = "off"
+    rpm: int | None = None
 
     def require(self, permission: str) -> None:
         """Raise 403 unless this key's role grants ``permission`` (see PERMISSIONS)."""
@@ -118,7 +120,14 @@ def authenticate(s: Session, secret: str, authorization: str | None) -> Principa
         raise Unauthorized("invalid or revoked API key")
     if row.expires_at is not None and row.expires_at <= time.time():
         raise Unauthorized("API key expired", code="api_key_expired")
-    return Principal(key_id=row.id, tenant=row.tenant, role=row.role)
+    tenant = s.get(TenantRow, row.tenant)
+    return Principal(
+        key_id=row.id,
+        tenant=row.tenant,
+        role=row.role,
+        pii_mode=tenant.pii_mode if tenant else "off",
+        rpm=tenant.rpm if tenant else None,
+    )
 
 
 def bootstrap_admin(s: Session, secret: str, configured: str | None, key_file: Path) -> str | None:

@@ -27,6 +27,11 @@ class TenantCreate(BaseModel):
     name: str = Field(default="", max_length=200)
 
 
+class TenantUpdate(BaseModel):
+    pii_mode: str | None = Field(default=None, pattern=r"^(off|mask|block)$")
+    rpm: int | None = Field(default=None, ge=1)
+
+
 class KeyCreate(BaseModel):
     tenant: str = Field(pattern=TENANT_RE.pattern)
     role: str = Field(pattern=r"^(app|integrator|sre|admin)$")
@@ -35,7 +40,14 @@ class KeyCreate(BaseModel):
 
 
 def _tenant_out(t: TenantRow) -> dict[str, Any]:
-    return {"id": t.id, "object": "tenant", "name": t.name, "created": t.created_at}
+    return {
+        "id": t.id,
+        "object": "tenant",
+        "name": t.name,
+        "pii_mode": t.pii_mode,
+        "rpm": t.rpm,
+        "created": t.created_at,
+    }
 
 
 def _key_out(k: ApiKeyRow) -> dict[str, Any]:
@@ -79,6 +91,34 @@ async def add_tenant(
         return out
 
     return await _write(st, do)  # type: ignore[no-any-return]
+
+
+@router.patch("/tenants/{tenant_id}")
+async def update_tenant(
+    tenant_id: str, body: TenantUpdate, request: Request, st: State, who: Caller
+) -> dict[str, Any]:
+    """Per-tenant policy: PII guard mode and request rate."""
+    who.require("admin_write")
+    changes = body.model_dump(exclude_none=True)
+
+    def do(s: Any) -> dict[str, Any]:
+        row = get_tenant(s, tenant_id)
+        for field, value in changes.items():
+            setattr(row, field, value)
+        audit.record(
+            s,
+            tenant=tenant_id,
+            actor=who.key_id,
+            action="tenant.update",
+            target=tenant_id,
+            request_id=request_id_of(request),
+            details=changes,
+        )
+        return _tenant_out(row)
+
+    out = await _write(st, do)
+    st.auth_cache.clear()  # policies ride on the cached principal: refresh at once
+    return out  # type: ignore[no-any-return]
 
 
 @router.get("/tenants")

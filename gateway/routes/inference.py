@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import Caller, State
+from gateway.domain import pii_guard
 from gateway.domain.forward import open_upstream, relay, upstream_headers
 from shared.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
 
@@ -32,8 +33,10 @@ async def _read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any
 
 async def _generate(path: str, request: Request, st: State, who: Caller) -> Response:
     who.require("infer")
-    st.limiter.take(f"rpm:{who.tenant}", st.settings.default_rpm)
+    st.limiter.take(f"rpm:{who.tenant}", who.rpm or st.settings.default_rpm)
     raw, body = await _read_json(request, st.settings.max_body_bytes)
+    if pii_guard.apply(who.pii_mode, body):
+        raw = json.dumps(body).encode()
     headers = upstream_headers(request, who, st.internal_token)
     key = f"{who.tenant}/{body['model']}"
     last: ServiceUnavailable | None = None

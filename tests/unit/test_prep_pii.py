@@ -19,8 +19,8 @@ from stdnum import iban, luhn
 
 from services.training.data.dedup import DedupReport, dedup, exact_key, near_form
 from services.training.data.normalize import normalize_text
-from services.training.data.pii import find_pii_kinds, redact
 from services.training.data.records import Example
+from shared.pii import find_pii_kinds, redact
 
 PROPERTY = settings(max_examples=100, deadline=None)
 

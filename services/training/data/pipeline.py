@@ -19,12 +19,12 @@ from services.training.data.dedup import DedupReport, dedup
 from services.training.data.example import Example
 from services.training.data.labels import LabelReport, label_report
 from services.training.data.normalize import normalize_text
-from services.training.data.pii import redact
 from services.training.data.readers import LineError
 from services.training.data.records import parse_upload
 from services.training.data.split import split
 from services.training.data.tokenize import LengthReport, length_report
 from shared.errors import InvalidRequest
+from shared.pii import redact
 
 TASKS = ("classification", "sentiment", "translation", "generation")
 LABEL_TASKS = frozenset({"classification", "sentiment"})
