@@ -13,13 +13,14 @@ from sqlalchemy import select
 from gateway.deps import Caller, State
 from gateway.domain import audit
 from gateway.domain.keys import create_key, create_tenant, get_tenant
-from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow
+from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow, UsageRow
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
 from shared.errors import NotFound
 from shared.schemas.common import MAX_LIMIT
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+DAY = r"^\d{4}-\d{2}-\d{2}$"
 
 
 class TenantCreate(BaseModel):
@@ -186,6 +187,41 @@ async def revoke_key(key_id: str, request: Request, st: State, who: Caller) -> d
     out = await _write(st, do)
     st.auth_cache.clear()  # revocation takes effect at once on this gateway
     return out  # type: ignore[no-any-return]
+
+
+@router.get("/usage")
+async def usage(
+    st: State,
+    who: Caller,
+    tenant: str | None = None,
+    date_from: Annotated[str | None, Query(alias="from", pattern=DAY)] = None,
+    date_to: Annotated[str | None, Query(alias="to", pattern=DAY)] = None,
+) -> dict[str, Any]:
+    """Tokens by tenant, model and UTC day (``from``/``to`` as YYYY-MM-DD, inclusive)."""
+    who.require("admin_read")
+    await st.usage.flush()  # include what the request path tallied in the last second
+    with st.db.session() as s:
+        stmt = select(UsageRow).order_by(UsageRow.day, UsageRow.tenant, UsageRow.model)
+        if tenant:
+            stmt = stmt.where(UsageRow.tenant == tenant)
+        if date_from:
+            stmt = stmt.where(UsageRow.day >= date_from)
+        if date_to:
+            stmt = stmt.where(UsageRow.day <= date_to)
+        data = [
+            {
+                "object": "usage",
+                "tenant": u.tenant,
+                "key_id": u.key_id,
+                "model": u.model,
+                "day": u.day,
+                "requests": u.requests,
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+            }
+            for u in s.scalars(stmt)
+        ]
+    return {"object": "list", "data": data, "has_more": False}
 
 
 @router.get("/audit")

@@ -110,11 +110,15 @@ async def test_openai_sdk_end_to_end(f: Fleet, archive: Path) -> None:
             model="nope", messages=[{"role": "user", "content": "x"}]
         )
     assert err.value.body["code"] == "model_not_found"  # type: ignore[index]
-    # usage is accounted per tenant/key/model (flushed on shutdown or every second)
-    await f.gateway_app.state.gateway.usage.flush()
-    with f.gateway_app.state.gateway.db.session() as s:
-        rows = s.execute(text("SELECT model, requests FROM usage WHERE tenant='acme'")).all()
-    assert dict(rows)["support-router"] >= 3
+    # usage is accounted per tenant/key/model/day
+    r = await f.gateway.get("/admin/usage?tenant=acme", headers=auth(ADMIN_KEY))
+    by_model = {u["model"]: u for u in r.json()["data"]}
+    assert by_model["support-router"]["requests"] >= 3
+    assert by_model["support-router"]["completion_tokens"] >= chat.usage.completion_tokens
+    r = await f.gateway.get("/admin/usage?from=yesterday", headers=auth(ADMIN_KEY))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "from"
+    r = await f.gateway.get("/admin/usage", headers=auth(keys["app"]))
+    assert r.status_code == 403
 
 
 async def test_roles_tenants_and_revocation(f: Fleet, archive: Path) -> None:
