@@ -21,7 +21,14 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import STATUS_TO_ERROR, InvalidRequest, TunefleetError
+from shared.errors import (
+    STATUS_TO_ERROR,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    TunefleetError,
+    Unauthorized,
+)
 from shared.logging import request_id_var, tenant_var
 from shared.metrics import CONTENT_TYPE_LATEST, HttpMetrics, new_registry, render
 
@@ -95,11 +102,13 @@ def request_id_of(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def error_response(exc: TunefleetError, request_id: str | None) -> JSONResponse:
+def error_response(
+    exc: TunefleetError, request_id: str | None, *, status: int | None = None
+) -> JSONResponse:
     headers = dict(exc.headers)
     if request_id:
         headers["X-Request-Id"] = request_id
-    return JSONResponse(exc.to_dict(request_id), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.to_dict(request_id), status_code=status or exc.status, headers=headers)
 
 
 def _validation_param(loc: tuple[Any, ...]) -> str:
@@ -123,11 +132,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Routing errors (unknown path, wrong method): same envelope, their own status.
         cls = STATUS_TO_ERROR.get(exc.status_code, InvalidRequest)
-        err = TunefleetError.__new__(cls)
-        TunefleetError.__init__(err, str(exc.detail), code=_http_code(exc.status_code))
-        err.status = exc.status_code  # type: ignore[misc]  # e.g. 405 keeps its own status
-        return error_response(err, request_id_of(request))
+        if not issubclass(cls, (InvalidRequest, Unauthorized, Forbidden, NotFound)):
+            cls = InvalidRequest
+        err = cls(str(exc.detail), code=_http_code(exc.status_code))
+        return error_response(err, request_id_of(request), status=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -292,3 +292,16 @@ async def test_delete_adapter_requires_no_aliases(registry: RegistryHarness, arc
     assert (await registry.http.delete("/v1/adapters/gone")).status_code == 200
     assert (await registry.http.get("/v1/adapters/gone")).status_code == 404
     assert stored_blobs(registry) == []
+
+
+async def test_routing_errors_use_the_envelope(registry: RegistryHarness) -> None:
+    r = await registry.http.get("/v1/nowhere")
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        **r.json()["error"],
+        "code": "not_found",
+        "type": "invalid_request_error",
+    }
+    r = await registry.http.patch("/v1/adapters")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.json()["error"]["request_id"] == r.headers["x-request-id"]
