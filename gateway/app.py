@@ -65,6 +65,11 @@ def create_app(
         )
         await replicas.check_once()
         replicas.start()
+
+        async def inference_ready() -> str | None:
+            return None if replicas.any_ready() else "no inference replica is ready"
+
+        app.state.readiness_checks.append(inference_ready)
         usage.start()
         try:
             yield

@@ -44,6 +44,16 @@ class ReplicaSet:
             )
         return sorted(healthy, key=lambda r: _score(key, r.url), reverse=True)
 
+    async def pick(self, key: str) -> list[Replica]:
+        """Like ``ranked``, but when every replica is marked down, probe them all once more
+        right now: a replica that just became ready is used without waiting for the loop."""
+        if not any(r.healthy for r in self.replicas):
+            await self.check_once()
+        return self.ranked(key)
+
+    def any_ready(self) -> bool:
+        return any(r.healthy for r in self.replicas)
+
     def mark_down(self, replica: Replica) -> None:
         if replica.healthy:
             log.warning("replica marked down", extra={"replica": replica.url})

@@ -41,7 +41,7 @@ async def _generate(path: str, request: Request, st: State, who: Caller) -> Resp
     key = f"{who.tenant}/{body['model']}"
     last: ServiceUnavailable | None = None
     # One retry on another replica if the first failed before sending any byte.
-    for replica in st.replicas.ranked(key)[:2]:
+    for replica in (await st.replicas.pick(key))[:2]:
         try:
             resp = await open_upstream(
                 st.upstream,
@@ -86,7 +86,7 @@ async def completions(request: Request, st: State, who: Caller) -> Response:
 @router.get("/v1/models")
 async def models(request: Request, st: State, who: Caller) -> Response:
     who.require("read")
-    replica = st.replicas.ranked(who.tenant)[0]
+    replica = (await st.replicas.pick(who.tenant))[0]
     resp = await open_upstream(
         st.upstream,
         "GET",

@@ -149,4 +149,10 @@ async def fleet(
                 transport=httpx.ASGITransport(app=gw_app), base_url="http://gateway", timeout=120
             )
         )
+        for _ in range(100):  # the gateway is ready once it sees a ready replica
+            if (await gw.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError("gateway never saw a ready inference replica")
         yield Fleet(reg_app, inf_app, reg, inf, home, gw_app, gw)
