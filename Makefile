@@ -33,7 +33,7 @@ test: install model
 lint: install
 	$(VENV)/bin/ruff check gateway services shared tests benchmarks
 	$(VENV)/bin/ruff format --check gateway services shared tests benchmarks
-	$(VENV)/bin/mypy shared services gateway
+	$(VENV)/bin/mypy shared gateway services/registry services/inference services/training/data  # services/training/ray: Ray stubs pending
 
 run: install model
 	TUNEFLEET_HOME=$(HOME_DIR) $(VENV)/bin/tunefleet up

@@ -1,0 +1,1 @@
+"""Ray-based fine-tuning: cluster bootstrap, Ray Train loop, driver, evaluation."""

@@ -1,0 +1,278 @@
+"""Driver side of a fine-tuning run: build and fit a Ray Train V2 ``TorchTrainer``.
+
+``run_training(spec, storage_path=…, on_report=…)`` needs a connected Ray
+(:func:`services.training.ray.cluster.ensure_ray`). It runs
+:func:`~services.training.ray.train_loop.train_loop_per_worker` on ``spec.num_workers``
+workers (1 CPU each, or 1 GPU with ``use_gpu``), keeps the 2 newest checkpoints, restarts
+the worker group up to ``spec.max_failures`` times from the latest checkpoint, and finally
+exports the last checkpoint's weights:
+
+* ``lora`` / ``hybrid`` → ``<export>/adapter`` with only ``adapter_config.json`` +
+  ``adapter_model.safetensors`` (``base_model_name_or_path`` = absolute base dir);
+* ``full`` / ``transfer`` → ``<export>/model`` (HF model dir incl. tokenizer).
+
+Live metrics: V2 runs ``UserCallback.after_report`` on the *controller* actor, not in
+the driver, so the callback pushes each report (rank 0's metrics + ``checkpoint_path``)
+into a ``ray.util.queue.Queue`` actor (0 CPU) and a driver thread drains it while
+``fit()`` blocks; ``on_report`` therefore sees reports live, called from that background
+thread, in order. If that channel fails, the history returned by rank 0
+(``Result.return_value``) is used — it only covers the last (post-restart) attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.train.v2.api.callback import UserCallback
+
+from services.training.ray.train_loop import METHODS, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@dataclass
+class TrainSpec:
+    """Everything a run needs; paths are resolved to absolute ones."""
+
+    base_model_path: Path
+    train_path: Path
+    valid_path: Path | None = None
+    method: str = "lora"
+    task: str = "classification"
+    lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16, "dropout": 0.05})
+    hyperparameters: dict[str, Any] = field(
+        default_factory=lambda: {
+            "n_epochs": 1,
+            "batch_size": 8,
+            "learning_rate": 2e-4,
+            "max_len": 256,
+        }
+    )
+    seed: int = 0
+    checkpoint_every: int = 0  # steps; the last step is always checkpointed
+    report_every: int = 1  # steps between ray.train.report calls (checkpoint steps always)
+    num_workers: int = 2
+    use_gpu: bool = False
+    max_failures: int = 0
+    name: str | None = None
+    # Train V2's controller polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default
+    # 2 s) and a worker's result queue holds ONE report, so each ray.train.report can
+    # block a worker for up to that long; a short poll keeps per-step reports cheap.
+    poll_interval_s: float | None = 0.25
+    log_level: str = "WARNING"  # Ray Train's own logs ("INFO" logs every report)
+    extra: dict[str, Any] = field(default_factory=dict)  # report_every, fail_at_step, ...
+
+    def loop_config(self) -> dict[str, Any]:
+        cfg = {
+            "base_model_path": str(Path(self.base_model_path).resolve()),
+            "train_path": str(Path(self.train_path).resolve()),
+            "valid_path": str(Path(self.valid_path).resolve()) if self.valid_path else None,
+            "method": self.method,
+            "task": self.task,
+            "lora": dict(self.lora),
+            "hyperparameters": dict(self.hyperparameters),
+            "seed": self.seed,
+            "checkpoint_every": self.checkpoint_every,
+            "report_every": self.report_every,
+        }
+        cfg.update(self.extra)
+        return cfg
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    run_path: str  # experiment dir on storage
+    checkpoint_path: str | None  # latest checkpoint
+    metrics_history: list[dict[str, Any]]
+    final_metrics: dict[str, Any] | None
+    adapter_dir: Path | None = None  # lora / hybrid
+    model_dir: Path | None = None  # full / transfer
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+class _QueueReporter(UserCallback):
+    """Forward every report to the driver through a Ray queue (runs on the controller)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
+        event = dict(metrics[0]) if metrics else {}
+        if checkpoint is not None:
+            event["checkpoint_path"] = checkpoint.path
+        try:
+            self.queue.put(event, timeout=10)
+        except Exception:  # never break training because a listener went away
+            logger.warning("could not forward a training report", exc_info=True)
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        event = {
+            "event": "worker_error",
+            "errors": {str(k): repr(v) for k, v in worker_exceptions.items()},
+        }
+        try:
+            self.queue.put(event, timeout=10)
+        except Exception:
+            logger.warning("could not forward a worker error", exc_info=True)
+
+
+def _drain(
+    queue: Any, sink: list[dict[str, Any]], on_report: Callable | None, stop: threading.Event
+) -> None:
+    from ray.util.queue import Empty
+
+    while True:
+        try:
+            event = queue.get(timeout=0.5)
+        except Empty:
+            if stop.is_set():
+                return
+            continue
+        except Exception:  # queue actor gone
+            logger.warning("report queue failed", exc_info=True)
+            return
+        sink.append(event)
+        if on_report is not None:
+            try:
+                on_report(event)
+            except Exception:
+                logger.exception("on_report callback raised")
+
+
+def export_weights(
+    checkpoint_dir: Path, dest: Path, base_model_path: Path
+) -> tuple[Path | None, Path | None]:
+    """Copy adapter files (or the full model) out of a checkpoint dir → (adapter, model)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    adapter_src = checkpoint_dir / "adapter"
+    if adapter_src.is_dir():
+        out = dest / "adapter"
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(adapter_src / name, out / name)
+        cfg_path = out / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["base_model_name_or_path"] = str(Path(base_model_path).resolve())
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        return out, None
+    model_src = checkpoint_dir / "model"
+    if model_src.is_dir():
+        out = dest / "model"
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(model_src, out)
+        return None, out
+    raise FileNotFoundError(f"checkpoint {checkpoint_dir} has neither adapter/ nor model/")
+
+
+def run_training(
+    spec: TrainSpec,
+    *,
+    storage_path: Path,
+    on_report: Callable[[dict[str, Any]], None] | None = None,
+    export_dir: Path | None = None,
+) -> TrainOutcome:
+    """Fit ``spec`` on the connected Ray cluster and export the final weights."""
+    import time
+
+    import ray
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
+    from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
+
+    if spec.method not in METHODS:
+        raise ValueError(f"unknown method {spec.method!r}; expected one of {METHODS}")
+    if spec.num_workers < 1:
+        raise ValueError("num_workers must be >= 1 (Ray Train local mode keeps no checkpoints)")
+    if not ray.is_initialized():
+        raise RuntimeError(
+            "Ray is not connected; call services.training.ray.cluster.ensure_ray first"
+        )
+    t0 = time.perf_counter()
+    name = spec.name or f"{spec.method}-{spec.task}-{uuid.uuid4().hex[:8]}"
+    storage_path = Path(storage_path).resolve()
+    storage_path.mkdir(parents=True, exist_ok=True)
+
+    queue = Queue(maxsize=0, actor_options={"num_cpus": 0})
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+    drainer = threading.Thread(target=_drain, args=(queue, events, on_report, stop), daemon=True)
+    drainer.start()
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=spec.loop_config(),
+        scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[_QueueReporter(queue)],
+            logging_config=LoggingConfig(log_level=spec.log_level),
+        ),
+    )
+    env_key = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    set_poll = spec.poll_interval_s is not None and env_key not in os.environ
+    if set_poll:  # read by fit() and propagated to the controller actor
+        os.environ[env_key] = str(spec.poll_interval_s)
+    previous_sigint = (
+        signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    try:
+        result = trainer.fit()
+    finally:
+        if set_poll:
+            os.environ.pop(env_key, None)
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)  # fit() installs its own handler
+        stop.set()
+        drainer.join(timeout=30)
+        try:
+            queue.shutdown()
+        except Exception:
+            logger.debug("queue shutdown failed", exc_info=True)
+
+    history = [e for e in events if "step" in e]
+    if not history and isinstance(result.return_value, dict):
+        history = list(result.return_value.get("history") or [])
+    outcome = TrainOutcome(
+        name=name,
+        run_path=str(result.path),
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        metrics_history=history,
+        final_metrics=dict(result.metrics) if result.metrics else None,
+    )
+    if result.checkpoint is not None:
+        dest = Path(export_dir) if export_dir else Path(result.path) / "export"
+        with result.checkpoint.as_directory() as ckpt_dir:
+            outcome.adapter_dir, outcome.model_dir = export_weights(
+                Path(ckpt_dir), dest, spec.base_model_path
+            )
+    outcome.seconds = time.perf_counter() - t0
+    return outcome

@@ -1,0 +1,210 @@
+"""Held-out evaluation of a base model or a PEFT adapter on prompt/completion examples.
+
+* Classification (``sentiment``, ``ticket``, ``classification``): every candidate label is
+  scored by the model's summed log-likelihood of ``" <label>"`` right after the prompt;
+  the argmax is the prediction → ``accuracy`` and ``macro_f1``.
+* Translation: greedy decoding (``max_new_tokens``, stops at the first newline) →
+  corpus ``chrf`` (sacrebleu).
+* Always: ``eval_loss`` = mean token cross-entropy of the gold completion given the prompt
+  (the same quantity the train loop minimises).
+
+``model_or_path`` may be a loaded model (plain or ``PeftModel``), a model directory, or an
+adapter directory (``adapter_config.json``; its ``base_model_name_or_path`` is loaded
+first). Everything runs batched under ``torch.inference_mode()``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CLASSIFICATION_TASKS = ("sentiment", "ticket", "classification")
+TRANSLATION_TASKS = ("translation",)
+
+
+def load_model(
+    path: str | Path, *, base_model_path: str | Path | None = None, merge: bool = False
+) -> Any:
+    """Load a causal LM from ``path`` — a full model dir or a PEFT adapter dir.
+
+    Adapters are loaded with ``PeftModel.from_pretrained``; ``merge=True`` folds them into
+    the base weights (``merge_and_unload``; same outputs, faster forward passes).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    path = Path(path)
+    cfg = path / "adapter_config.json"
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" bars clutter test/CLI output
+    try:
+        if cfg.exists():
+            from peft import PeftModel
+
+            base = base_model_path or json.loads(cfg.read_text())["base_model_name_or_path"]
+            model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+            model = PeftModel.from_pretrained(model, str(path))
+            if merge:
+                model = model.merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Tokenizer of a model dir, or of the base model named by an adapter dir."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    cfg = path / "adapter_config.json"
+    if cfg.exists() and not (path / "tokenizer.json").exists():
+        path = Path(json.loads(cfg.read_text())["base_model_name_or_path"])
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt (+bos) and completion, and the index where the completion starts."""
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return p + c, len(p)
+
+
+def _completion_logprobs(
+    model: Any, pairs: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int
+) -> list[tuple[float, int]]:
+    """(summed log-prob, n tokens) of each completion given its prompt."""
+    out: list[tuple[float, int]] = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, (seq, _) in enumerate(chunk):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        for row, (seq, start) in enumerate(chunk):
+            # completion tokens are seq[start:], predicted at positions start-1 .. len-2
+            span = tok_lp[row, start - 1 : len(seq) - 1]
+            out.append((float(span.sum()), int(span.numel())))
+    return out
+
+
+def _macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> float:
+    scores = []
+    for lab in labels:
+        tp = sum(g == lab and p == lab for g, p in zip(gold, pred, strict=True))
+        fp = sum(g != lab and p == lab for g, p in zip(gold, pred, strict=True))
+        fn = sum(g == lab and p != lab for g, p in zip(gold, pred, strict=True))
+        denom = 2 * tp + fp + fn
+        scores.append(2 * tp / denom if denom else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _newline_token_ids(tokenizer: Any) -> list[int]:
+    vocab_size = len(tokenizer)
+    return [i for i in range(vocab_size) if "\n" in tokenizer.decode([i])]
+
+
+@torch.inference_mode()
+def _greedy(
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    stop_ids = _newline_token_ids(tokenizer)
+    if tokenizer.eos_token_id is not None:
+        stop_ids.append(tokenizer.eos_token_id)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[-1]
+    outs: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = [
+            tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts[i : i + batch_size]
+        ]
+        width = max(len(e) for e in enc)
+        ids = torch.full((len(enc), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(enc):  # left padding for decoder-only generation
+            ids[row, width - len(seq) :] = torch.tensor(seq)
+            mask[row, width - len(seq) :] = 1
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=stop_ids,
+            pad_token_id=pad_id,
+        )
+        for row in gen[:, width:]:
+            text = tokenizer.decode(row.tolist(), skip_special_tokens=True)
+            outs.append(text.split("\n", 1)[0].strip())
+    return outs
+
+
+@torch.inference_mode()
+def evaluate(
+    model_or_path: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, str]],
+    task: str,
+    labels: Sequence[str] | None = None,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 40,
+) -> dict[str, Any]:
+    """Score ``examples`` (``prompt``/``completion``/``label`` dicts) for ``task``.
+
+    Returns ``{"task", "n", "eval_loss", "predictions", ...}`` plus ``accuracy`` and
+    ``macro_f1`` (classification) or ``chrf`` (translation).
+    """
+    model = model_or_path
+    if isinstance(model_or_path, (str, Path)):
+        model = load_model(model_or_path, merge=True)
+        if tokenizer is None:
+            tokenizer = load_tokenizer(model_or_path)
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    gold_pairs = [_encode_pair(tokenizer, ex["prompt"], ex["completion"]) for ex in examples]
+    result: dict[str, Any] = {"task": task, "n": len(examples)}
+
+    if task in CLASSIFICATION_TASKS:
+        gold = [ex.get("label") or ex["completion"].strip() for ex in examples]
+        labels = list(labels) if labels is not None else sorted(set(gold))
+        cand = [
+            _encode_pair(tokenizer, ex["prompt"], f" {lab}") for ex in examples for lab in labels
+        ]
+        scores = _completion_logprobs(model, cand, pad_id, batch_size)
+        preds = []
+        for i in range(len(examples)):
+            row = [lp for lp, _ in scores[i * len(labels) : (i + 1) * len(labels)]]
+            preds.append(labels[max(range(len(labels)), key=row.__getitem__)])
+        result["accuracy"] = sum(g == p for g, p in zip(gold, preds, strict=True)) / max(
+            1, len(gold)
+        )
+        result["macro_f1"] = _macro_f1(gold, preds, labels)
+        result["labels"] = labels
+    elif task in TRANSLATION_TASKS:
+        import sacrebleu
+
+        preds = _greedy(
+            model, tokenizer, [ex["prompt"] for ex in examples], max_new_tokens, batch_size
+        )
+        refs = [ex.get("label") or ex["completion"].strip() for ex in examples]
+        result["chrf"] = float(sacrebleu.corpus_chrf(preds, [refs]).score)
+    else:
+        raise ValueError(f"unknown task {task!r}")
+
+    gold_lp = _completion_logprobs(model, gold_pairs, pad_id, batch_size)
+    total_tokens = sum(n for _, n in gold_lp)
+    result["eval_loss"] = -sum(lp for lp, _ in gold_lp) / max(1, total_tokens)
+    result["eval_ppl"] = math.exp(min(50.0, result["eval_loss"]))
+    result["predictions"] = preds
+    return result

@@ -1,0 +1,341 @@
+"""Ray Train (V2) per-worker fine-tuning loop for causal LMs on prompt/completion JSONL.
+
+``train_loop_per_worker(config)`` is handed to ``ray.train.torch.TorchTrainer``. Config::
+
+    base_model_path   model dir (HF format)
+    train_path        JSONL rows {"prompt", "completion"}; valid_path likewise (optional)
+    method            "lora" | "hybrid" | "full" | "transfer"
+    lora              {r, alpha, dropout, target_modules, use_rslora, use_dora}
+    hyperparameters   {n_epochs, batch_size (per worker), learning_rate, max_len,
+                       max_steps?, warmup_ratio?, weight_decay?, grad_clip?}
+    seed, checkpoint_every (steps; a final checkpoint is always written), task,
+    report_every (1), append_eos (True), num_threads (1), max_valid (256),
+    fail_at_step / fail_rank / fail_marker   test hook: that rank ``os._exit(1)``s once
+
+Methods: ``lora`` = PEFT LoRA on q/k/v/o/gate/up/down; ``hybrid`` = LoRA +
+``modules_to_save=["embed_tokens", "lm_head"]``; ``full`` = every weight trainable, no
+PEFT; ``transfer`` = base frozen, only ``lm_head`` trained (exported as a full model dir,
+since PEFT has no "modules_to_save only" adapter).
+
+Loss is on completion tokens only (prompt and padding labels are -100); with
+``append_eos`` the eos token follows the completion so served models stop by themselves.
+Sharding: each epoch every rank shuffles the full row list with ``seed + epoch`` and takes
+``rows[rank::world]`` padded by wrap-around, so all ranks run the same number of steps
+(DDP and ``ray.train.report`` are collective) and a resumed run replays the same order.
+
+Every ``report_every`` steps *all* ranks call ``ray.train.report`` (V2 rule: every worker
+must report the same number of times, it is a barrier); only rank 0 attaches a checkpoint:
+``adapter/`` (PEFT ``save_pretrained``) or ``model/`` (full weights), ``optimizer.pt``,
+``scheduler.pt``, ``state.json`` (step, epoch, method). After a worker failure Ray
+restarts the group and ``ray.train.get_checkpoint()`` resumes from that step; every
+report carries ``resumed_from`` (the step restored, 0 for a fresh start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+METHODS = ("lora", "hybrid", "full", "transfer")
+STATE_FILE = "state.json"
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def encode_example(
+    tokenizer: Any, prompt: str, completion: str, max_len: int, append_eos: bool = True
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) with labels -100 on the prompt; prompt is left-truncated."""
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if append_eos and tokenizer.eos_token_id is not None:
+        c = [*c, tokenizer.eos_token_id]
+    c = c[:max_len]
+    keep = max(0, max_len - len(c))
+    if len(p) > keep:  # keep bos + the end of the prompt (closest to the answer)
+        p = p[:1] + p[len(p) - keep + 1 :] if keep > 1 else p[:keep]
+    return p + c, [-100] * len(p) + c
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (seq, lab) in enumerate(batch):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(seq)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_shard(
+    n_rows: int, epoch: int, seed: int, rank: int, world: int, steps: int, bs: int
+) -> list[int]:
+    """Row indices of ``rank`` for ``epoch``: shuffled, strided, wrapped to steps*bs."""
+    order = list(range(n_rows))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    mine = order[rank::world] or order
+    need = steps * bs
+    return [mine[i % len(mine)] for i in range(need)]
+
+
+def build_model(config: dict[str, Any], resume_dir: Path | None = None) -> Any:
+    """Base model wrapped for ``config["method"]``; weights from ``resume_dir`` if given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    method = config.get("method", "lora")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    base_path = config["base_model_path"]
+    if method in ("full", "transfer"):
+        src = resume_dir / "model" if resume_dir else base_path
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        if method == "transfer":
+            for name, param in model.named_parameters():
+                param.requires_grad = name.startswith("lm_head.")
+        return model
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+    if resume_dir is not None:
+        return PeftModel.from_pretrained(base, str(resume_dir / "adapter"), is_trainable=True)
+    lora = dict(config.get("lora") or {})
+    peft_cfg = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=int(lora.get("r", 8)),
+        lora_alpha=int(lora.get("alpha", 16)),
+        lora_dropout=float(lora.get("dropout", 0.05)),
+        target_modules=list(lora.get("target_modules") or DEFAULT_TARGETS),
+        use_rslora=bool(lora.get("use_rslora", False)),
+        use_dora=bool(lora.get("use_dora", False)),
+        modules_to_save=["embed_tokens", "lm_head"] if method == "hybrid" else None,
+    )
+    return get_peft_model(base, peft_cfg)
+
+
+def _lr_lambda(total: int, warmup: int):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 1.0 - progress) * 0.9 + 0.1  # linear decay to 10 %
+
+    return fn
+
+
+def _all_reduce_sum(values: list[float]) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _valid_loss(
+    model: Any,
+    encoded: list[tuple[list[int], list[int]]],
+    rank: int,
+    world: int,
+    bs: int,
+    pad_id: int,
+    device: Any,
+) -> float:
+    """Token-weighted completion loss over all ranks' shards of ``encoded``."""
+    import torch
+
+    inner = getattr(model, "module", model)  # no DDP: ranks may run different batch counts
+    mine = encoded[rank::world]
+    loss_sum, n_tok = 0.0, 0.0
+    inner.eval()
+    with torch.no_grad():
+        for i in range(0, len(mine), bs):
+            batch = {k: v.to(device) for k, v in collate(mine[i : i + bs], pad_id).items()}
+            n = float((batch["labels"][:, 1:] != -100).sum())
+            if n:
+                loss_sum += float(inner(**batch).loss) * n
+                n_tok += n
+    inner.train()
+    loss_sum, n_tok = _all_reduce_sum([loss_sum, n_tok])
+    return loss_sum / n_tok if n_tok else float("nan")
+
+
+def _save_checkpoint(
+    d: Path, model: Any, optimizer: Any, scheduler: Any, state: dict, method: str, tokenizer: Any
+) -> None:
+    import torch
+
+    inner = getattr(model, "module", model)  # unwrap DDP
+    if method in ("lora", "hybrid"):
+        inner.save_pretrained(str(d / "adapter"))
+    else:
+        inner.save_pretrained(str(d / "model"))
+        tokenizer.save_pretrained(str(d / "model"))
+    torch.save(optimizer.state_dict(), d / "optimizer.pt")
+    torch.save(scheduler.state_dict(), d / "scheduler.pt")
+    (d / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def _maybe_fail(config: dict[str, Any], step: int, rank: int, world: int, experiment: str) -> None:
+    fail_at = config.get("fail_at_step")
+    if fail_at is None or step != int(fail_at):
+        return
+    if rank != int(config.get("fail_rank", 1 if world > 1 else 0)):
+        return
+    marker = Path(
+        config.get("fail_marker") or Path(tempfile.gettempdir()) / f"tf-fail-{experiment}"
+    )
+    if marker.exists():
+        return
+    marker.write_text(f"rank {rank} killed at step {step} pid {os.getpid()}\n")
+    os._exit(1)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
+    """TorchTrainer entry point (see module docstring for the config)."""
+    t_enter = time.perf_counter()
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+    from ray.train.torch import get_device, prepare_model
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(int(config.get("num_threads", 1)))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    method = config.get("method", "lora")
+    hp = dict(config.get("hyperparameters") or {})
+    bs = int(hp.get("batch_size", 8))
+    max_len = int(hp.get("max_len", 256))
+    seed = int(config.get("seed", 0))
+    append_eos = bool(config.get("append_eos", True))
+    report_every = max(1, int(config.get("report_every", 1)))
+    ckpt_every = int(config.get("checkpoint_every") or 0)
+
+    tokenizer = AutoTokenizer.from_pretrained(config["base_model_path"])
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rows = read_jsonl(config["train_path"])
+    encoded = [
+        encode_example(tokenizer, r["prompt"], r["completion"], max_len, append_eos) for r in rows
+    ]
+    valid = []
+    if config.get("valid_path"):
+        vrows = read_jsonl(config["valid_path"])[: int(config.get("max_valid", 256))]
+        valid = [
+            encode_example(tokenizer, r["prompt"], r["completion"], max_len, append_eos)
+            for r in vrows
+        ]
+
+    steps_per_epoch = max(1, math.ceil(len(encoded) / (world * bs)))
+    total = int(hp.get("max_steps") or steps_per_epoch * int(hp.get("n_epochs", 1)))
+
+    checkpoint = ray.train.get_checkpoint()
+    torch.manual_seed(seed)
+    resume_state: dict[str, Any] = {}
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
+        resume_dir = Path(ckpt_dir) if ckpt_dir else None
+        model = build_model(config, resume_dir)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=float(hp.get("learning_rate", 2e-4)),
+            weight_decay=float(hp.get("weight_decay", 0.0)),
+        )
+        warmup = int(total * float(hp.get("warmup_ratio", 0.05)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+        if resume_dir is not None:
+            optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
+            scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", weights_only=True))
+            resume_state = json.loads((resume_dir / STATE_FILE).read_text())
+    # DDP (gloo on CPU) when world > 1; the only buffers (rotary inv_freq) are constant,
+    # so skip DDP's per-forward buffer broadcast
+    model = prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    model.train()
+    device = get_device()
+    setup_seconds = time.perf_counter() - t_enter
+
+    step = int(resume_state.get("step", 0))
+    resumed_from = step
+    n_trainable = sum(p.numel() for p in params)
+    experiment = ctx.get_experiment_name()
+    grad_clip = float(hp.get("grad_clip", 1.0))
+    history: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    window = [0.0, 0.0, 0.0, 0.0]  # loss sum, steps, tokens, seconds since the last report
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        shard = epoch_shard(len(encoded), epoch, seed, rank, world, steps_per_epoch, bs)
+        idx = shard[pos * bs : (pos + 1) * bs]
+        _maybe_fail(config, step + 1, rank, world, experiment)
+        t0 = time.perf_counter()
+        torch.manual_seed(seed + 7919 * step + rank)  # dropout: reproducible across resumes
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
+        loss = model(**batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window[0] += float(loss.detach())
+        window[1] += 1
+        window[2] += float(batch["attention_mask"].sum())
+        window[3] += time.perf_counter() - t0
+        is_ckpt = step == total or (ckpt_every > 0 and step % ckpt_every == 0)
+        if not (is_ckpt or step % report_every == 0):
+            continue
+        # collective: every rank reaches here at the same steps
+        loss_sum, n_steps, n_tokens, seconds = _all_reduce_sum(window)
+        window = [0.0, 0.0, 0.0, 0.0]
+        metrics = {
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "train_loss": loss_sum / max(1.0, n_steps),  # mean over ranks and window steps
+            "tokens_per_second": n_tokens / max(1e-9, seconds / world),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "resumed_from": resumed_from,
+            "total_steps": total,
+            "world_size": world,
+            "trainable_params": n_trainable,
+            "setup_seconds": setup_seconds,
+        }
+        if is_ckpt and valid:
+            metrics["valid_loss"] = _valid_loss(model, valid, rank, world, bs, pad_id, device)
+        history.append(metrics)
+        last = metrics
+        if is_ckpt and rank == 0:
+            with tempfile.TemporaryDirectory(prefix="tf-ckpt-") as tmp:
+                state = {
+                    "step": step,
+                    "epoch": step / steps_per_epoch,
+                    "method": method,
+                    "seed": seed,
+                }
+                _save_checkpoint(Path(tmp), model, optimizer, scheduler, state, method, tokenizer)
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+    return {"history": history, "final": last, "resumed_from": resumed_from} if rank == 0 else None
