@@ -39,6 +39,11 @@ class RegistrySettings(ServiceSettings):
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_poll_s: float = Field(default=0.5, gt=0)
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="host names, addresses or CIDRs tenant webhooks may reach although they "
+        "are private/loopback/link-local (SSRF guard, shared.netguard); JSON list in the env",
+    )
 
     def db_url(self) -> str:
         if self.database_url:

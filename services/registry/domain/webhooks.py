@@ -1,7 +1,10 @@
 """Webhook subscriptions and the dispatcher that drains the delivery outbox.
 
 Deliveries are signed (``shared.signing``), retried with exponential backoff up to
-``max_attempts``, and every attempt's outcome is recorded on the delivery row.
+``max_attempts``, and every attempt's outcome is recorded on the delivery row. Tenant URLs
+pass the SSRF guard (``shared.netguard``) at registration and again before every attempt,
+so a name that later resolves to a private address (DNS rebinding) is never called; the
+fleet's own receivers (``notify_urls``, set by the operator) are not checked.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 
 import anyio
 import httpx
@@ -21,12 +25,14 @@ from sqlalchemy.orm import Session
 from services.registry.storage.tables import DeliveryRow, WebhookRow
 from shared import signing
 from shared.db import Database
-from shared.errors import NotFound
+from shared.errors import InvalidRequest, NotFound
+from shared.netguard import check_outbound_url
 
 log = logging.getLogger(__name__)
 
 
 def create_webhook(s: Session, tenant: str, url: str, events: list[str]) -> WebhookRow:
+    """Store a subscription; the caller has checked ``url`` with the SSRF guard."""
     row = WebhookRow(
         id="wh-" + secrets.token_hex(10),
         tenant=tenant,
@@ -80,8 +86,11 @@ class WebhookDispatcher:
         max_attempts: int,
         poll_s: float,
         transport: httpx.AsyncBaseTransport | None = None,
+        url_allow: Sequence[str] = (),
     ) -> None:
         self.db = db
+        # Re-checked per attempt; empty = only public destinations (fail closed).
+        self.url_allow: Sequence[str] = url_allow
         self.system_secret = system_secret
         self.max_attempts = max_attempts
         self.poll_s = poll_s
@@ -121,7 +130,7 @@ class WebhookDispatcher:
             await asyncio.gather(*(self._deliver(d) for d in due))
         return len(due)
 
-    def _due(self) -> list[tuple[int, str, str, bytes, str]]:
+    def _due(self) -> list[tuple[int, str, str, bytes, str, bool]]:
         with self.db.session() as s:
             rows = s.scalars(
                 select(DeliveryRow)
@@ -143,11 +152,19 @@ class WebhookDispatcher:
                     secrets_by_hook.get(r.webhook_id, "") if r.webhook_id else self.system_secret
                 )
                 body = json.dumps(r.payload, separators=(",", ":")).encode()
-                out.append((r.id, r.url, r.event, body, secret))
+                out.append((r.id, r.url, r.event, body, secret, r.webhook_id is not None))
             return out
 
-    async def _deliver(self, item: tuple[int, str, str, bytes, str]) -> None:
-        delivery_id, url, event, body, secret = item
+    async def _deliver(self, item: tuple[int, str, str, bytes, str, bool]) -> None:
+        delivery_id, url, event, body, secret, tenant_url = item
+        if tenant_url:
+            try:  # DNS may have changed since registration (rebinding): check again
+                await anyio.to_thread.run_sync(check_outbound_url, url, self.url_allow)
+            except InvalidRequest as exc:
+                await anyio.to_thread.run_sync(
+                    self._record, delivery_id, None, f"refused: {exc.message}"[:500]
+                )
+                return
         headers = {
             "Content-Type": "application/json",
             "X-Tunefleet-Event": event,

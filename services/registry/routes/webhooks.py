@@ -10,6 +10,7 @@ from services.registry.deps import State
 from services.registry.domain import webhooks
 from services.registry.domain.views import delivery_out, webhook_out
 from shared.auth import TenantId
+from shared.netguard import check_outbound_url
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
 from shared.schemas.registry import WebhookCreate, WebhookDeliveryOut, WebhookOut
 
@@ -18,6 +19,8 @@ router = APIRouter(tags=["webhooks"])
 
 @router.post("/v1/webhooks", response_model=WebhookOut, status_code=201)
 def create_webhook(body: WebhookCreate, st: State, tenant: TenantId) -> WebhookOut:
+    # Sync handler (thread pool): the guard's DNS lookup may block.
+    check_outbound_url(body.url, st.settings.webhook_allow, param="url")
     with st.db.session(write=True) as s:
         return webhook_out(
             webhooks.create_webhook(s, tenant, body.url, list(body.events)), with_secret=True
