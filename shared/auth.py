@@ -34,7 +34,7 @@ def tenant_header(
         raise InvalidRequest(
             "X-Tenant-Id header is required", param="X-Tenant-Id", code="missing_tenant"
         )
-    if not TENANT_RE.match(x_tenant_id):
+    if not TENANT_RE.fullmatch(x_tenant_id):  # "$" alone would accept a final "\n"
         raise InvalidRequest(
             "X-Tenant-Id must match [a-z0-9][a-z0-9_-]{0,62}",
             param="X-Tenant-Id",

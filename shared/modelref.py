@@ -35,7 +35,7 @@ def parse_model(model: str, *, param: str = "model") -> ModelRef:
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model must be a non-empty string", param=param)
     name, sep, selector = model.strip().partition("@")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):  # fullmatch: "$" also matches before a final "\n"
         raise InvalidRequest(
             f"model name {name!r} is invalid: use lowercase letters, digits, '.', '_' or '-'",
             param=param,
@@ -44,12 +44,12 @@ def parse_model(model: str, *, param: str = "model") -> ModelRef:
     if not sep:
         return ModelRef(name=name, alias=DEFAULT_ALIAS)
     digits = selector[1:] if selector[:1] == "v" else selector
-    if digits.isdigit():
+    if digits.isascii() and digits.isdigit():  # "²".isdigit() is True, int("²") fails
         version = int(digits)
         if version < 1:
             raise InvalidRequest("adapter versions start at 1", param=param, code="invalid_model")
         return ModelRef(name=name, version=version)
-    if ALIAS_RE.match(selector):
+    if ALIAS_RE.fullmatch(selector):
         return ModelRef(name=name, alias=selector)
     raise InvalidRequest(
         f"model selector {selector!r} is neither a version number nor an alias name",
