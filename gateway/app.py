@@ -16,7 +16,7 @@ from gateway.domain.keys import bootstrap_admin
 from gateway.domain.quotas import RateLimiter
 from gateway.domain.routing import ReplicaSet
 from gateway.domain.usage import UsageRecorder
-from gateway.routes import admin, inference, registry
+from gateway.routes import admin, console, inference, registry
 from gateway.settings import GatewaySettings
 from shared.app import create_service_app
 from shared.db import Database, run_migrations
@@ -84,4 +84,5 @@ def create_app(
     )
     for module in (inference, registry, admin):
         app.include_router(module.router)
+    app.include_router(console.router)
     return app

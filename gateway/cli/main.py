@@ -1,4 +1,6 @@
-"""The ``tunefleet`` command. Fleet lifecycle today; API commands come with issue 7."""
+"""The ``tunefleet`` command: fleet lifecycle (up/down/status/demo) here, and the API command
+groups (files, jobs, adapters, models, chat, keys, tenants, integrations), one module each,
+all over the gateway API only."""
 
 from __future__ import annotations
 
@@ -13,11 +15,38 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli import adapters, admin, files, inference, integrations, jobs
+from gateway.cli.common import Conn
 from gateway.cli.supervisor import Supervisor
 
 app = typer.Typer(help="tunefleet: fine-tune and serve LoRA adapters", no_args_is_help=True)
 console = Console(stderr=True)
 Home = Annotated[Path, typer.Option(envvar="TUNEFLEET_HOME", help="state directory")]
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: Annotated[
+        str | None, typer.Option(envvar="TUNEFLEET_URL", help="gateway URL (default :8000)")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(envvar="TUNEFLEET_API_KEY", help="API key (tf-…)", show_default=False),
+    ] = None,
+) -> None:
+    """Connection settings for the API commands: --url/--key or TUNEFLEET_URL/TUNEFLEET_API_KEY."""
+    ctx.obj = Conn(url, key)
+
+
+app.add_typer(files.app, name="files")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(adapters.app, name="adapters")
+app.add_typer(integrations.app, name="integrations")
+app.add_typer(admin.tenants, name="tenants")
+app.add_typer(admin.keys, name="keys")
+app.command("models")(inference.models)
+app.command("chat")(inference.chat)
 
 
 @app.command()

@@ -1,0 +1,58 @@
+"""``tunefleet tenants`` and ``tunefleet keys``: administration (role admin; sre reads)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gateway.cli.common import JsonOpt, call, err, show
+
+tenants = typer.Typer(help="tenants (admin)", no_args_is_help=True)
+keys = typer.Typer(help="API keys (admin)", no_args_is_help=True)
+KEY_COLUMNS = ["id", "tenant", "role", "name", "prefix", "revoked", "expires_at"]
+
+
+@tenants.command("list")
+def list_tenants(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every tenant with its policies."""
+    show(call(ctx, lambda c: c.list_tenants()), as_json, title="tenants")
+
+
+@tenants.command("create")
+def create_tenant(
+    ctx: typer.Context, tenant_id: str, name: str = "", as_json: JsonOpt = False
+) -> None:
+    """Create a tenant (lowercase id)."""
+    show(call(ctx, lambda c: c.create_tenant(tenant_id, name)), as_json, title="tenant")
+
+
+@keys.command("list")
+def list_keys(
+    ctx: typer.Context,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """API keys (never the secrets: only their prefixes)."""
+    show(call(ctx, lambda c: c.list_keys(tenant)), as_json, KEY_COLUMNS, "keys")
+
+
+@keys.command("create")
+def create_key(
+    ctx: typer.Context,
+    tenant: Annotated[str, typer.Option(help="tenant the key acts for")],
+    role: Annotated[str, typer.Option(help="app|integrator|sre|admin")] = "app",
+    name: str = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key; the secret is printed this once."""
+    row = call(ctx, lambda c: c.create_key(tenant, role, name))
+    show(row, as_json, title="key")
+    if not as_json:
+        err.print("[yellow]store the key now: it is not shown again[/yellow]")
+
+
+@keys.command("revoke")
+def revoke_key(ctx: typer.Context, key_id: str, as_json: JsonOpt = False) -> None:
+    """Revoke a key (effective at once on this gateway)."""
+    show(call(ctx, lambda c: c.revoke_key(key_id)), as_json, title="key")

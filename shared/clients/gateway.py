@@ -1,0 +1,215 @@
+"""Typed async client for the public gateway API (API.md), authenticated with an API key.
+
+Used by the ``tunefleet`` CLI and the demo; it speaks only the public contract, so anything
+it can do a customer can do with curl. Errors come back as the fleet's typed errors
+(``shared.errors``), rebuilt from the envelope by :class:`ServiceClient`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.clients.base import DEFAULT_TIMEOUT, ServiceClient
+from shared.errors import InvalidRequest, NotFound
+
+JSON = dict[str, Any]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class GatewayClient(ServiceClient):
+    """One method per public call. ``api_key`` is a ``tf-…`` key; the tenant comes from it."""
+
+    service = "gateway"
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        api_key: str = "",
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        retries: int = 3,
+    ) -> None:
+        super().__init__(base_url, api_key, transport=transport, timeout=timeout, retries=retries)
+
+    @classmethod
+    def from_env(cls, url: str | None = None, key: str | None = None) -> GatewayClient:
+        """Explicit values first, then ``TUNEFLEET_URL`` / ``TUNEFLEET_API_KEY``."""
+        return cls(
+            url or os.environ.get("TUNEFLEET_URL") or DEFAULT_URL,
+            key or os.environ.get("TUNEFLEET_API_KEY") or "",
+        )
+
+    async def _list(self, path: str, **params: Any) -> list[JSON]:
+        """Every page of a cursor-paginated list (``after``/``limit``)."""
+        out: list[JSON] = []
+        query = {k: v for k, v in params.items() if v is not None}
+        while True:
+            page = await self.json("GET", path, params=query)
+            data = list(page.get("data", []))
+            out.extend(data)
+            if not page.get("has_more") or not data or "id" not in data[-1]:
+                return out
+            query["after"] = data[-1]["id"]
+
+    # ------------------------------------------------------------------ files
+    async def upload_file(
+        self, path: Path, *, purpose: str = "fine-tune", mapping: dict[str, str] | None = None
+    ) -> JSON:
+        form: dict[str, str] = {"purpose": purpose}
+        if mapping:
+            form["mapping"] = json.dumps(mapping)
+        with path.open("rb") as fh:
+            return await self.json(  # type: ignore[no-any-return]
+                "POST", "/v1/files", files={"file": (path.name, fh)}, data=form
+            )
+
+    async def list_files(self) -> list[JSON]:
+        return await self._list("/v1/files")
+
+    async def get_file(self, file_id: str) -> JSON:
+        return await self.json("GET", f"/v1/files/{file_id}")  # type: ignore[no-any-return]
+
+    async def delete_file(self, file_id: str) -> JSON:
+        return await self.json("DELETE", f"/v1/files/{file_id}")  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ fine-tuning
+    async def create_job(self, body: JSON, *, idempotency_key: str | None = None) -> JSON:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", "/v1/fine_tuning/jobs", json=body, headers=headers
+        )
+
+    async def list_jobs(self, *, limit: int = 20) -> list[JSON]:
+        page = await self.json("GET", "/v1/fine_tuning/jobs", params={"limit": limit})
+        return list(page.get("data", []))
+
+    async def get_job(self, job_id: str) -> JSON:
+        return await self.json("GET", f"/v1/fine_tuning/jobs/{job_id}")  # type: ignore[no-any-return]
+
+    async def cancel_job(self, job_id: str) -> JSON:
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", f"/v1/fine_tuning/jobs/{job_id}/cancel", idempotent=True
+        )
+
+    async def job_events(self, job_id: str, *, limit: int = 100) -> list[JSON]:
+        """Events newest first, as OpenAI returns them."""
+        page = await self.json(
+            "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit}
+        )
+        return list(page.get("data", []))
+
+    async def job_checkpoints(self, job_id: str) -> list[JSON]:
+        page = await self.json("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints")
+        return list(page.get("data", []))
+
+    # ------------------------------------------------------------------ registry
+    async def base_models(self) -> list[JSON]:
+        return await self._list("/v1/base-models")
+
+    async def list_adapters(self) -> list[JSON]:
+        return await self._list("/v1/adapters", limit=100)
+
+    async def get_adapter(self, name: str) -> JSON:
+        return await self.json("GET", f"/v1/adapters/{name}")  # type: ignore[no-any-return]
+
+    async def list_versions(self, name: str) -> list[JSON]:
+        page = await self.json("GET", f"/v1/adapters/{name}/versions", params={"limit": 100})
+        return list(page.get("data", []))
+
+    async def set_alias(self, name: str, alias: str, version: int) -> JSON:
+        return await self.json(  # type: ignore[no-any-return]
+            "PUT", f"/v1/adapters/{name}/aliases/{alias}", json={"version": version}
+        )
+
+    async def alias_moves(self, name: str) -> list[JSON]:
+        page = await self.json("GET", f"/v1/adapters/{name}/alias-moves", params={"limit": 100})
+        return list(page.get("data", []))
+
+    async def rollback(self, name: str, alias: str) -> JSON:
+        """Point ``alias`` back at the version it held before its last move."""
+        moves = [m for m in await self.alias_moves(name) if m.get("alias") == alias]
+        if not moves:
+            raise NotFound(f"alias {alias!r} of {name!r} has never moved", param="alias")
+        last = max(moves, key=lambda m: int(m["id"]))
+        previous = last.get("from_version")
+        if previous is None:
+            raise InvalidRequest(
+                f"alias {alias!r} of {name!r} had no version before v{last.get('to_version')}",
+                param="alias",
+                code="nothing_to_roll_back",
+            )
+        return await self.set_alias(name, alias, int(previous))
+
+    # ------------------------------------------------------------------ inference
+    async def models(self) -> list[JSON]:
+        page = await self.json("GET", "/v1/models")
+        return list(page.get("data", []))
+
+    async def chat(self, model: str, messages: list[JSON], **options: Any) -> JSON:
+        body = {"model": model, "messages": messages, **options}
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", "/v1/chat/completions", json=body
+        )
+
+    async def complete(self, model: str, prompt: str | list[str], **options: Any) -> JSON:
+        body = {"model": model, "prompt": prompt, **options}
+        return await self.json("POST", "/v1/completions", json=body)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ integrations
+    async def create_integration(self, spec: JSON) -> JSON:
+        return await self.json("POST", "/v1/integrations", json=spec)  # type: ignore[no-any-return]
+
+    async def list_integrations(self) -> list[JSON]:
+        page = await self.json("GET", "/v1/integrations")
+        return list(page.get("data", []))
+
+    async def test_integration(self, name: str, samples: list[JSON]) -> JSON:
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", f"/v1/integrations/{name}/test", json={"samples": samples}, idempotent=True
+        )
+
+    async def invoke_integration(self, name: str, records: list[JSON] | JSON) -> JSON:
+        body = {"records": records} if isinstance(records, list) else {"record": records}
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", f"/v1/integrations/{name}/invoke", json=body
+        )
+
+    # ------------------------------------------------------------------ admin
+    async def list_tenants(self) -> list[JSON]:
+        page = await self.json("GET", "/admin/tenants")
+        return list(page.get("data", []))
+
+    async def create_tenant(self, tenant_id: str, name: str = "") -> JSON:
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", "/admin/tenants", json={"id": tenant_id, "name": name}
+        )
+
+    async def list_keys(self, tenant: str | None = None) -> list[JSON]:
+        page = await self.json("GET", "/admin/keys", params={"tenant": tenant} if tenant else {})
+        return list(page.get("data", []))
+
+    async def create_key(self, tenant: str, role: str, name: str = "") -> JSON:
+        """The returned ``key`` is shown this once; only its hash is stored."""
+        return await self.json(  # type: ignore[no-any-return]
+            "POST", "/admin/keys", json={"tenant": tenant, "role": role, "name": name}
+        )
+
+    async def revoke_key(self, key_id: str) -> JSON:
+        return await self.json("DELETE", f"/admin/keys/{key_id}")  # type: ignore[no-any-return]
+
+    async def usage(self, tenant: str | None = None) -> list[JSON]:
+        page = await self.json("GET", "/admin/usage", params={"tenant": tenant} if tenant else {})
+        return list(page.get("data", []))
+
+    async def audit(self, tenant: str | None = None, limit: int = 50) -> list[JSON]:
+        params: dict[str, Any] = {"limit": limit}
+        if tenant:
+            params["tenant"] = tenant
+        page = await self.json("GET", "/admin/audit", params=params)
+        return list(page.get("data", []))

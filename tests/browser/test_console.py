@@ -1,0 +1,161 @@
+"""The web console in a real browser: sign in with an API key, open a finished job and see
+its loss curve, promote an adapter version, look at usage and the audit log.
+
+The registry and gateway run as real processes on loopback (no inference replica is needed
+for the console's pages); the fine-tuning job comes from the real training service when it
+is present (see ``finished_job``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.adapters import make_adapter, pack
+from tests.support.postgres import free_port
+from tests.support.procs import ServiceProcess, service
+
+pytestmark = [pytest.mark.browser]
+TOKEN = "browser-test-token"
+ADMIN = "tf-browser-admin-key"
+
+
+@dataclass
+class Console:
+    gateway: ServiceProcess
+    registry: ServiceProcess
+    admin: str
+    integrator: str
+
+    def call(self, method: str, path: str, key: str | None = None, **kw: Any) -> Any:
+        r = httpx.request(
+            method,
+            self.gateway.url + path,
+            headers={"Authorization": f"Bearer {key or self.admin}"},
+            timeout=60,
+            **kw,
+        )
+        assert r.status_code < 300, r.text
+        return r.json()
+
+
+@pytest.fixture(scope="module")
+def fleet(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
+    home = tmp_path_factory.mktemp("console")
+    common = {"TUNEFLEET_INTERNAL_TOKEN": TOKEN}
+    with service(
+        "registry",
+        "services.registry",
+        home,
+        {**common, "TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)},
+        "TUNEFLEET_REGISTRY_PORT",
+    ) as reg:
+        reg.wait_ready()
+        gw_env = {
+            **common,
+            "TUNEFLEET_ADMIN_KEY": ADMIN,
+            "TUNEFLEET_GATEWAY_REGISTRY_URL": reg.url,
+            # No replica: the console needs none, and /readyz is not what this test is about.
+            "TUNEFLEET_GATEWAY_INFERENCE_URLS": json.dumps([f"http://127.0.0.1:{free_port()}"]),
+        }
+        with service("gateway", "gateway", home, gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
+            _wait_alive(gw)
+            c = Console(gw, reg, ADMIN, "")
+            c.call("POST", "/admin/tenants", json={"id": "acme", "name": "Acme"})
+            c.integrator = c.call(
+                "POST", "/admin/keys", json={"tenant": "acme", "role": "integrator"}
+            )["key"]
+            yield c
+
+
+def _wait_alive(sp: ServiceProcess, timeout: float = 120.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert sp.proc.poll() is None, sp.log_text()[-4000:]
+        try:
+            if httpx.get(sp.url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(sp.log_text()[-4000:])
+
+
+@pytest.fixture(scope="module")
+def adapter(fleet: Console, model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """support-router with two versions, production on v1."""
+    root = tmp_path_factory.mktemp("console-adapters")
+    for seed in (1, 2):
+        archive = pack(make_adapter(model_dir, root / f"a{seed}", seed=seed), root / f"{seed}.tgz")
+        with archive.open("rb") as fh:
+            fleet.call(
+                "POST",
+                "/v1/adapters/support-router/versions",
+                fleet.integrator,
+                files={"file": ("a.tar.gz", fh)},
+                data={"metadata": json.dumps({"base_model": "tiny-llama"})},
+            )
+    fleet.call(
+        "PUT",
+        "/v1/adapters/support-router/aliases/production",
+        fleet.integrator,
+        json={"version": 1},
+    )
+    return "support-router"
+
+
+def sign_in(page: Any, url: str, key: str) -> None:
+    page.goto(url + "/console/")
+    page.fill("#api-key", key)
+    page.click("#signin-form button")
+    page.wait_for_selector("#nav:not([hidden])")
+
+
+def test_sign_in_rejects_a_bad_key(browser: Any, fleet: Console, artifacts: Path) -> None:
+    page = browser.new_page()
+    page.goto(fleet.gateway.url + "/console/")
+    page.fill("#api-key", "tf-not-a-key")
+    page.click("#signin-form button")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "invalid_api_key" in page.inner_text("#error")
+    assert page.evaluate("sessionStorage.getItem('tunefleet.apiKey')") is None
+    page.screenshot(path=str(artifacts / "bad-key.png"))
+    page.close()
+
+
+def test_promote_a_version(browser: Any, fleet: Console, adapter: str, artifacts: Path) -> None:
+    page = browser.new_page()
+    sign_in(page, fleet.gateway.url, fleet.integrator)
+    page.click("a[data-view=adapters]")
+    page.click(f"tr[data-id] >> text={adapter}")
+    page.wait_for_selector("button.promote[data-version='2']")
+    assert "production → v1" in page.inner_text("[data-alias=production]")
+    page.click("button.promote[data-version='2']")
+    page.wait_for_selector("[data-alias=production] >> text=production → v2")
+    page.screenshot(path=str(artifacts / "adapter-promoted.png"), full_page=True)
+    assert fleet.call("GET", f"/v1/adapters/{adapter}", fleet.integrator)["aliases"] == {
+        "production": 2
+    }
+    page.click("[data-alias=production] button")  # roll back
+    page.wait_for_selector("[data-alias=production] >> text=production → v1")
+    page.close()
+
+
+def test_audit_and_usage_pages(browser: Any, fleet: Console, adapter: str, artifacts: Path) -> None:
+    page = browser.new_page()
+    sign_in(page, fleet.gateway.url, fleet.admin)
+    page.click("a[data-view=audit]")
+    page.wait_for_selector("#view >> text=hash chain: verified")
+    assert "key.create" in page.inner_text("#view")
+    page.screenshot(path=str(artifacts / "audit.png"), full_page=True)
+    page.click("a[data-view=usage]")
+    page.wait_for_selector("#usage-chart")
+    page.screenshot(path=str(artifacts / "usage.png"), full_page=True)
+    page.close()
