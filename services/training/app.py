@@ -1,0 +1,101 @@
+"""The training app: ``create_app(settings)`` wires storage, Ray, the registry client and
+routes. Files and jobs are SQL rows; the job lifecycle runs as background tasks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+from fastapi import APIRouter, FastAPI
+
+from services.training.deps import TrainingState
+from services.training.domain.backend import RayBackend
+from services.training.domain.lifecycle import JobLifecycle
+from services.training.routes import files, jobs, runner, selection
+from services.training.settings import TrainingSettings
+from services.training.storage.files import BlobStore, Cipher
+from shared.app import create_service_app
+from shared.auth import InternalAuth
+from shared.clients.registry import RegistryClient
+from shared.db import Database, run_migrations
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_training"
+
+
+def _cipher(settings: TrainingSettings) -> Cipher | None:
+    """Encryption at rest of uploads and datasets: on when ``TUNEFLEET_DATA_KEYS`` is set
+    (``shared.crypto``); the one place the cipher is plugged in."""
+    from shared.crypto import DataCipher
+
+    return DataCipher.from_settings()
+
+
+def create_app(
+    settings: TrainingSettings,
+    *,
+    registry_transport: httpx.AsyncBaseTransport | None = None,
+    backend: RayBackend | None = None,
+) -> FastAPI:
+    """Build the training service. Nothing touches disk, DB or Ray until the lifespan starts.
+
+    ``backend`` lets a caller share one Ray connection between app instances (a restart in
+    tests); by default the app makes its own and stops an embedded head it started.
+    """
+    token = settings.resolved_token()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.db_url()
+        await anyio.to_thread.run_sync(run_migrations, url, MIGRATIONS, VERSION_TABLE)
+        db = Database(url)
+        root = settings.data_root()
+        store = BlobStore(root / "blobs", _cipher(settings))
+        ray_backend = backend or RayBackend(
+            settings.ray_temp_dir or Path(f"/tmp/tf-ray-{settings.port}"),
+            address=settings.ray_address,
+            num_cpus=settings.ray_num_cpus,
+            python=settings.runner_python,
+        )
+        registry = RegistryClient(settings.registry_url, token, transport=registry_transport)
+        lifecycle = JobLifecycle(
+            db=db,
+            store=store,
+            backend=ray_backend,
+            registry=registry,
+            callback_url=settings.runner_callback_url(),
+            data_root=root,
+            max_len=settings.max_len,
+            poll_s=settings.monitor_poll_s,
+        )
+        app.state.training = TrainingState(
+            settings=settings, db=db, store=store, lifecycle=lifecycle
+        )
+
+        async def db_ready() -> str | None:
+            await anyio.to_thread.run_sync(db.ping)
+            return None
+
+        app.state.readiness_checks.append(db_ready)
+        lifecycle.start()
+        try:
+            yield
+        finally:
+            await lifecycle.aclose()
+            await registry.aclose()
+            if backend is None:
+                await anyio.to_thread.run_sync(ray_backend.close)
+            db.dispose()
+
+    app = create_service_app(
+        "training", internal_token=token, lifespan=lifespan, title="tunefleet training"
+    )
+    api = APIRouter(dependencies=[InternalAuth])
+    for module in (files, jobs, selection):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(runner.router)  # per-job runner token instead of the internal token
+    return app

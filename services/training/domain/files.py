@@ -1,0 +1,239 @@
+"""Uploaded files and the immutable prepared datasets derived from them.
+
+An upload is checked at once by the real preparation pipeline (with the default base
+model's tokenizer): a file that cannot be trained on is kept with ``status="error"`` and the
+line-numbered reason, so a job on it fails with ``invalid_training_file`` before anything
+reaches Ray. A bad ``mapping`` is the caller's mistake and is refused (400) with nothing
+stored. Deleting a file purges every dataset derived from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from services.training.data.pipeline import INVALID_FILE, prepare, to_jsonl
+from services.training.domain.ids import new_id
+from services.training.storage.files import BlobStore
+from services.training.storage.tables import DatasetRow, FileRow
+from shared.db import Database
+from shared.errors import InvalidRequest, NotFound
+from shared.schemas.training import FileOut
+
+PURPOSE = "fine-tune"
+TokenizerFor = Callable[[str], Any]  # base model id -> tokenizer
+
+
+def file_key(file_id: str) -> str:
+    return f"files/{file_id}"
+
+
+def dataset_key(dataset_id: str, split: str) -> str:
+    return f"datasets/{dataset_id}/{split}.jsonl"
+
+
+def parse_mapping(raw: str | None) -> dict[str, str] | None:
+    """The ``mapping`` form field: a JSON object of source field → target."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"mapping is not valid JSON: {exc.msg} at char {exc.pos}",
+            param="mapping",
+            code="invalid_mapping",
+        ) from exc
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidRequest(
+            "mapping must be a JSON object of source field → target name",
+            param="mapping",
+            code="invalid_mapping",
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class UploadCheck:
+    status: str
+    details: str | None
+    report: dict[str, Any] | None
+
+
+def check_upload(
+    data: bytes, filename: str, mapping: dict[str, str] | None, tokenizer: Any, max_len: int
+) -> UploadCheck:
+    """Run the pipeline once on an upload; a mapping error raises, a data error is recorded."""
+    try:
+        prepared = prepare(data, filename, mapping=mapping, tokenizer=tokenizer, max_len=max_len)
+    except InvalidRequest as exc:
+        if exc.code != INVALID_FILE:
+            raise
+        return UploadCheck("error", exc.message, None)
+    return UploadCheck("processed", None, prepared.report.model_dump(mode="json"))
+
+
+def create_file(
+    db: Database,
+    store: BlobStore,
+    *,
+    tenant: str,
+    filename: str,
+    data: bytes,
+    mapping: dict[str, str] | None,
+    check: UploadCheck,
+) -> FileRow:
+    row = FileRow(
+        id=new_id("file"),
+        tenant=tenant,
+        filename=filename[:255],
+        purpose=PURPOSE,
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        mapping=mapping,
+        status=check.status,
+        status_details=check.details,
+        report=check.report,
+    )
+    store.put(file_key(row.id), data)
+    try:
+        with db.session(write=True) as s:
+            s.add(row)
+    except BaseException:
+        store.delete(file_key(row.id))
+        raise
+    return row
+
+
+def get_file(s: Session, tenant: str, file_id: str, *, param: str = "file_id") -> FileRow:
+    row = s.get(FileRow, file_id)
+    if row is None or row.tenant != tenant:
+        raise NotFound(f"no file {file_id!r}", param=param, code="file_not_found")
+    return row
+
+
+def list_files(
+    s: Session, tenant: str, after: str | None, limit: int
+) -> tuple[list[FileRow], bool]:
+    """Newest first; ``after`` is the last id of the previous page."""
+    q = select(FileRow).where(FileRow.tenant == tenant)
+    if after:
+        q = q.where(FileRow.id < after)
+    rows = list(s.scalars(q.order_by(FileRow.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def datasets_of(s: Session, file_id: str) -> list[str]:
+    q = select(DatasetRow.id).where(
+        or_(DatasetRow.file_id == file_id, DatasetRow.validation_file_id == file_id)
+    )
+    return list(s.scalars(q.order_by(DatasetRow.id)))
+
+
+def delete_file(db: Database, store: BlobStore, tenant: str, file_id: str) -> list[str]:
+    """Delete a file and every prepared dataset derived from it; returns the dataset ids."""
+    with db.session(write=True) as s:
+        get_file(s, tenant, file_id)
+        purged = datasets_of(s, file_id)
+        s.execute(delete(DatasetRow).where(DatasetRow.id.in_(purged)))
+        s.execute(delete(FileRow).where(FileRow.id == file_id))
+    for ds in purged:
+        store.delete(f"datasets/{ds}")
+    store.delete(file_key(file_id))
+    return purged
+
+
+def file_out(row: FileRow, datasets: list[str]) -> FileOut:
+    return FileOut(
+        id=row.id,
+        bytes=row.bytes,
+        created_at=row.created_at,
+        filename=row.filename,
+        purpose="fine-tune",
+        status=row.status,  # type: ignore[arg-type]
+        status_details=row.status_details,
+        sha256=row.sha256,
+        mapping=row.mapping,
+        prep_report=row.report,
+        datasets=datasets,
+    )
+
+
+def prepare_dataset(
+    db: Database,
+    store: BlobStore,
+    *,
+    tenant: str,
+    training_file: str,
+    validation_file: str | None,
+    task: str,
+    base_model: str,
+    seed: int,
+    tokenizer: Any,
+    max_len: int,
+) -> DatasetRow:
+    """Prepare (or reuse) the immutable dataset of a job; ``InvalidRequest`` on bad data."""
+    with db.session() as s:
+        train = get_file(s, tenant, training_file, param="training_file")
+        valid = (
+            get_file(s, tenant, validation_file, param="validation_file")
+            if validation_file
+            else None
+        )
+        existing = s.scalars(
+            select(DatasetRow).where(
+                DatasetRow.file_id == train.id,
+                DatasetRow.validation_file_id == (valid.id if valid else None),
+                DatasetRow.task == task,
+                DatasetRow.base_model == base_model,
+                DatasetRow.seed == seed,
+            )
+        ).first()
+        if existing is not None:
+            return existing
+    prepared = prepare(
+        store.get(file_key(train.id)),
+        train.filename,
+        mapping=train.mapping,
+        task=task,
+        tokenizer=tokenizer,
+        max_len=max_len,
+        validation=store.get(file_key(valid.id)) if valid else None,
+        validation_filename=valid.filename if valid else None,
+        seed=seed,
+    )
+    if not prepared.train:
+        raise InvalidRequest(
+            f"{train.filename}: no training examples left after preparation",
+            param="training_file",
+            code=INVALID_FILE,
+        )
+    row = DatasetRow(
+        id=new_id("ds"),
+        tenant=tenant,
+        file_id=train.id,
+        validation_file_id=valid.id if valid else None,
+        task=task,
+        base_model=base_model,
+        seed=seed,
+        report=prepared.report.model_dump(mode="json"),
+    )
+    store.put(dataset_key(row.id, "train"), to_jsonl(prepared.train))
+    store.put(dataset_key(row.id, "validation"), to_jsonl(prepared.validation))
+    with db.session(write=True) as s:
+        s.add(row)
+    return row
+
+
+def dataset_split(store: BlobStore, dataset_id: str, split: str) -> bytes:
+    if split not in ("train", "validation"):
+        raise NotFound(f"no split {split!r}", param="split")
+    return store.get(dataset_key(dataset_id, split))

@@ -1,0 +1,272 @@
+"""What moves a job along: prepare its data, submit it to Ray, watch Ray, finish it.
+
+``JobLifecycle`` lives on ``app.state`` and owns one background task per job being
+prepared plus one monitor task. The monitor is also the restart story: jobs are rows in
+SQL, so a restarted service lists the active ones, asks Ray about each (the runner keeps
+training while the service is down and retries its reports), re-launches those still
+``validating_files``, and ends those whose Ray job ended without reporting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from services.training.domain import files, hyper, jobs
+from services.training.domain.backend import RayBackend
+from services.training.storage.files import BlobStore
+from services.training.storage.tables import DatasetRow, JobRow
+from shared.clients.registry import RegistryClient
+from shared.db import Database
+from shared.errors import InvalidRequest, TunefleetError
+from shared.schemas.training import JobCreate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaseModelInfo:
+    id: str
+    path: str
+
+
+class JobLifecycle:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: BlobStore,
+        backend: RayBackend,
+        registry: RegistryClient,
+        callback_url: str,
+        data_root: Path,
+        max_len: int,
+        poll_s: float,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.backend = backend
+        self.registry = registry
+        self.callback_url = callback_url
+        self.data_root = data_root
+        self.max_len = max_len
+        self.poll_s = poll_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tokenizers: dict[str, Any] = {}
+        self._tokens: dict[str, str] = {}  # job id -> runner token, until submitted
+
+    # --- base models and tokenizers -------------------------------------------------
+
+    async def base_model(self, tenant: str, model_id: str) -> BaseModelInfo:
+        """A catalog entry from the registry; 400 naming ``model`` when unknown."""
+        for m in await self.registry.list_base_models(tenant):
+            if m.id == model_id:
+                return BaseModelInfo(m.id, m.path)
+        raise InvalidRequest(
+            f"model {model_id!r} is not a base model in the catalog",
+            param="model",
+            code="model_not_found",
+        )
+
+    async def tokenizer(self, tenant: str, model_id: str) -> Any:
+        if model_id not in self._tokenizers:
+            info = await self.base_model(tenant, model_id)
+
+            def load() -> Any:
+                from transformers import AutoTokenizer
+
+                return AutoTokenizer.from_pretrained(info.path)
+
+            self._tokenizers[model_id] = await anyio.to_thread.run_sync(load)
+        return self._tokenizers[model_id]
+
+    # --- launching ------------------------------------------------------------------
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def launch(self, job_id: str, token: str | None) -> None:
+        """Prepare and submit ``job_id`` in the background."""
+        if token:
+            self._tokens[job_id] = token
+        self.spawn(self._launch(job_id))
+
+    async def _launch(self, job_id: str) -> None:
+        try:
+            await self._prepare_and_submit(job_id)
+        except TunefleetError as exc:
+            jobs.fail(self.db, job_id, exc.code, exc.message, exc.param)
+        except Exception as exc:  # a bug or Ray trouble: the job fails, the service lives
+            log.exception("job launch failed", extra={"job_id": job_id})
+            jobs.fail(self.db, job_id, "internal_error", f"{type(exc).__name__} while launching")
+        finally:
+            self._tokens.pop(job_id, None)
+
+    async def _prepare_and_submit(self, job_id: str) -> None:
+        with self.db.session() as s:
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            tenant, body = row.tenant, JobCreate.model_validate(row.request)
+            seed = row.seed
+        tok = await self.tokenizer(tenant, body.model)
+        hp = body.effective_hyperparameters()
+        max_len = hp.max_len or self.max_len
+        ds: DatasetRow = await anyio.to_thread.run_sync(
+            lambda: files.prepare_dataset(
+                self.db,
+                self.store,
+                tenant=tenant,
+                training_file=body.training_file,
+                validation_file=body.validation_file,
+                task=body.task,
+                base_model=body.model,
+                seed=seed,
+                tokenizer=tok,
+                max_len=max_len,
+            )
+        )
+        with self.db.session(write=True) as s:
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            row.dataset_id = ds.id
+        if body.sweep is not None or body.prune is not None:
+            what = "sweep" if body.sweep is not None else "prune"
+            raise TunefleetError(
+                f"{what} is not supported by this training service yet",
+                param=what,
+                code="not_supported",
+            )
+        n_train = int(ds.report["split"]["train"])
+        resolved = hyper.resolve(
+            hp,
+            method=body.training_method,
+            n_train=n_train,
+            num_workers=body.resources.num_workers,
+            max_len=max_len,
+        )
+        moved = jobs.advance(
+            self.db,
+            job_id,
+            "queued",
+            dataset_id=ds.id,
+            hyperparameters=resolved,
+            message=f"Validated files; prepared dataset {ds.id}",
+            data={"dataset_id": ds.id, "prep_report": ds.report},
+        )
+        if not moved:  # cancelled meanwhile
+            return
+        token = self._tokens.get(job_id)
+        if token is None:  # re-launched after a restart: the old token is only hashed
+            token = self._rotate_token(job_id)
+        submission = await anyio.to_thread.run_sync(
+            self.backend.submit, job_id, self.callback_url, token
+        )
+        with self.db.session(write=True) as s:
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            row.ray_job_id = submission
+            jobs.add_event(s, job_id, f"Submitted to Ray as {submission}")
+            cancelled = row.cancel_requested
+        if cancelled:
+            await anyio.to_thread.run_sync(self.backend.stop, submission)
+
+    def _rotate_token(self, job_id: str) -> str:
+        import secrets
+
+        token = secrets.token_urlsafe(32)
+        with self.db.session(write=True) as s:
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            row.runner_token_sha256 = jobs.token_hash(token)
+        return token
+
+    # --- auto_promote ---------------------------------------------------------------
+
+    async def incumbent(self, row: JobRow, *, download: bool = False) -> Any:
+        """The version behind the job's auto_promote alias (its archive path if
+        ``download``), or None when the alias points nowhere yet."""
+        from services.training.domain.results import adapter_name
+        from shared.errors import NotFound
+
+        body = JobCreate.model_validate(row.request)
+        if body.auto_promote is None:
+            return None
+        name = adapter_name(row)
+        try:
+            res = await self.registry.resolve(row.tenant, f"{name}@{body.auto_promote.alias}")
+        except NotFound:
+            return None
+        if res.version is None:
+            return None
+        if not download:
+            return res.version
+        import tempfile
+
+        dest = Path(tempfile.mkdtemp(prefix="incumbent-")) / f"{name}-v{res.version}.tar.gz"
+        return await self.registry.download_archive(row.tenant, name, res.version, dest)
+
+    # --- cancel ---------------------------------------------------------------------
+
+    async def cancel(self, tenant: str, job_id: str) -> None:
+        """Idempotent: a terminal job stays as it is; otherwise it ends ``cancelled``."""
+        with self.db.session(write=True) as s:
+            row = jobs.get_job(s, tenant, job_id)
+            if row.status in ("succeeded", "failed", "cancelled"):
+                return
+            row.cancel_requested = True
+            submission = row.ray_job_id
+        jobs.advance(self.db, job_id, "cancelled", message="Job cancelled")
+        if submission:
+            await anyio.to_thread.run_sync(self.backend.stop, submission)
+
+    # --- monitor / reconcile --------------------------------------------------------
+
+    def start(self) -> None:
+        with self.db.session() as s:
+            pending = [r.id for r in jobs.active_jobs(s) if r.status == "validating_files"]
+        for job_id in pending:  # the service died while preparing: start over
+            self.launch(job_id, None)
+        self.spawn(self._monitor())
+
+    async def _monitor(self) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("job monitor pass failed")
+            await asyncio.sleep(self.poll_s)
+
+    async def reconcile(self) -> None:
+        """Compare every submitted, unfinished job with its Ray job."""
+        with self.db.session() as s:
+            active = [(r.id, r.ray_job_id) for r in jobs.active_jobs(s) if r.ray_job_id]
+        for job_id, submission in active:
+            status, message = await anyio.to_thread.run_sync(self.backend.status, submission)
+            if status in ("PENDING", "RUNNING"):
+                continue
+            if status == "STOPPED":
+                jobs.advance(self.db, job_id, "cancelled", message="Ray job was stopped")
+            elif status == "SUCCEEDED":
+                # the runner reports before it exits; give a retried report a moment
+                await asyncio.sleep(self.poll_s)
+                jobs.fail(
+                    self.db, job_id, "runner_lost", "the Ray job ended without reporting a result"
+                )
+            else:
+                detail = f": {message[:300]}" if message else ""
+                jobs.fail(self.db, job_id, "training_failed", f"Ray job {status.lower()}{detail}")
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

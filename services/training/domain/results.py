@@ -1,0 +1,152 @@
+"""Finish a job from its runner's result: register the weights, then mark it succeeded.
+
+* ``lora`` → the adapter archive becomes a new version of the adapter named by ``suffix``
+  (``ft-<job>`` without one) in the registry, with lineage; ``fine_tuned_model`` is
+  ``name@vN``.
+* ``full`` / ``transfer`` / ``hybrid`` → a full model directory (hybrid is merged by the
+  runner: vLLM refuses LoRAs with ``modules_to_save``), registered in the registry's catalog
+  as a new tenant-owned *base* model ``<name>-<job>``; that id is ``fine_tuned_model``.
+* ``auto_promote {alias, gate}`` moves the alias to the new version only if the tuned metric
+  beats the version currently behind the alias, evaluated by the runner on this job's own
+  validation set (no version behind the alias: promote).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from services.training.domain import jobs
+from services.training.storage.tables import JobRow
+from shared.clients.registry import RegistryClient
+from shared.db import Database
+from shared.errors import Conflict, TunefleetError
+from shared.schemas.registry import Lineage, VersionMetadata
+from shared.schemas.training import JobCreate, RunnerResult
+
+log = logging.getLogger(__name__)
+
+
+def adapter_name(row: JobRow) -> str:
+    return row.suffix or "ft-" + row.id.removeprefix("ftjob-")
+
+
+def task_metric(task: str, gate: str = "auto") -> str:
+    if gate != "auto":
+        return gate
+    return {"classification": "accuracy", "sentiment": "accuracy", "translation": "chrf"}.get(
+        task, "eval_loss"
+    )
+
+
+def _better(metric: str, new: float, old: float) -> bool:
+    return new < old if metric.endswith("loss") or metric.endswith("ppl") else new > old
+
+
+def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for side in ("base", "tuned"):
+        for key, value in (result.get(side) or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                out[f"{side}_{key}"] = float(value)
+    return out
+
+
+async def finish(
+    db: Database,
+    registry: RegistryClient,
+    job_id: str,
+    report: RunnerResult,
+    archive: Path | None,
+) -> None:
+    """Register the result and move the job to ``succeeded`` (or ``failed``)."""
+    with db.session() as s:
+        row = s.get(JobRow, job_id)
+        assert row is not None
+        if row.status in ("succeeded", "failed", "cancelled"):
+            if row.status == "succeeded":
+                return  # a retried report after a restart: already done
+            raise Conflict(f"job {job_id} is {row.status}", code="job_finished")
+        body = JobCreate.model_validate(row.request)
+        tenant, name, dataset_id = row.tenant, adapter_name(row), row.dataset_id
+    result = dict(report.result)
+    lineage = Lineage(
+        job_id=job_id,
+        dataset_id=dataset_id,
+        training_file=body.training_file,
+        base_model=body.model,
+        method=body.training_method,
+        metrics=_flat_metrics(result),
+    )
+    try:
+        if archive is not None:
+            meta = VersionMetadata(
+                base_model=body.model,
+                description=f"fine-tuned by {job_id}",
+                lineage=lineage,
+                labels={"task": body.task, "job": job_id},
+            )
+            version = await registry.push_version(tenant, name, archive, meta, actor=job_id)
+            model = f"{name}@v{version.version}"
+            if body.auto_promote is not None:
+                result["promotion"] = await _promote(
+                    registry, tenant, name, version.version, body, result
+                )
+        elif report.model_dir:
+            model = f"{name}-{job_id.removeprefix('ftjob-')[-10:]}"
+            await registry.json(
+                "POST",
+                "/v1/base-models",
+                tenant=tenant,
+                json={"id": model, "path": report.model_dir},
+            )
+            result["registered_as"] = "base_model"
+        else:
+            raise TunefleetError("the runner sent neither an adapter nor a model", code="no_result")
+    except TunefleetError as exc:
+        jobs.fail(
+            db, job_id, "registry_push_failed", f"could not register the result: {exc.message}"
+        )
+        return
+    jobs.advance(
+        db,
+        job_id,
+        "succeeded",
+        fine_tuned_model=model,
+        trained_tokens=report.trained_tokens,
+        result=result,
+        message=f"The job has successfully completed: {model}",
+        data={"fine_tuned_model": model, **_flat_metrics(result)},
+    )
+
+
+async def _promote(
+    registry: RegistryClient,
+    tenant: str,
+    name: str,
+    version: int,
+    body: JobCreate,
+    result: dict[str, Any],
+) -> dict[str, Any]:
+    assert body.auto_promote is not None
+    alias = body.auto_promote.alias
+    metric = task_metric(body.task, body.auto_promote.gate)
+    tuned = (result.get("tuned") or {}).get(metric)
+    incumbent = result.get("incumbent") or {}
+    old = incumbent.get(metric)
+    out: dict[str, Any] = {
+        "alias": alias,
+        "metric": metric,
+        "tuned": tuned,
+        "incumbent": old,
+        "incumbent_version": incumbent.get("version"),
+    }
+    if tuned is None:
+        out.update(moved=False, reason=f"no tuned metric {metric!r}")
+    elif old is not None and not _better(metric, float(tuned), float(old)):
+        out.update(moved=False, reason="tuned metric does not beat the incumbent")
+    else:
+        await registry.set_alias(tenant, name, alias, version, actor="auto_promote")
+        out.update(moved=True)
+    return out

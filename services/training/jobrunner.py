@@ -1,0 +1,280 @@
+"""``python -m services.training.jobrunner --job-id … --service-url …``: one job on Ray.
+
+This is the entrypoint the training service submits through the Ray Jobs API. It reads its
+spec and prepared data from the service (per-job token in ``TUNEFLEET_RUNNER_TOKEN``),
+evaluates the base model, trains with :func:`services.training.ray.driver.run_training`
+(events and checkpoints stream back as they happen), evaluates the result, and sends it:
+an adapter archive (``lora``) or the path of a full model directory (``full``, ``transfer``,
+``hybrid`` merged into its base). Reports are retried with backoff so a training-service
+restart in the middle of a run loses nothing but a few metric events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.schemas.training import RunnerSpec
+
+log = logging.getLogger("tunefleet.jobrunner")
+EVAL_TASKS = ("classification", "sentiment", "translation", "generation")
+MAX_EVAL = 200
+
+
+class Reporter:
+    """The runner's side of ``/internal/runner/jobs/{id}``: sync httpx with retries."""
+
+    def __init__(self, base_url: str, job_id: str, token: str) -> None:
+        self.http = httpx.Client(
+            base_url=f"{base_url.rstrip('/')}/internal/runner/jobs/{job_id}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(120.0, connect=5.0),
+        )
+
+    def call(self, method: str, path: str, *, patience_s: float = 300.0, **kw: Any) -> Any:
+        """Retry connection errors and 5xx for up to ``patience_s`` (service restarts)."""
+        deadline = time.monotonic() + patience_s
+        delay = 0.5
+        while True:
+            try:
+                resp = self.http.request(method, path, **kw)
+                if resp.status_code < 500:
+                    resp.raise_for_status()
+                    return resp
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"training service unreachable for {path}")
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+    def event(
+        self, message: str, *, data: dict[str, Any] | None = None, status: str | None = None
+    ) -> None:
+        """Best effort (metrics must never stall training); a status change is retried."""
+        body = {"message": message, "data": data, "status": status}
+        try:
+            self.call("POST", "/events", json=body, patience_s=300.0 if status else 20.0)
+        except Exception:
+            log.warning("dropped an event report")
+
+
+def _row_pair(row: dict[str, Any]) -> dict[str, str]:
+    """A prepared row as prompt/completion (chat rows: history → prompt, last turn →
+    completion), with a separating space so the label starts a new word as in evaluation."""
+    if "messages" in row:
+        msgs = row["messages"]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        prompt = "\n".join(m["content"] for m in msgs[:last])
+        completion = msgs[last]["content"]
+    else:
+        prompt, completion = row["prompt"], row["completion"]
+    if prompt and completion and not prompt[-1].isspace() and not completion[0].isspace():
+        completion = " " + completion
+    out = {"prompt": prompt, "completion": completion}
+    if row.get("label") is not None:
+        out["label"] = row["label"]
+    return out
+
+
+def _read_split(rep: Reporter, split: str, dest: Path) -> list[dict[str, str]]:
+    text = rep.call("GET", f"/data/{split}").text
+    rows = [_row_pair(json.loads(line)) for line in text.splitlines() if line.strip()]
+    dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
+def _scores(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("predictions", "labels")}
+
+
+def _evaluate(model: Any, tok: Any, spec: RunnerSpec, rows: list[dict[str, str]]) -> dict:
+    from services.training.ray.evaluate import evaluate
+
+    if not rows or spec.task not in EVAL_TASKS:
+        return {}
+    return _scores(evaluate(model, tok, rows[:MAX_EVAL], spec.task, spec.labels))
+
+
+def _plan(spec: RunnerSpec, n_train: int) -> tuple[int, int, int]:
+    """(total steps, checkpoint_every, report_every) as the train loop will count them."""
+    hp = spec.hyperparameters
+    per_epoch = max(1, math.ceil(n_train / (spec.num_workers * int(hp["batch_size"]))))
+    total = int(hp.get("max_steps") or per_epoch * int(hp["n_epochs"]))
+    ckpt = spec.checkpoint_every or max(1, math.ceil(total / 3))
+    return total, ckpt, max(1, total // 20)
+
+
+def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, str]]) -> dict:
+    """Evaluate the version behind the auto_promote alias on this job's validation set."""
+    import tarfile
+
+    from services.training.ray.evaluate import load_model, load_tokenizer
+
+    resp = rep.call("GET", "/incumbent")
+    archive = work / "incumbent.tar.gz"
+    archive.write_bytes(resp.content)
+    dest = work / "incumbent"
+    with tarfile.open(archive) as tf:
+        tf.extractall(dest, filter="data")
+    cfg = json.loads((dest / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = spec.base_model_path
+    (dest / "adapter_config.json").write_text(json.dumps(cfg))
+    model = load_model(dest, merge=True)
+    return _evaluate(model, load_tokenizer(spec.base_model_path), spec, rows)
+
+
+def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
+    from services.training.ray.cluster import ensure_ray
+    from services.training.ray.driver import TrainSpec, run_training
+    from services.training.ray.evaluate import load_model, load_tokenizer
+
+    train_rows = _read_split(rep, "train", work / "train.jsonl")
+    valid_rows = _read_split(rep, "validation", work / "validation.jsonl")
+    total, ckpt_every, report_every = _plan(spec, len(train_rows))
+    ensure_ray(work / "ray", log_to_driver=os.environ.get("TF_RAY_LOG_TO_DRIVER", "1") != "0")
+    rep.event(
+        f"Fine-tuning started: {spec.method} on {spec.num_workers} Ray workers, {total} steps",
+        status="running",
+        data={"total_steps": total, "num_workers": spec.num_workers},
+    )
+    tok = load_tokenizer(spec.base_model_path)
+    base_eval = _evaluate(load_model(spec.base_model_path), tok, spec, valid_rows)
+    if base_eval:
+        rep.event("Evaluated the base model", data={"base": base_eval})
+
+    def on_report(m: dict[str, Any]) -> None:
+        if "step" not in m:
+            return
+        data = {
+            k: m[k] for k in ("step", "train_loss", "valid_loss", "tokens_per_second") if k in m
+        }
+        rep.event(
+            f"Step {m['step']}/{m.get('total_steps', total)}: "
+            f"training loss={m.get('train_loss', float('nan')):.4f}",
+            data=data,
+        )
+        if m.get("checkpoint_path"):
+            try:
+                rep.call(
+                    "POST",
+                    "/checkpoints",
+                    patience_s=60,
+                    json={"step": m["step"], "metrics": data, "path": m["checkpoint_path"]},
+                )
+            except Exception:
+                log.warning("dropped a checkpoint report")
+
+    hp = dict(spec.hyperparameters)
+    hp.pop("n_epochs_auto", None)
+    train_spec = TrainSpec(
+        base_model_path=Path(spec.base_model_path),
+        train_path=work / "train.jsonl",
+        valid_path=(work / "validation.jsonl") if valid_rows else None,
+        method=spec.method,
+        task=spec.task,
+        lora={"r": 8, "alpha": 16, "dropout": 0.05, **spec.lora},
+        hyperparameters=hp,
+        seed=spec.seed,
+        checkpoint_every=ckpt_every,
+        report_every=report_every,
+        num_workers=spec.num_workers,
+        use_gpu=spec.use_gpu,
+        max_failures=1,
+        name=spec.job_id,
+    )
+    outcome = run_training(
+        train_spec,
+        storage_path=Path(spec.storage_path),
+        on_report=on_report,
+        export_dir=work / "export",
+    )
+    tuned_dir = outcome.adapter_dir or outcome.model_dir
+    assert tuned_dir is not None, "training produced no weights"
+    tuned_eval = _evaluate(load_model(tuned_dir, merge=True), tok, spec, valid_rows)
+    result: dict[str, Any] = {
+        "base": base_eval,
+        "tuned": tuned_eval,
+        "final_metrics": _final(outcome.final_metrics),
+    }
+    if spec.compare_alias:
+        result["incumbent"] = _incumbent(rep, spec, work, valid_rows)
+    mean_len = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
+    mean_len /= max(1, len(train_rows))
+    trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
+    report = {"trained_tokens": trained, "result": result}
+    if spec.method == "lora" and outcome.adapter_dir is not None:
+        from shared.archives import pack_adapter_dir
+
+        archive = pack_adapter_dir(outcome.adapter_dir, work / "adapter.tar.gz")
+        with archive.open("rb") as fh:
+            rep.call(
+                "POST",
+                "/result",
+                patience_s=600,
+                data={"report": json.dumps(report)},
+                files={"archive": ("adapter.tar.gz", fh, "application/gzip")},
+            )
+        return
+    out = Path(spec.model_output_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    if outcome.adapter_dir is not None:  # hybrid: merge (vLLM refuses modules_to_save)
+        load_model(outcome.adapter_dir, merge=True).save_pretrained(out)
+        tok.save_pretrained(out)
+    else:
+        shutil.copytree(tuned_dir, out)
+    report["model_dir"] = str(out)
+    rep.call("POST", "/result", patience_s=600, data={"report": json.dumps(report)})
+
+
+def _final(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    keep = ("step", "train_loss", "valid_loss", "tokens_per_second", "resumed_from")
+    return {k: v for k, v in (metrics or {}).items() if k in keep}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--service-url", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    token = os.environ.get("TUNEFLEET_RUNNER_TOKEN", "")
+    rep = Reporter(args.service_url, args.job_id, token)
+    work = Path(tempfile.mkdtemp(prefix=f"tf-{args.job_id[-8:]}-"))
+    try:
+        spec = RunnerSpec.model_validate(rep.call("GET", "/spec").json())
+        run(rep, spec, work)
+        return 0
+    except Exception as exc:
+        log.exception("fine-tuning job failed")
+        try:
+            rep.call(
+                "POST",
+                "/failure",
+                patience_s=120,
+                json={
+                    "code": "training_failed",
+                    "message": f"{type(exc).__name__}: {str(exc)[:500]}",
+                },
+            )
+        except Exception:
+            log.warning("could not report the failure")
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

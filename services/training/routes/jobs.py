@@ -1,0 +1,89 @@
+"""``/v1/fine_tuning/jobs``: create, list, retrieve, cancel, events, checkpoints."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from services.training.deps import State
+from services.training.domain import files, jobs
+from shared.auth import TenantId
+from shared.errors import InvalidRequest
+from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
+from shared.schemas.training import CheckpointOut, EventOut, JobCreate, JobOut
+
+router = APIRouter(tags=["fine-tuning"])
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+
+
+@router.post("/v1/fine_tuning/jobs", response_model=JobOut, status_code=200)
+async def create_job(body: JobCreate, st: State, tenant: TenantId) -> JobOut:
+    # What can be checked now is checked now (400 naming the field, nothing stored); the
+    # data itself is validated by the job (validating_files → failed invalid_training_file).
+    with st.db.session() as s:
+        files.get_file(s, tenant, body.training_file, param="training_file")
+        if body.validation_file:
+            files.get_file(s, tenant, body.validation_file, param="validation_file")
+    if body.resources.num_workers > st.settings.max_workers:
+        raise InvalidRequest(
+            f"resources.num_workers must be <= {st.settings.max_workers}",
+            param="resources.num_workers",
+        )
+    if body.lora is not None and body.training_method not in ("lora", "hybrid"):
+        raise InvalidRequest(
+            f"lora settings apply to training_method lora or hybrid, not {body.training_method!r}",
+            param="lora",
+        )
+    if body.auto_promote is not None and body.training_method != "lora":
+        raise InvalidRequest(
+            "auto_promote needs an adapter result (training_method lora)", param="auto_promote"
+        )
+    await st.lifecycle.base_model(tenant, body.model)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
+    row, token = jobs.create_job(st.db, tenant, body, seed)
+    st.lifecycle.launch(row.id, token)
+    return jobs.job_out(row)
+
+
+@router.get("/v1/fine_tuning/jobs", response_model=ListResponse[JobOut])
+def list_jobs(
+    st: State, tenant: TenantId, after: str | None = None, limit: Limit = DEFAULT_LIMIT
+) -> ListResponse[JobOut]:
+    with st.db.session() as s:
+        rows, more = jobs.list_jobs(s, tenant, after, limit)
+        return ListResponse(data=[jobs.job_out(r) for r in rows], has_more=more)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, st: State, tenant: TenantId) -> JobOut:
+    with st.db.session() as s:
+        return jobs.job_out(jobs.get_job(s, tenant, job_id))
+
+
+@router.post("/v1/fine_tuning/jobs/{job_id}/cancel", response_model=JobOut)
+async def cancel_job(job_id: str, st: State, tenant: TenantId) -> JobOut:
+    await st.lifecycle.cancel(tenant, job_id)
+    with st.db.session() as s:
+        return jobs.job_out(jobs.get_job(s, tenant, job_id))
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=ListResponse[EventOut])
+def list_events(
+    job_id: str, st: State, tenant: TenantId, after: str | None = None, limit: Limit = DEFAULT_LIMIT
+) -> ListResponse[EventOut]:
+    with st.db.session() as s:
+        jobs.get_job(s, tenant, job_id)
+        rows, more = jobs.list_events(s, job_id, after, limit)
+        return ListResponse(data=[jobs.event_out(r) for r in rows], has_more=more)
+
+
+@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", response_model=ListResponse[CheckpointOut])
+def list_checkpoints(
+    job_id: str, st: State, tenant: TenantId, after: str | None = None, limit: Limit = DEFAULT_LIMIT
+) -> ListResponse[CheckpointOut]:
+    with st.db.session() as s:
+        jobs.get_job(s, tenant, job_id)
+        rows, more = jobs.list_checkpoints(s, job_id, after, limit)
+        return ListResponse(data=[jobs.checkpoint_out(r) for r in rows], has_more=more)

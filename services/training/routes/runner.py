@@ -1,0 +1,160 @@
+"""``/internal/runner/jobs/{id}/…``: what the Ray job runner calls (per-job bearer token).
+
+The runner reads its spec and prepared data, streams events and checkpoints, and ends with a
+result (adapter archive or full-model path) or a failure. Reports for a job that already
+ended (cancelled meanwhile) are acknowledged and ignored, except the result (409).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+
+from services.training.deps import RunnerToken, State
+from services.training.domain import files, jobs, results
+from services.training.storage.tables import DatasetRow, JobRow
+from shared.errors import InvalidRequest, NotFound
+from shared.schemas.training import (
+    JobCreate,
+    RunnerCheckpoint,
+    RunnerEvent,
+    RunnerFailure,
+    RunnerResult,
+    RunnerSpec,
+)
+
+router = APIRouter(prefix="/internal/runner/jobs/{job_id}", tags=["runner"])
+
+
+def _job(st: State, job_id: str, token: str) -> JobRow:
+    with st.db.session() as s:
+        return jobs.runner_job(s, job_id, token)
+
+
+@router.get("/spec", response_model=RunnerSpec)
+async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
+    row = _job(st, job_id, token)
+    body = JobCreate.model_validate(row.request)
+    base = await st.lifecycle.base_model(row.tenant, row.model)
+    with st.db.session() as s:
+        ds = s.get(DatasetRow, row.dataset_id) if row.dataset_id else None
+    if ds is None or row.hyperparameters is None:
+        raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
+    labels = sorted((ds.report.get("labels") or {}).get("counts", {})) or None
+    compare = None
+    if body.auto_promote is not None and await st.lifecycle.incumbent(row) is not None:
+        compare = body.auto_promote.alias
+    hp = row.hyperparameters
+    out_dir = st.settings.data_root() / "models" / job_id
+    return RunnerSpec(
+        job_id=job_id,
+        task=body.task,
+        method=body.training_method,
+        base_model=row.model,
+        base_model_path=base.path,
+        hyperparameters={k: v for k, v in hp.items() if k != "learning_rate_multiplier"},
+        lora=(body.lora.model_dump(exclude_none=True) if body.lora else {}),
+        num_workers=body.resources.num_workers,
+        use_gpu=body.resources.use_gpu,
+        seed=row.seed,
+        checkpoint_every=body.effective_hyperparameters().checkpoint_every or 0,
+        labels=labels,
+        model_output_dir=str(out_dir.resolve()),
+        storage_path=str((st.settings.data_root() / "ray-runs").resolve()),
+        compare_alias=compare,
+    )
+
+
+@router.get("/data/{split}")
+def data(job_id: str, split: str, st: State, token: RunnerToken) -> Response:
+    row = _job(st, job_id, token)
+    if not row.dataset_id:
+        raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
+    body = files.dataset_split(st.store, row.dataset_id, split)
+    return Response(body, media_type="application/jsonl")
+
+
+@router.get("/incumbent")
+async def incumbent(job_id: str, st: State, token: RunnerToken) -> Response:
+    """The archive of the version behind the job's auto_promote alias (to evaluate it)."""
+    row = _job(st, job_id, token)
+    path = await st.lifecycle.incumbent(row, download=True)
+    if path is None:
+        raise NotFound("no version behind the alias", code="no_incumbent")
+    return FileResponse(path, background=BackgroundTask(path.unlink, missing_ok=True))
+
+
+@router.post("/events")
+def event(job_id: str, body: RunnerEvent, st: State, token: RunnerToken) -> dict[str, bool]:
+    row = _job(st, job_id, token)
+    if body.status == "running":
+        moved = jobs.advance(st.db, row.id, "running", message=body.message, data=body.data)
+        return {"accepted": moved}
+    if row.status in ("succeeded", "failed", "cancelled"):
+        return {"accepted": False}
+    with st.db.session(write=True) as s:
+        jobs.add_event(s, row.id, body.message, level=body.level, data=body.data)
+    return {"accepted": True}
+
+
+@router.post("/checkpoints")
+def checkpoint(
+    job_id: str, body: RunnerCheckpoint, st: State, token: RunnerToken
+) -> dict[str, bool]:
+    row = _job(st, job_id, token)
+    if row.status in ("succeeded", "failed", "cancelled"):
+        return {"accepted": False}
+    jobs.add_checkpoint(st.db, row.id, body.step, body.metrics, body.path)
+    return {"accepted": True}
+
+
+@router.post("/failure")
+def failure(job_id: str, body: RunnerFailure, st: State, token: RunnerToken) -> dict[str, bool]:
+    row = _job(st, job_id, token)
+    return {"accepted": jobs.fail(st.db, row.id, body.code, body.message)}
+
+
+def _spool(upload: UploadFile, limit: int) -> Path:
+    fd, name = tempfile.mkstemp(prefix="result-", suffix=".tar.gz")
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := upload.file.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                out.close()
+                os.unlink(name)
+                raise InvalidRequest("result archive too large", param="archive")
+            out.write(chunk)
+    return Path(name)
+
+
+@router.post("/result")
+async def result(
+    job_id: str,
+    st: State,
+    token: RunnerToken,
+    report: Annotated[str, Form(max_length=1 << 20)],
+    archive: Annotated[UploadFile | None, File()] = None,
+) -> dict[str, bool]:
+    row = _job(st, job_id, token)
+    try:
+        parsed = RunnerResult.model_validate_json(report)
+    except ValidationError as exc:
+        raise InvalidRequest(f"report: {exc.errors()[0]['msg']}", param="report") from exc
+    path = None
+    if archive is not None:
+        path = await anyio.to_thread.run_sync(_spool, archive, 2 << 30)
+    try:
+        await results.finish(st.db, st.lifecycle.registry, row.id, parsed, path)
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return {"accepted": True}

@@ -1,0 +1,62 @@
+"""Training-service settings (env prefix ``TUNEFLEET_TRAINING_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class TrainingSettings(ServiceSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TUNEFLEET_TRAINING_", extra="ignore", populate_by_name=True
+    )
+
+    port: int = Field(default=8002, ge=1, le=65535)
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TUNEFLEET_TRAINING_DATABASE_URL", "DATABASE_URL"),
+        description="SQLAlchemy URL; default SQLite at $TUNEFLEET_HOME/training/training.db",
+    )
+    data_dir: Path | None = Field(
+        default=None, description="uploads and prepared datasets; default $TUNEFLEET_HOME/training"
+    )
+    registry_url: str = Field(default="http://127.0.0.1:8001")
+    callback_url: str | None = Field(
+        default=None,
+        description="URL the Ray job runner reports to; default http://<host>:<port>",
+    )
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TUNEFLEET_TRAINING_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="join this Ray cluster; unset → embedded head on 127.0.0.1",
+    )
+    ray_temp_dir: Path | None = Field(
+        default=None,
+        description="embedded head's temp dir (short path!); default /tmp/tf-ray-<port>",
+    )
+    ray_num_cpus: int | None = Field(default=None, ge=1)
+    runner_python: str | None = Field(
+        default=None, description="interpreter for the Ray job entrypoint; default this one"
+    )
+    max_upload_bytes: int = Field(default=64 * 2**20, ge=1024)
+    default_base_model: str = Field(default="tiny-llama")
+    max_len: int = Field(default=256, ge=16, le=32768)
+    max_workers: int = Field(default=8, ge=1)
+    monitor_poll_s: float = Field(default=1.0, gt=0)
+
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        path = self.data_root() / "training.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path.resolve()}"
+
+    def data_root(self) -> Path:
+        return self.data_dir or self.home / "training"
+
+    def runner_callback_url(self) -> str:
+        return (self.callback_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -1,0 +1,1 @@
+"""Training-service persistence: SQL tables and the file/dataset blob store."""

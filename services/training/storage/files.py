@@ -1,0 +1,69 @@
+"""The one place uploaded files and prepared datasets touch the disk.
+
+Every byte goes through :class:`BlobStore`, so encryption at rest plugs in here: pass a
+cipher (``shared.crypto.DataCipher``: ``encrypt``/``decrypt`` of whole blobs) and nothing
+else changes. Writes are atomic (temp file + rename), keys are plain relative names made by
+the domain code (``files/<id>``, ``datasets/<id>/train.jsonl``), never user input.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from shared.errors import NotFound
+
+_KEY_RE = re.compile(r"^[a-z]+(/[A-Za-z0-9._-]+)+$")
+
+
+class Cipher(Protocol):
+    def encrypt(self, data: bytes) -> bytes: ...
+
+    def decrypt(self, blob: bytes) -> bytes: ...
+
+
+class BlobStore:
+    """Small whole-object store under ``root``; optionally encrypted at rest."""
+
+    def __init__(self, root: Path, cipher: Cipher | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cipher = cipher
+
+    def _path(self, key: str) -> Path:
+        if not _KEY_RE.match(key) or ".." in key:
+            raise ValueError(f"bad blob key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` (replacing it atomically)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = self.cipher.encrypt(data) if self.cipher else data
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"stored object {key} is missing", code="blob_missing") from None
+        return self.cipher.decrypt(blob) if self.cipher else blob
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (a file or a folder of keys); missing is fine."""
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()

@@ -1,0 +1,106 @@
+"""Training tables (owner: training; nobody else reads them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FileRow(Base):
+    """An uploaded file; the bytes live in the blob store under ``blob``."""
+
+    __tablename__ = "training_files"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    mapping: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # processed | error
+    status_details: Mapped[str | None] = mapped_column(Text)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # PrepReport of the check
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class DatasetRow(Base):
+    """An immutable prepared dataset (``ds-…``): train/validation JSONL + its PrepReport."""
+
+    __tablename__ = "training_datasets"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    file_id: Mapped[str] = mapped_column(
+        ForeignKey("training_files.id", ondelete="CASCADE"), index=True
+    )
+    validation_file_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    task: Mapped[str] = mapped_column(String(32))
+    base_model: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class JobRow(Base):
+    __tablename__ = "training_jobs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    model: Mapped[str] = mapped_column(String(64))
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40))
+    dataset_id: Mapped[str | None] = mapped_column(String(40))
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    # the validated request (task, method, hyperparameters, lora, resources, sweep, ...)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # resolved "auto"
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON)
+    ray_job_id: Mapped[str | None] = mapped_column(String(64))
+    runner_token_sha256: Mapped[str] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200))
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class EventRow(Base):
+    __tablename__ = "training_job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
+    level: Mapped[str] = mapped_column(String(8))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class CheckpointRow(Base):
+    __tablename__ = "training_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("training_jobs.id", ondelete="CASCADE"), index=True
+    )
+    step: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
