@@ -265,3 +265,25 @@ def test_jobs_survive_a_restart_and_cancel_is_idempotent(
     for _ in range(2):  # a terminal job stays as it is
         r = stack.http.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=stack.headers())
         assert r.status_code == 200 and r.json()["status"] == "failed"
+
+
+async def test_typed_client(stack: TrainingStack) -> None:
+    from shared.clients.training import TrainingClient
+    from shared.errors import InvalidRequest, NotFound
+    from tests.support.training import TOKEN
+
+    async with TrainingClient(stack.training_url, TOKEN) as client:
+        f = await client.upload_file("acme", "c.jsonl", b'{"prompt": "a", "completion": "b"}\n')
+        assert f.status == "processed" and (await client.get_file("acme", f.id)).id == f.id
+        assert await client.file_content("acme", f.id) == b'{"prompt": "a", "completion": "b"}\n'
+        with pytest.raises(NotFound):
+            await client.get_file("globex", f.id)
+        with pytest.raises(InvalidRequest) as exc:
+            await client.create_job(
+                "acme",
+                {"model": "tiny-llama", "training_file": f.id, "hyperparameters": {"n_epochs": 0}},
+            )
+        assert exc.value.param == "hyperparameters.n_epochs"
+        assert (await client.delete_file("acme", f.id)).deleted is True
+        jobs = await client.list_jobs("acme", limit=100)
+        assert all(j.object == "fine_tuning.job" for j in jobs.data)
