@@ -30,6 +30,10 @@ class InferenceSettings(ServiceSettings):
     max_num_seqs: int = Field(default=64, ge=1)
     max_waiting: int = Field(default=512, ge=1, description="requests queued before 503")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda)$")
+    fast_cpu_lora: bool = Field(
+        default=True,
+        description="CPU: tunefleet's packed multi-LoRA linear instead of vLLM's (no-op on GPU)",
+    )
     resolve_ttl_s: float = Field(default=5.0, ge=0, description="alias re-resolution period")
     drain_timeout_s: float = Field(default=30.0, ge=0)
     default_max_tokens: int = Field(default=256, ge=1)

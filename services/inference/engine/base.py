@@ -83,6 +83,9 @@ class EngineConfig:
     dtype: str = "auto"
     seed: int = 0
     device: Device = "auto"
+    # CPU only: tunefleet's packed LoRA linear instead of vLLM's per-token gathers
+    # (services/inference/engine/cpu_lora.py); ignored on GPU.
+    fast_cpu_lora: bool = True
 
 
 @dataclass(frozen=True)

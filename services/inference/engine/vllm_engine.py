@@ -35,6 +35,7 @@ from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.engine.exceptions import EngineGenerateError
 from vllm.v1.metrics.loggers import StatLoggerBase
 
+from services.inference.engine import cpu_lora
 from services.inference.engine.base import (
     AdapterHandle,
     AdapterLoadError,
@@ -176,6 +177,8 @@ class VllmEngine:
             if gib >= 1 and float(gib).is_integer():  # the variable only takes whole GiB
                 os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(gib))
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+        # Read by the cpu_lora plugin in the engine's processes, which inherit this env.
+        os.environ[cpu_lora.ENV] = "1" if self.config.fast_cpu_lora else "0"
         args = engine_args(self.config, self.device)
         me = psutil.Process()
         before = {p.pid for p in me.children(recursive=True)}
@@ -202,6 +205,19 @@ class VllmEngine:
             self.start_seconds,
             [p.pid for p in self._engine_procs],
         )
+
+    async def fast_cpu_lora(self, enable: bool | None = None) -> bool | None:
+        """Whether the fast CPU LoRA path is on in the worker (switch it with ``enable``);
+        ``None`` when it is not installed there (GPU, or the plugin is not registered)."""
+        try:
+            results = await self.llm.collective_rpc(cpu_lora.RPC_METHOD, args=(enable,))
+        except NotImplementedError:
+            return None
+        except Exception as e:  # the RPC error comes back wrapped by the engine core
+            if "not implemented" in str(e).lower():
+                return None
+            raise
+        return bool(results[0])
 
     async def shutdown(self) -> None:
         """Stop the engine core and make sure none of its processes outlives this call."""
