@@ -12,11 +12,22 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.deps import GatewayState
+from gateway.domain.feedback import FeedbackBook
 from gateway.domain.keys import bootstrap_admin
-from gateway.domain.quotas import RateLimiter
+from gateway.domain.quotas import Limits, Quotas
+from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
 from gateway.domain.usage import UsageRecorder
-from gateway.routes import admin, console, inference, registry
+from gateway.routes import (
+    admin,
+    events,
+    feedback,
+    inference,
+    integrations,
+    quotas,
+    registry,
+    training,
+)
 from gateway.settings import GatewaySettings
 from shared.app import create_service_app
 from shared.db import Database, run_migrations
@@ -24,6 +35,17 @@ from shared.db import Database, run_migrations
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
+
+
+def default_limits(settings: GatewaySettings) -> Limits:
+    """Limits for tenants without their own (read per request: settings may be changed live)."""
+    return Limits(
+        rpm=settings.default_rpm,
+        tpm=settings.default_tpm,
+        max_streams=settings.default_max_streams,
+        max_adapters=settings.default_max_adapters,
+        max_jobs=settings.default_max_jobs,
+    )
 
 
 def create_app(
@@ -60,7 +82,11 @@ def create_app(
             internal_token=token,
             upstream=upstream,
             replicas=replicas,
-            limiter=RateLimiter(),
+            quotas=Quotas(db, lambda: default_limits(settings)),
+            resolver=ModelResolver(
+                upstream, settings.registry_url, token, ttl_s=settings.resolve_ttl_s
+            ),
+            feedback=FeedbackBook(app.state.metrics_registry),
             usage=usage,
         )
         await replicas.check_once()
@@ -82,7 +108,6 @@ def create_app(
     app = create_service_app(
         "gateway", internal_token=token, lifespan=lifespan, title="tunefleet gateway"
     )
-    for module in (inference, registry, admin):
+    for module in (inference, registry, training, integrations, feedback, events, admin, quotas):
         app.include_router(module.router)
-    app.include_router(console.router)
     return app

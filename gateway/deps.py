@@ -10,8 +10,10 @@ import anyio
 import httpx
 from fastapi import Depends, Request
 
+from gateway.domain.feedback import FeedbackBook
 from gateway.domain.keys import Principal, authenticate, hash_key
-from gateway.domain.quotas import RateLimiter
+from gateway.domain.quotas import Quotas
+from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
 from gateway.domain.usage import UsageRecorder
 from gateway.settings import GatewaySettings
@@ -29,7 +31,9 @@ class GatewayState:
     internal_token: str
     upstream: httpx.AsyncClient
     replicas: ReplicaSet
-    limiter: RateLimiter
+    quotas: Quotas
+    resolver: ModelResolver
+    feedback: FeedbackBook
     usage: UsageRecorder
     auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 

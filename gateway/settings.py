@@ -30,9 +30,22 @@ class GatewaySettings(ServiceSettings):
     key_hash_secret: SecretStr | None = Field(
         default=None, description="HMAC key for API-key hashes; defaults to the internal token"
     )
+    training_url: str = "http://127.0.0.1:8002"
+    # Defaults for tenants and keys without their own row in /admin/quotas.
     default_rpm: int = Field(default=600, ge=1)
-    max_body_bytes: int = Field(default=8 * 2**20, ge=1024)
-    upstream_timeout_s: float = Field(default=120.0, gt=0)
+    default_tpm: int = Field(default=200_000, ge=1)
+    default_max_streams: int = Field(default=32, ge=1)
+    default_max_adapters: int = Field(default=50, ge=1)
+    default_max_jobs: int = Field(default=2, ge=1)
+    max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="JSON request bodies")
+    max_upload_bytes: int = Field(
+        default=512 * 2**20, ge=1024, description="multipart uploads (files, adapter archives)"
+    )
+    upstream_timeout_s: float = Field(default=120.0, gt=0, description="each downstream call")
+    resolve_ttl_s: float = Field(
+        default=5.0, ge=0, description="model resolution cache; alias webhooks drop it at once"
+    )
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
 
     def db_url(self) -> str:
         if self.database_url:

@@ -45,7 +45,7 @@ def upstream_headers(request: Request, who: Principal, token: str) -> dict[str, 
     return headers
 
 
-def _response_headers(resp: httpx.Response) -> dict[str, str]:
+def response_headers(resp: httpx.Response) -> dict[str, str]:
     return {k: v for k in PASS_RESPONSE_HEADERS if (v := resp.headers.get(k))}
 
 
@@ -69,11 +69,11 @@ async def open_upstream(
 
 
 async def relay(resp: httpx.Response) -> Response:
-    """The upstream answer as ours: streamed when it streams, else read whole."""
-    headers = _response_headers(resp)
-    if resp.headers.get("content-type", "").startswith("text/event-stream") or resp.headers.get(
-        "content-type", ""
-    ).startswith("application/gzip"):
+    """The upstream answer as ours: streamed unless it is JSON."""
+    headers = response_headers(resp)
+    # JSON answers are small and read whole (callers may keep them: idempotency); anything
+    # else (SSE, archives, file contents) is streamed through chunk by chunk.
+    if not resp.headers.get("content-type", "application/json").startswith("application/json"):
         return StreamingResponse(
             _chunks(resp),
             status_code=resp.status_code,

@@ -1,15 +1,55 @@
-"""Request-rate quotas: a token bucket per tenant, in memory (one gateway).
+"""Quotas per tenant and per API key, enforced in memory by one gateway.
 
-Several gateways would share buckets through Redis (INCR with expiry per window) or route a
-tenant's traffic to one gateway by consistent hashing; both keep this interface.
+* requests per minute and tokens per minute: token buckets (capacity = the per-minute limit,
+  refilled continuously). Tokens are only known after the answer, so a request is admitted
+  while the tokens bucket is above zero and its real usage is charged afterwards: the bucket
+  may go into debt, and the next request waits (429, ``Retry-After``) until it is repaid.
+* concurrent streams: a counter held for the life of a streamed response.
+* adapters and concurrent training jobs: counted at the source (registry, training) when a
+  create is attempted.
+
+A key is bound by its own limits (if set) and by its tenant's; unset = the gateway defaults.
+
+Several gateways: these buckets and counters are per process, so N gateways admit up to N times
+the limit. To share them, keep the same interface and move the state to one place: Redis
+(``INCRBY`` on a per-window key with ``EXPIRE`` for rpm/tpm, ``INCR``/``DECR`` with a TTL'd
+lease for streams) or Postgres (``UPDATE quota_buckets SET tokens = … RETURNING`` in one
+statement). The limits themselves already live in SQL (table ``quotas``) and are re-read every
+``refresh_s`` by every gateway.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, fields
 
+import anyio
+from sqlalchemy import select
+
+from gateway.domain.keys import Principal
+from gateway.storage.tables import QuotaRow
+from shared.db import Database
 from shared.errors import RateLimited
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_streams", "max_adapters", "max_jobs")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One subject's limits; ``None`` = not set here (fall back to the tenant / default)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_streams: int | None = None
+    max_adapters: int | None = None
+    max_jobs: int | None = None
+
+    def over(self, fallback: Limits) -> Limits:
+        return Limits(
+            **{f.name: getattr(self, f.name) or getattr(fallback, f.name) for f in fields(self)}
+        )
 
 
 @dataclass
@@ -19,21 +59,149 @@ class _Bucket:
 
 
 class RateLimiter:
+    """Token buckets keyed by an arbitrary string (``rpm:acme``, ``tpm:key_…``)."""
+
     def __init__(self) -> None:
         self._buckets: dict[str, _Bucket] = {}
 
-    def take(self, key: str, per_minute: int, cost: float = 1.0) -> None:
-        """Spend ``cost`` from ``key``'s bucket (capacity = per_minute) or raise 429."""
+    def _refill(self, key: str, per_minute: int) -> _Bucket:
         now = time.monotonic()
-        rate = per_minute / 60.0
         b = self._buckets.get(key)
         if b is None:
             b = self._buckets[key] = _Bucket(tokens=float(per_minute), updated=now)
-        b.tokens = min(float(per_minute), b.tokens + (now - b.updated) * rate)
+        b.tokens = min(float(per_minute), b.tokens + (now - b.updated) * per_minute / 60.0)
         b.updated = now
+        return b
+
+    def take(self, key: str, per_minute: int, cost: float = 1.0, what: str = "requests") -> None:
+        """Spend ``cost`` from ``key``'s bucket (capacity = per_minute) or raise 429."""
+        b = self._refill(key, per_minute)
         if b.tokens < cost:
             raise RateLimited(
-                f"rate limit of {per_minute} requests per minute exceeded",
-                retry_after=(cost - b.tokens) / rate,
+                f"rate limit of {per_minute} {what} per minute exceeded",
+                retry_after=(cost - b.tokens) * 60.0 / per_minute,
             )
         b.tokens -= cost
+
+    def check_positive(self, key: str, per_minute: int, what: str = "tokens") -> None:
+        """429 while ``key``'s bucket is in debt (see the module docstring)."""
+        b = self._refill(key, per_minute)
+        if b.tokens <= 0:
+            raise RateLimited(
+                f"rate limit of {per_minute} {what} per minute exceeded",
+                retry_after=(1.0 - b.tokens) * 60.0 / per_minute,
+                code="tokens_rate_limit_exceeded",
+            )
+
+    def charge(self, key: str, per_minute: int, cost: float) -> None:
+        """Spend ``cost`` even past zero (never more than one minute of debt)."""
+        b = self._refill(key, per_minute)
+        b.tokens = max(-float(per_minute), b.tokens - cost)
+
+
+class StreamGate:
+    """Concurrent streamed responses per subject."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, int] = {}
+
+    @contextmanager
+    def hold(self, subjects: list[tuple[str, int]]) -> Iterator[None]:
+        """Count one stream against every (subject, limit) or raise 429 without counting."""
+        for subject, limit in subjects:
+            if self.open.get(subject, 0) >= limit:
+                raise RateLimited(
+                    f"at most {limit} concurrent streams allowed; wait for one to finish",
+                    retry_after=1,
+                    code="too_many_streams",
+                )
+        for subject, _ in subjects:
+            self.open[subject] = self.open.get(subject, 0) + 1
+        try:
+            yield
+        finally:
+            for subject, _ in subjects:
+                self.open[subject] -= 1
+
+
+class QuotaBook:
+    """The ``quotas`` table in memory, re-read at most every ``refresh_s`` (so a change made
+    through another gateway applies here within that time; at once on the gateway that made
+    it, which calls ``invalidate``)."""
+
+    def __init__(self, db: Database, *, refresh_s: float = 2.0) -> None:
+        self.db = db
+        self.refresh_s = refresh_s
+        self._rows: dict[tuple[str, str], Limits] = {}
+        self._loaded = 0.0
+
+    def _load(self) -> None:
+        with self.db.session() as s:
+            self._rows = {
+                (r.scope, r.subject): Limits(**{f: getattr(r, f) for f in LIMIT_FIELDS})
+                for r in s.scalars(select(QuotaRow))
+            }
+        self._loaded = time.monotonic()
+
+    def stale(self) -> bool:
+        return time.monotonic() - self._loaded > self.refresh_s
+
+    def load_if_stale(self) -> None:
+        """Blocking (call in a thread)."""
+        if self.stale():
+            self._load()
+
+    def invalidate(self) -> None:
+        self._loaded = 0.0
+
+    def tenant(self, tenant: str, defaults: Limits, legacy_rpm: int | None = None) -> Limits:
+        """The tenant's effective limits (``legacy_rpm``: the older PATCH /admin/tenants rpm)."""
+        row = self._rows.get(("tenant", tenant), Limits())
+        return row.over(Limits(rpm=legacy_rpm)).over(defaults)
+
+    def key(self, key_id: str) -> Limits:
+        """The key's own limits; unset fields mean "only the tenant's limit applies"."""
+        return self._rows.get(("key", key_id), Limits())
+
+
+class Quotas:
+    """What the request path calls: admit, charge tokens, hold a stream."""
+
+    def __init__(self, db: Database, defaults: Callable[[], Limits]) -> None:
+        self.book = QuotaBook(db)
+        self.rate = RateLimiter()
+        self.streams = StreamGate()
+        self.defaults = defaults  # read per call: settings may change at runtime
+
+    async def limits(self, who: Principal) -> tuple[Limits, Limits]:
+        """(tenant's effective limits, key's own limits)."""
+        if self.book.stale():
+            await anyio.to_thread.run_sync(self.book.load_if_stale)
+        return self.book.tenant(who.tenant, self.defaults(), who.rpm), self.book.key(who.key_id)
+
+    def _pairs(self, who: Principal, t: Limits, k: Limits, field: str) -> list[tuple[str, int]]:
+        out = [(f"tenant:{who.tenant}", int(getattr(t, field)))]
+        if getattr(k, field):
+            out.append((f"key:{who.key_id}", int(getattr(k, field))))
+        return out
+
+    async def admit(self, who: Principal) -> tuple[Limits, Limits]:
+        """Count one request (rpm) and refuse while the tokens budget is in debt (tpm)."""
+        t, k = await self.limits(who)
+        for subject, limit in self._pairs(who, t, k, "rpm"):
+            self.rate.take(f"rpm:{subject}", limit)
+        for subject, limit in self._pairs(who, t, k, "tpm"):
+            self.rate.check_positive(f"tpm:{subject}", limit)
+        return t, k
+
+    def charge(self, who: Principal, t: Limits, k: Limits, tokens: int) -> None:
+        for subject, limit in self._pairs(who, t, k, "tpm"):
+            self.rate.charge(f"tpm:{subject}", limit, tokens)
+
+    def stream(self, who: Principal, t: Limits, k: Limits) -> AbstractContextManager[None]:
+        return self.streams.hold(self._pairs(who, t, k, "max_streams"))
+
+    async def count_limit(self, who: Principal, field: str) -> int:
+        """The smaller of the tenant's and the key's ``field`` (max_adapters, max_jobs)."""
+        t, k = await self.limits(who)
+        return min(limit for _, limit in self._pairs(who, t, k, field))

@@ -7,12 +7,14 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from gateway.deps import Caller, State
 from gateway.domain import audit
 from gateway.domain.keys import create_key, create_tenant, get_tenant
+from gateway.routes import proxy
 from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow, UsageRow
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
@@ -73,10 +75,17 @@ async def _write(st: State, fn: Any) -> Any:
     return await anyio.to_thread.run_sync(run)
 
 
-@router.post("/tenants", status_code=201)
-async def add_tenant(
-    body: TenantCreate, request: Request, st: State, who: Caller
-) -> dict[str, Any]:
+async def _created(request: Request, st: State, who: Caller, make: Any) -> Response:
+    """A 201 JSON answer from ``make()``, once per ``Idempotency-Key``."""
+
+    async def call() -> Response:
+        return JSONResponse(await make(), status_code=201)
+
+    return await proxy.idempotent(request, st, who, await request.body(), call)
+
+
+@router.post("/tenants", status_code=201, response_model=None)
+async def add_tenant(body: TenantCreate, request: Request, st: State, who: Caller) -> Response:
     who.require("admin_write")
 
     def do(s: Any) -> dict[str, Any]:
@@ -91,7 +100,7 @@ async def add_tenant(
         )
         return out
 
-    return await _write(st, do)  # type: ignore[no-any-return]
+    return await _created(request, st, who, lambda: _write(st, do))
 
 
 @router.patch("/tenants/{tenant_id}")
@@ -130,8 +139,8 @@ async def list_tenants(st: State, who: Caller) -> dict[str, Any]:
         return {"object": "list", "data": [_tenant_out(t) for t in rows], "has_more": False}
 
 
-@router.post("/keys", status_code=201)
-async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> dict[str, Any]:
+@router.post("/keys", status_code=201, response_model=None)
+async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> Response:
     """Creates a key and shows it once; only its keyed hash is stored."""
     who.require("admin_write")
     expires = int(time.time()) + body.expires_in_s if body.expires_in_s else None
@@ -151,7 +160,7 @@ async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> 
         )
         return {**_key_out(row), "key": key}
 
-    return await _write(st, do)  # type: ignore[no-any-return]
+    return await _created(request, st, who, lambda: _write(st, do))
 
 
 @router.get("/keys")

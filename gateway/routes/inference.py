@@ -1,25 +1,30 @@
-"""Public inference routes: quota, routing by model affinity, pass-through, usage."""
+"""Public inference routes: quotas, resolution to an immutable version, affinity routing,
+pass-through (streamed or not), usage, and remembering answers for feedback."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
-from gateway.deps import Caller, State
-from gateway.domain import pii_guard
-from gateway.domain.forward import open_upstream, relay, upstream_headers
-from shared.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable
+from gateway.deps import Caller, GatewayState, State
+from gateway.domain import dispatch, pii_guard
+from gateway.domain.feedback import Prediction
+from gateway.domain.forward import open_upstream, relay, response_headers, upstream_headers
+from gateway.domain.keys import Principal
+from gateway.domain.resolver import adapter_label, route_key
+from gateway.routes.proxy import read_body
+from shared.app import request_id_of
+from shared.errors import InvalidRequest
 
 router = APIRouter(tags=["inference"])
 
 
-async def _read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
-    raw = await request.body()
-    if len(raw) > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+def parse_json_body(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -28,49 +33,126 @@ async def _read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any
         raise InvalidRequest("request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise InvalidRequest("model is required", param="model")
-    return raw, body
+    return body
+
+
+def answer_text(data: dict[str, Any]) -> str:
+    """The first choice's text of a chat or text completion ('' if none)."""
+    choices = data.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message") or {}
+    return str(message.get("content") or first.get("text") or "")
+
+
+async def cancel_on_disconnect(
+    request: Request, work: Callable[[], Awaitable[Response]]
+) -> Response:
+    """Run ``work`` but abandon it (closing the upstream call) if the client goes away."""
+    out: list[Response] = []
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch, tg.cancel_scope)
+        out.append(await work())
+        tg.cancel_scope.cancel()
+    return out[0] if out else Response(status_code=499)
+
+
+async def generate(
+    st: GatewayState,
+    who: Principal,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    *,
+    request_id: str | None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One non-streamed generation (quota already admitted): status, headers, body."""
+    t, k = await st.quotas.limits(who)
+    res = await st.resolver.resolve(who.tenant, body["model"])
+    resp = await dispatch.send(
+        st.replicas,
+        st.upstream,
+        path,
+        key=route_key(res),
+        headers=headers,
+        raw=raw if raw is not None else json.dumps(body).encode(),
+    )
+    try:
+        out = await resp.aread()
+    finally:
+        await resp.aclose()
+    if resp.status_code == 200:
+        data = json.loads(out)
+        usage = data.get("usage") or {}
+        p, c = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        st.usage.add(who.tenant, who.key_id, body["model"], p, c)
+        st.quotas.charge(who, t, k, p + c)
+        st.feedback.remember(
+            [request_id or "", str(data.get("id", ""))],
+            Prediction(who.tenant, adapter_label(res), answer_text(data)),
+        )
+    return resp.status_code, response_headers(resp), out
 
 
 async def _generate(path: str, request: Request, st: State, who: Caller) -> Response:
     who.require("infer")
-    st.limiter.take(f"rpm:{who.tenant}", who.rpm or st.settings.default_rpm)
-    raw, body = await _read_json(request, st.settings.max_body_bytes)
-    if pii_guard.apply(who.pii_mode, body):
-        raw = json.dumps(body).encode()
+    t, k = await st.quotas.admit(who)
+    raw = await read_body(request, st.settings.max_body_bytes)
+    body = parse_json_body(raw)
+    masked = pii_guard.apply(who.pii_mode, body)
+    res = await st.resolver.resolve(who.tenant, body["model"])
     headers = upstream_headers(request, who, st.internal_token)
-    key = f"{who.tenant}/{body['model']}"
-    last: ServiceUnavailable | None = None
-    # One retry on another replica if the first failed before sending any byte.
-    for replica in (await st.replicas.pick(key))[:2]:
+    if not body.get("stream"):
+
+        async def once() -> Response:
+            status, out_headers, out = await generate(
+                st,
+                who,
+                path,
+                body,
+                headers,
+                request_id=request_id_of(request),
+                raw=None if masked else raw,
+            )
+            return Response(out, status_code=status, headers=out_headers)
+
+        return await cancel_on_disconnect(request, once)
+    hide_usage = dispatch.ask_for_usage(body)
+    if masked or hide_usage:
+        raw = json.dumps(body).encode()
+    hold = st.quotas.stream(who, t, k)
+    hold.__enter__()  # released when the stream ends, however it ends
+    try:
+        resp = await dispatch.send(
+            st.replicas, st.upstream, path, key=route_key(res), headers=headers, raw=raw
+        )
+    except BaseException:
+        hold.__exit__(None, None, None)
+        raise
+    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+        hold.__exit__(None, None, None)
+        return await relay(resp)  # an error envelope before any token
+
+    def on_usage(p: int, c: int) -> None:
+        st.usage.add(who.tenant, who.key_id, body["model"], p, c)
+        st.quotas.charge(who, t, k, p + c)
+
+    async def events() -> AsyncIterator[bytes]:
+        upstream = dispatch.relay_events(resp, on_usage, hide_usage=hide_usage)
         try:
-            resp = await open_upstream(
-                st.upstream,
-                "POST",
-                f"{replica.url}{path}",
-                headers=headers,
-                content=raw,
-                service="inference",
-            )
-        except ServiceUnavailable as exc:
-            st.replicas.mark_down(replica)
-            last = exc
-            continue
-        if body.get("stream"):
-            st.usage.add(who.tenant, who.key_id, body["model"], 0, 0)
-            return await relay(resp)
-        out = await relay(resp)
-        if resp.status_code == 200:
-            usage = json.loads(bytes(out.body)).get("usage", {})
-            st.usage.add(
-                who.tenant,
-                who.key_id,
-                body["model"],
-                int(usage.get("prompt_tokens", 0)),
-                int(usage.get("completion_tokens", 0)),
-            )
-        return out
-    assert last is not None
-    raise last
+            async for chunk in upstream:
+                yield chunk
+        finally:
+            hold.__exit__(None, None, None)
+            await upstream.aclose()  # closes the upstream response: cancels the generation
+
+    return StreamingResponse(events(), status_code=resp.status_code, headers=response_headers(resp))
 
 
 @router.post("/v1/chat/completions")

@@ -1,32 +1,18 @@
-"""Adapter registry routes, passed through with the caller's tenant (API.md: registry)."""
+"""Adapter registry routes, passed through with the caller's tenant (API.md: registry).
+
+Reads need role app+; state changes integrator+, are audited with their outcome, and creates
+honour ``Idempotency-Key`` and the tenant's ``max_adapters`` quota."""
 
 from __future__ import annotations
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import Caller, State
-from gateway.domain import audit
-from gateway.domain.forward import open_upstream, relay, upstream_headers
-from shared.app import request_id_of
+from gateway.routes import proxy
+from shared.errors import RateLimited
 
 router = APIRouter(tags=["adapters"])
-
-
-async def _forward(request: Request, st: State, who: Caller, permission: str) -> Response:
-    who.require(permission)
-    resp = await open_upstream(
-        st.upstream,
-        request.method,
-        st.settings.registry_url.rstrip("/") + request.url.path,
-        headers=upstream_headers(request, who, st.internal_token),
-        content=request.stream() if request.method in ("POST", "PUT") else None,
-        params=dict(request.query_params),
-        service="registry",
-    )
-    return await relay(resp)
-
 
 READS = [
     "/v1/base-models",
@@ -40,42 +26,64 @@ READS = [
     "/v1/webhooks",
 ]
 WRITES = [
-    ("POST", "/v1/adapters"),
     ("DELETE", "/v1/adapters/{name}"),
-    ("POST", "/v1/adapters/{name}/versions"),
     ("PUT", "/v1/adapters/{name}/aliases/{alias}"),
     ("DELETE", "/v1/adapters/{name}/aliases/{alias}"),
-    ("POST", "/v1/webhooks"),
 ]
+CREATES = ["/v1/adapters", "/v1/adapters/{name}/versions", "/v1/webhooks"]
 
 
 async def read(request: Request, st: State, who: Caller) -> Response:
-    return await _forward(request, st, who, "read")
+    who.require("read")
+    return await proxy.forward(request, st, who, st.settings.registry_url, "registry")
 
 
 async def write(request: Request, st: State, who: Caller) -> Response:
     """State changes are forwarded, then audited with their outcome."""
-    resp = await _forward(request, st, who, "write")
-    route = request.scope.get("route")
-    action = f"{request.method.lower()} {getattr(route, 'path', request.url.path)}"
-
-    def log() -> None:
-        with st.db.session(write=True) as s:
-            audit.record(
-                s,
-                tenant=who.tenant,
-                actor=who.key_id,
-                action=action,
-                target=request.url.path,
-                request_id=request_id_of(request),
-                outcome="ok" if resp.status_code < 400 else str(resp.status_code),
-            )
-
-    await anyio.to_thread.run_sync(log)
+    who.require("write")
+    resp = await proxy.forward(request, st, who, st.settings.registry_url, "registry")
+    await proxy.record_audit(request, st, who, resp.status_code)
     return resp
+
+
+async def _check_adapter_quota(request: Request, st: State, who: Caller) -> None:
+    """Refuse a create that would add an adapter beyond the tenant's (or key's) limit."""
+    limit = await st.quotas.count_limit(who, "max_adapters")
+    existing = await proxy.list_all(
+        st, who, st.settings.registry_url, "/v1/adapters", "registry", cursor="name"
+    )
+    name = request.path_params.get("name")
+    if name is not None and any(a["name"] == name for a in existing):
+        return  # a new version of an existing adapter adds no adapter
+    if len(existing) >= limit:
+        raise RateLimited(
+            f"adapter quota reached: at most {limit} adapters per tenant; delete one or ask an "
+            "admin to raise max_adapters",
+            retry_after=60,
+            code="adapter_quota_exceeded",
+        )
+
+
+async def create(request: Request, st: State, who: Caller) -> Response:
+    """Creates: idempotent (``Idempotency-Key``), quota-checked, audited."""
+    who.require("write")
+    body = await proxy.body_for(request, st)
+
+    async def call() -> Response:
+        if request.url.path != "/v1/webhooks":
+            await _check_adapter_quota(request, st, who)
+        resp = await proxy.forward(
+            request, st, who, st.settings.registry_url, "registry", body=body
+        )
+        await proxy.record_audit(request, st, who, resp.status_code)
+        return resp
+
+    return await proxy.idempotent(request, st, who, body, call)
 
 
 for _path in READS:
     router.add_api_route(_path, read, methods=["GET"])
 for _method, _path in WRITES:
     router.add_api_route(_path, write, methods=[_method])
+for _path in CREATES:
+    router.add_api_route(_path, create, methods=["POST"])

@@ -1,11 +1,12 @@
-"""Gateway tables (owner: gateway): tenants, API keys (hashed), audit log, usage."""
+"""Gateway tables (owner: gateway): tenants, API keys (hashed), audit log, usage,
+idempotency records, quotas, integrations."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -76,3 +77,54 @@ class UsageRow(Base):
     requests: Mapped[int] = mapped_column(Integer, default=0)
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class IdempotencyRow(Base):
+    """A creating POST's first answer, replayed for retries with the same key (per tenant).
+
+    ``status`` is 0 while the first request is still running; ``fingerprint`` is a hash of
+    method, path and body, so the same key with a different request is a 409.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer, default=0)
+    content_type: Mapped[str] = mapped_column(String(200), default="application/json")
+    body: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class QuotaRow(Base):
+    """Limits for a tenant (``scope='tenant'``) or one API key (``scope='key'``); NULL = the
+    gateway default. A key is bound by its own limits and by its tenant's."""
+
+    __tablename__ = "quotas"
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_streams: Mapped[int | None] = mapped_column(Integer)
+    max_adapters: Mapped[int | None] = mapped_column(Integer)
+    max_jobs: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class IntegrationRow(Base):
+    """A connector: how a CRM/ERP record becomes a model call and the answer a field."""
+
+    __tablename__ = "integrations"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    system: Mapped[str] = mapped_column(String(16))
+    task: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(200))
+    input_mapping: Mapped[dict[str, Any]] = mapped_column(JSON)
+    template: Mapped[str] = mapped_column(Text)
+    output: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

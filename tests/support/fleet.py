@@ -27,6 +27,7 @@ from services.registry.settings import RegistrySettings
 TOKEN = "fleet-test-token"
 ADMIN_KEY = "tf-admin-test-key"
 EVENTS_URL = "http://inference/internal/registry-events"
+GATEWAY_EVENTS_URL = "http://gateway/internal/registry-events"
 
 
 @dataclass
@@ -78,14 +79,19 @@ async def fleet(
     home: Path,
     model_dir: Path,
     engine: Any,
+    *,
+    gateway_overrides: dict[str, Any] | None = None,
+    extra_apps: dict[str, FastAPI] | None = None,
     **inference_overrides: Any,
 ) -> AsyncIterator[Fleet]:
+    """The fleet in-process. ``extra_apps`` are reachable by host name from every app (e.g.
+    ``{"training": app}`` with ``gateway_overrides={"training_url": "http://training"}``)."""
     reg_settings = RegistrySettings(
         home=home,
         internal_token=TOKEN,
         seed_models_dir=model_dir.parent,
         webhook_poll_s=0.05,
-        notify_urls=[EVENTS_URL],
+        notify_urls=[EVENTS_URL, GATEWAY_EVENTS_URL],
     )
     inf_settings = InferenceSettings(
         **{
@@ -112,14 +118,20 @@ async def fleet(
             home=home,
             internal_token=TOKEN,
             admin_key=ADMIN_KEY,
-            registry_url="http://registry",
-            inference_urls=["http://inference"],
+            **{
+                "registry_url": "http://registry",
+                "inference_urls": ["http://inference"],
+                "training_url": "http://training",
+                **(gateway_overrides or {}),
+            },
         ),
         upstream_transport=HostRouter(holder),
     )
-    holder.update(registry=reg_app, inference=inf_app, gateway=gw_app)
+    holder.update(registry=reg_app, inference=inf_app, gateway=gw_app, **(extra_apps or {}))
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
     async with AsyncExitStack() as stack:
+        for extra in (extra_apps or {}).values():
+            await stack.enter_async_context(LifespanManager(extra, startup_timeout=120))
         await stack.enter_async_context(LifespanManager(reg_app))
         await stack.enter_async_context(LifespanManager(inf_app, startup_timeout=300))
         await stack.enter_async_context(LifespanManager(gw_app))

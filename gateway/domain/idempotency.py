@@ -1,0 +1,98 @@
+"""``Idempotency-Key`` on creating POSTs: a retry gets the original answer, not a duplicate.
+
+Scope is (tenant, key). The first request stores a fingerprint of what it asked (method, path,
+body) and, once answered, its status and body. A retry with the same fingerprint replays that
+answer; the same key with a different request is a 409 naming the header; a retry while the
+first is still running is a 409 too (the client retries later). 5xx answers are not kept, so a
+retry after an outage really retries. Rows expire after ``idempotency_ttl_s``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from gateway.storage.tables import IdempotencyRow
+from shared.errors import Conflict, InvalidRequest
+
+HEADER = "Idempotency-Key"
+_BOUNDARY = re.compile(r"boundary=\"?([^\";]+)\"?")
+
+
+@dataclass(frozen=True)
+class Stored:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def fingerprint(method: str, path: str, content_type: str, body: bytes) -> str:
+    """What the request asked for. A multipart boundary is random per attempt in most clients,
+    so it is blanked out: the same file uploaded twice has the same fingerprint."""
+    m = _BOUNDARY.search(content_type)
+    if m:
+        body = body.replace(m.group(1).encode("latin-1"), b"-")
+        content_type = "multipart/form-data"
+    h = hashlib.sha256(f"{method} {path} {content_type}\n".encode())
+    h.update(body)
+    return h.hexdigest()
+
+
+def check_key(key: str) -> str:
+    if not 1 <= len(key) <= 255 or not key.isprintable():
+        raise InvalidRequest(f"{HEADER} must be 1-255 printable characters", param=HEADER)
+    return key
+
+
+def begin(s: Session, tenant: str, key: str, fp: str, ttl_s: int) -> Stored | None:
+    """Claim ``key`` for this request (None: go ahead) or return the stored answer to replay."""
+    now = int(time.time())
+    row = s.get(IdempotencyRow, (tenant, key))
+    if row is not None and row.expires_at <= now:
+        s.delete(row)
+        s.flush()
+        row = None
+    if row is None:
+        s.add(IdempotencyRow(tenant=tenant, key=key, fingerprint=fp, expires_at=now + ttl_s))
+        s.flush()
+        return None
+    if row.fingerprint != fp:
+        raise Conflict(
+            f"{HEADER} was already used for a different request; use a new key",
+            param=HEADER,
+            code="idempotency_key_reused",
+        )
+    if row.status == 0:
+        raise Conflict(
+            f"a request with this {HEADER} is still in progress; retry shortly",
+            param=HEADER,
+            code="idempotency_key_in_progress",
+        )
+    return Stored(row.status, row.content_type, row.body)
+
+
+def finish(s: Session, tenant: str, key: str, status: int, content_type: str, body: bytes) -> None:
+    """Keep the answer (below 500) for replays; forget the key otherwise."""
+    row = s.get(IdempotencyRow, (tenant, key))
+    if row is None:
+        return
+    if status >= 500:
+        s.delete(row)
+        return
+    row.status, row.content_type, row.body = status, content_type, body
+
+
+def abandon(s: Session, tenant: str, key: str) -> None:
+    row = s.get(IdempotencyRow, (tenant, key))
+    if row is not None and row.status == 0:
+        s.delete(row)
+
+
+def purge_expired(s: Session) -> int:
+    result = s.execute(delete(IdempotencyRow).where(IdempotencyRow.expires_at <= int(time.time())))
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

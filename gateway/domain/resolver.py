@@ -1,0 +1,84 @@
+"""Turning a client's ``model`` into an immutable version through the registry, cached briefly.
+
+The gateway routes by the immutable version (``tenant/name@vN``), so every request for one
+version lands on the replica that has it warm, and an alias move changes the route at once:
+the registry's ``alias.moved`` webhook drops the cached entries (``invalidate``); the TTL only
+bounds staleness when a webhook is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from shared.errors import ServiceUnavailable, error_from_envelope
+from shared.logging import request_id_var
+from shared.schemas.registry import Resolution
+
+
+class ModelResolver:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        registry_url: str,
+        token: str,
+        *,
+        ttl_s: float,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.http = http
+        self.url = registry_url.rstrip("/") + "/v1/resolve"
+        self.token = token
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._cache: dict[tuple[str, str], tuple[Resolution, float]] = {}
+
+    async def resolve(self, tenant: str, model: str) -> Resolution:
+        """The immutable identity of ``model`` for ``tenant`` (404 ``model_not_found``)."""
+        hit = self._cache.get((tenant, model))
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        headers = {"Authorization": f"Bearer {self.token}", "X-Tenant-Id": tenant}
+        rid = request_id_var.get()
+        if rid:
+            headers["X-Request-Id"] = rid
+        try:
+            resp = await self.http.get(
+                self.url, params={"model": model}, headers=headers, timeout=self.timeout_s
+            )
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(
+                "registry is unreachable", code="registry_unavailable", retry_after=2
+            ) from exc
+        if resp.status_code != 200:
+            body: Any = resp.json() if resp.content else {}
+            raise error_from_envelope(resp.status_code, body)
+        res = Resolution.model_validate(resp.json())
+        if len(self._cache) > 10_000:  # bounded: drop everything rather than track LRU order
+            self._cache.clear()
+        self._cache[(tenant, model)] = (res, now + self.ttl_s)
+        return res
+
+    def invalidate(self, tenant: str, adapter: str | None) -> int:
+        """Drop ``tenant``'s cached resolutions of ``adapter`` (all of the tenant's if None)."""
+        doomed = [
+            k
+            for k, (res, _) in self._cache.items()
+            if k[0] == tenant and (adapter is None or res.adapter == adapter)
+        ]
+        for k in doomed:
+            del self._cache[k]
+        return len(doomed)
+
+
+def route_key(res: Resolution) -> str:
+    """What replica affinity hashes: the immutable version (or the base model)."""
+    return res.ref
+
+
+def adapter_label(res: Resolution) -> str:
+    """A bounded metric label: ``name@vN`` for adapters, the base model id otherwise."""
+    return f"{res.adapter}@v{res.version}" if res.kind == "adapter" else res.base_model
