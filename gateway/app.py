@@ -20,6 +20,7 @@ from gateway.domain.routing import ReplicaSet
 from gateway.domain.usage import UsageRecorder
 from gateway.routes import (
     admin,
+    console,
     events,
     feedback,
     inference,
@@ -110,4 +111,5 @@ def create_app(
     )
     for module in (inference, registry, training, integrations, feedback, events, admin, quotas):
         app.include_router(module.router)
+    app.include_router(console.router)
     return app
