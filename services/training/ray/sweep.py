@@ -16,8 +16,8 @@ multiple of, its size); any ``{min, max, log}`` range → random search with ``n
 samples (lists are then sampled as choices), seeded by ``base.seed``.
 
 Ray 2.60 (Train V2) no longer accepts a ``TorchTrainer`` as a Tune trainable, so each trial
-is a *driver function* (``tune.with_resources(_trial, {"cpu": 0})``: it only waits on its
-own ``TorchTrainer``, whose workers hold the CPUs) that calls :func:`run_training` with the
+is a *driver function* (reserving no CPU: it only waits on its own ``TorchTrainer``,
+whose workers hold the CPUs) that calls :func:`run_training` with the
 trial's values, streams every train-loop report to Tune (``tune.report`` from the report
 thread is safe: the Tune session is process-global and the trial thread is blocked in
 ``fit()``), then reports a final result with the task metric (``evaluate`` on the
@@ -377,18 +377,25 @@ def run_sweep(
             max_t=max_t,
             grace_period=max(1, max_t // 4),
             reduction_factor=2,
+            # at max_t the trial still has its final (evaluated) report to make
+            stop_last_trials=False,
         )
     else:
         scheduler = FIFOScheduler()
     trainable = tune.with_parameters(_trial, base=base, metric=sweep.metric, root=str(root))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 0}),
+        # the trial only waits on its own TorchTrainer, whose workers hold the CPUs; Tune
+        # rejects an all-zero request, and any CPU share here would keep a worker off a
+        # fully used node, so reserve a token 1 byte of memory instead
+        tune.with_resources(trainable, {"cpu": 0, "memory": 1}),
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(
             num_samples=num_samples,
-            max_concurrent_trials=sweep.max_concurrent,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=base.seed),
+            # (TuneConfig.max_concurrent_trials is ignored when a search_alg is given)
+            search_alg=BasicVariantGenerator(
+                max_concurrent=sweep.max_concurrent, random_state=base.seed
+            ),
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(

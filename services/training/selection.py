@@ -1,0 +1,167 @@
+"""Base-model selection: score catalog base models few-shot on a validation file, rank them.
+
+``rank_base_models(model_dirs, valid_path, task, ...) -> list[dict]`` (for
+``POST /v1/fine_tuning/model_selection``). For each base model (a HF model dir), the first
+``few_shot`` rows of the file become an in-context prefix (``prompt + completion`` pairs
+separated by a blank line) and the next ``max_examples`` rows are scored with
+:func:`services.training.ray.evaluate.evaluate` on ``prefix + prompt``:
+
+* classification tasks (``sentiment``, ``ticket``, ``classification``): ``accuracy`` and
+  ``macro_f1`` (label log-likelihood scoring), then ``eval_loss``;
+* ``translation``: ``chrf`` (greedy decoding), then ``eval_loss``;
+* ``generation``: ``eval_loss`` only (mean completion-token cross-entropy).
+
+Ranking: by the task metric (higher first), ties and ``generation`` by ``eval_loss``
+(lower first). Each entry: ``{"model", "rank", "metric", "score", "eval_loss",
+"eval_ppl", "accuracy"?, "macro_f1"?, "chrf"?, "n", "few_shot", "seconds"}``.
+Bad input raises :class:`~shared.errors.InvalidRequest` naming the field (``models``,
+``task``, ``validation_file`` with the line number).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.errors import InvalidRequest
+
+TASK_METRIC = {
+    "sentiment": "accuracy",
+    "ticket": "accuracy",
+    "classification": "accuracy",
+    "translation": "chrf",
+    "generation": "eval_loss",
+}
+MAX_MODELS = 16
+
+
+def read_examples(valid_path: Path, limit: int) -> list[dict[str, str]]:
+    """Up to ``limit`` ``{"prompt", "completion", "label"?}`` rows; errors name the line."""
+    rows: list[dict[str, str]] = []
+    with open(valid_path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise InvalidRequest(
+                    f"validation_file line {lineno}: not valid JSON", param="validation_file"
+                ) from None
+            if not (
+                isinstance(row, dict)
+                and isinstance(row.get("prompt"), str)
+                and isinstance(row.get("completion"), str)
+            ):
+                raise InvalidRequest(
+                    f"validation_file line {lineno}: needs string prompt and completion",
+                    param="validation_file",
+                )
+            rows.append(row)
+            if len(rows) >= limit:
+                break
+    return rows
+
+
+def few_shot_prefix(shots: Sequence[Mapping[str, str]]) -> str:
+    """In-context examples in the training format, one blank line after each."""
+    return "".join(f"{s['prompt']}{s['completion'].rstrip()}\n\n" for s in shots)
+
+
+def _score_model(
+    model_dir: Path,
+    examples: list[dict[str, str]],
+    task: str,
+    labels: Sequence[str] | None,
+    batch_size: int,
+) -> dict[str, Any]:
+    import torch
+
+    from services.training.ray.evaluate import (
+        _completion_logprobs,
+        _encode_pair,
+        evaluate,
+        load_model,
+        load_tokenizer,
+    )
+
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    if task != "generation":
+        result = evaluate(model, tokenizer, examples, task, labels, batch_size=batch_size)
+        result.pop("predictions", None)
+        return result
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pairs = [_encode_pair(tokenizer, ex["prompt"], ex["completion"]) for ex in examples]
+    with torch.inference_mode():
+        scored = _completion_logprobs(model, pairs, pad_id, batch_size)
+    loss = -sum(lp for lp, _ in scored) / max(1, sum(n for _, n in scored))
+    return {
+        "task": task,
+        "n": len(examples),
+        "eval_loss": loss,
+        "eval_ppl": math.exp(min(50, loss)),
+    }
+
+
+def rank_base_models(
+    model_dirs: dict[str, Path],
+    valid_path: Path,
+    task: str,
+    *,
+    labels: Sequence[str] | None = None,
+    few_shot: int = 3,
+    max_examples: int = 64,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """Score every base model in ``model_dirs`` (name → model dir) and rank them, best first."""
+    if not model_dirs or len(model_dirs) > MAX_MODELS:
+        raise InvalidRequest(f"give between 1 and {MAX_MODELS} base models", param="models")
+    for name, path in model_dirs.items():
+        if not (Path(path) / "config.json").is_file():
+            raise InvalidRequest(f"base model {name!r} has no model files", param="models")
+    if task not in TASK_METRIC:
+        raise InvalidRequest(f"task must be one of {sorted(TASK_METRIC)}", param="task")
+    if few_shot < 0 or max_examples < 1:
+        raise InvalidRequest("few_shot must be ≥ 0 and max_examples ≥ 1", param="few_shot")
+    rows = read_examples(Path(valid_path), few_shot + max_examples)
+    if len(rows) <= few_shot:
+        raise InvalidRequest(
+            f"validation_file needs more than {few_shot} rows (few-shot examples + scored rows)",
+            param="validation_file",
+        )
+    prefix = few_shot_prefix(rows[:few_shot])
+    examples = [{**r, "prompt": prefix + r["prompt"]} for r in rows[few_shot:]]
+    if labels is None and task in ("sentiment", "ticket"):
+        from services.training.samples import labels_for
+
+        labels = labels_for(task)
+    metric = TASK_METRIC[task]
+    scored = []
+    for name, path in model_dirs.items():
+        t0 = time.perf_counter()
+        result = _score_model(Path(path), examples, task, labels, batch_size)
+        entry = {
+            "model": name,
+            "metric": metric,
+            "score": result[metric],
+            "n": len(examples),
+            "few_shot": few_shot,
+            **{
+                k: result[k]
+                for k in ("eval_loss", "eval_ppl", "accuracy", "macro_f1", "chrf")
+                if k in result
+            },
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        scored.append(entry)
+    if metric == "eval_loss":
+        scored.sort(key=lambda e: e["eval_loss"])
+    else:
+        scored.sort(key=lambda e: (-e["score"], e["eval_loss"]))
+    for i, entry in enumerate(scored, start=1):
+        entry["rank"] = i
+    return scored
