@@ -7,7 +7,7 @@ archives from the registry: the same calls as between processes, without the soc
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,11 +81,12 @@ async def fleet(
     engine: Any,
     *,
     gateway_overrides: dict[str, Any] | None = None,
-    extra_apps: dict[str, FastAPI] | None = None,
+    extra_apps: Callable[[httpx.AsyncBaseTransport], dict[str, FastAPI]] | None = None,
     **inference_overrides: Any,
 ) -> AsyncIterator[Fleet]:
-    """The fleet in-process. ``extra_apps`` are reachable by host name from every app (e.g.
-    ``{"training": app}`` with ``gateway_overrides={"training_url": "http://training"}``)."""
+    """The fleet in-process. ``extra_apps(transport)`` returns more apps by host name (e.g.
+    ``{"training": app}``; the gateway's training_url is http://training), built with the
+    transport that reaches every app of the fleet."""
     reg_settings = RegistrySettings(
         home=home,
         internal_token=TOKEN,
@@ -127,10 +128,11 @@ async def fleet(
         ),
         upstream_transport=HostRouter(holder),
     )
-    holder.update(registry=reg_app, inference=inf_app, gateway=gw_app, **(extra_apps or {}))
+    extras = extra_apps(HostRouter(holder)) if extra_apps else {}
+    holder.update(registry=reg_app, inference=inf_app, gateway=gw_app, **extras)
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
     async with AsyncExitStack() as stack:
-        for extra in (extra_apps or {}).values():
+        for extra in extras.values():
             await stack.enter_async_context(LifespanManager(extra, startup_timeout=120))
         await stack.enter_async_context(LifespanManager(reg_app))
         await stack.enter_async_context(LifespanManager(inf_app, startup_timeout=300))
