@@ -235,3 +235,28 @@ async def test_models_list_and_tenant_isolation(f: Fleet, archives: dict[str, Pa
     assert r.status_code == 404
     ids = [m["id"] for m in (await f.inference.get("/v1/models", headers=other)).json()["data"]]
     assert ids == ["tiny-llama"]
+
+
+async def test_burst_past_the_admission_bound_gets_503_with_retry_after(
+    tmp_path: Path, model_dir: Path, vllm_engine: object
+) -> None:
+    # max_waiting 3 (+ max_running 0 here): at most 3 sequences admitted at once.
+    async with fleet(tmp_path, model_dir, vllm_engine, max_waiting=3) as fl:
+        burst = [
+            fl.inference.post("/v1/completions", json=completion("tiny-llama", max_tokens=48))
+            for _ in range(10)
+        ]
+        rs = await asyncio.gather(*burst)
+        ok = [r for r in rs if r.status_code == 200]
+        refused = [r for r in rs if r.status_code == 503]
+        assert len(ok) + len(refused) == len(rs), [r.text for r in rs]
+        assert len(ok) >= 3 and refused, [r.status_code for r in rs]
+        for r in refused:
+            assert int(r.headers["Retry-After"]) >= 1
+            err = r.json()["error"]
+            assert err["code"] == "engine_overloaded" and "overloaded" in err["message"]
+        assert all(r.json()["usage"]["completion_tokens"] > 0 for r in ok)
+        # Nothing stays counted: the next request is admitted.
+        r = await fl.inference.post("/v1/completions", json=completion("tiny-llama"))
+        assert r.status_code == 200, r.text
+        assert fl.inference_app.state.server.admitted == 0

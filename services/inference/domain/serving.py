@@ -58,7 +58,10 @@ class Server:
         max_model_len: int,
         default_max_tokens: int,
         max_waiting: int,
+        max_running: int = 0,
     ) -> None:
+        """``max_running + max_waiting`` bounds the engine sequences admitted at once (one
+        per prompt and choice); past it a request is refused with 503 and Retry-After."""
         self.engine = engine
         self.cache = cache
         self.resolver = resolver
@@ -67,6 +70,10 @@ class Server:
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
         self.max_waiting = max_waiting
+        self.max_admitted = max_running + max_waiting
+        # Counted here, not read from the engine: vLLM's scheduler figures lag by a step, so
+        # a burst arriving between two steps would all be admitted.
+        self.admitted = 0
 
     # ------------------------------------------------------------------ prepare
     async def prepare(
@@ -137,10 +144,23 @@ class Server:
         """Chunks of every prompt's choices; choice index = prompt index * n + choice."""
         if self.engine.is_dead():
             raise ServiceUnavailable("inference engine is not running", code="engine_dead")
-        if self.engine.stats().get("waiting", 0) >= self.max_waiting:
+        seqs = len(p.prompts) * p.body.n
+        if self.admitted and self.admitted + seqs > self.max_admitted:
+            # (A lone request larger than the bound is admitted rather than never served.)
             raise EngineOverloadedError(
-                "inference engine is overloaded; retry shortly", retry_after=1
+                f"inference engine is overloaded ({self.admitted} sequences in flight); "
+                "retry shortly",
+                retry_after=1,
             )
+        self.admitted += seqs
+        try:
+            async for chunk in self._accounted(p):
+                yield chunk
+        finally:
+            self.admitted -= seqs
+
+    async def _accounted(self, p: Prepared) -> AsyncIterator[GenerationChunk]:
+        """The request's chunks, recording its metrics."""
         labels = p.metric_labels
         start = time.perf_counter()
         first_at: float | None = None
