@@ -92,7 +92,10 @@ _saved_env: dict[str, str | None] = {}
 
 def _refresh_auth_state() -> None:
     """Make this process re-read ``RAY_AUTH_MODE`` and the token after env changes."""
-    from ray._raylet import AuthenticationTokenLoader, Config
+    from ray._raylet import (  # type: ignore[attr-defined]  # Cython module, no stubs
+        AuthenticationTokenLoader,
+        Config,
+    )
 
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
@@ -140,11 +143,11 @@ def _dynamic_agent_port() -> Iterator[None]:
             kwargs.setdefault("dashboard_agent_listen_port", 0)
             super().__init__(*args, **kwargs)
 
-    parameter.RayParams = _Params
+    parameter.RayParams = _Params  # type: ignore[misc]  # patched for the ray.init call
     try:
         yield
     finally:
-        parameter.RayParams = original
+        parameter.RayParams = original  # type: ignore[misc]
 
 
 def _set_env(key: str, value: str) -> None:
@@ -230,10 +233,10 @@ def ensure_ray(
 
     if ray.is_initialized():
         if _info is None:  # connected by someone else: describe that connection
-            ctx = ray.get_runtime_context()
+            runtime = ray.get_runtime_context()
             _info = _info_from_context(
                 None,
-                address=getattr(ctx, "gcs_address", "") or "",
+                address=getattr(runtime, "gcs_address", "") or "",
                 started_here=False,
                 temp_dir=None,
                 token_path=None,
