@@ -140,11 +140,11 @@ def rank_base_models(
 
         labels = labels_for(task)
     metric = TASK_METRIC[task]
-    scored = []
+    scored: list[dict[str, Any]] = []
     for name, path in model_dirs.items():
         t0 = time.perf_counter()
         result = _score_model(Path(path), examples, task, labels, batch_size)
-        entry = {
+        entry: dict[str, Any] = {
             "model": name,
             "metric": metric,
             "score": result[metric],
