@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 
+from services.training.domain.rows import row_pair
 from shared.schemas.training import RunnerSpec
 
 log = logging.getLogger("tunefleet.jobrunner")
@@ -70,27 +71,9 @@ class Reporter:
             log.warning("dropped an event report")
 
 
-def _row_pair(row: dict[str, Any]) -> dict[str, str]:
-    """A prepared row as prompt/completion (chat rows: history → prompt, last turn →
-    completion), with a separating space so the label starts a new word as in evaluation."""
-    if "messages" in row:
-        msgs = row["messages"]
-        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        prompt = "\n".join(m["content"] for m in msgs[:last])
-        completion = msgs[last]["content"]
-    else:
-        prompt, completion = row["prompt"], row["completion"]
-    if prompt and completion and not prompt[-1].isspace() and not completion[0].isspace():
-        completion = " " + completion
-    out = {"prompt": prompt, "completion": completion}
-    if row.get("label") is not None:
-        out["label"] = row["label"]
-    return out
-
-
 def _read_split(rep: Reporter, split: str, dest: Path) -> list[dict[str, str]]:
     text = rep.call("GET", f"/data/{split}").text
-    rows = [_row_pair(json.loads(line)) for line in text.splitlines() if line.strip()]
+    rows = [row_pair(json.loads(line)) for line in text.splitlines() if line.strip()]
     dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return rows
 
@@ -113,7 +96,7 @@ def _plan(spec: RunnerSpec, n_train: int) -> tuple[int, int, int]:
     per_epoch = max(1, math.ceil(n_train / (spec.num_workers * int(hp["batch_size"]))))
     total = int(hp.get("max_steps") or per_epoch * int(hp["n_epochs"]))
     ckpt = spec.checkpoint_every or max(1, math.ceil(total / 3))
-    return total, ckpt, max(1, total // 20)
+    return total, ckpt, max(1, min(20, total // 20))  # ~20 reports, at least every 20 steps
 
 
 def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, str]]) -> dict:
@@ -194,30 +177,35 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         max_failures=1,
         name=spec.job_id,
     )
-    outcome = run_training(
-        train_spec,
-        storage_path=Path(spec.storage_path),
-        on_report=on_report,
-        export_dir=work / "export",
-    )
-    tuned_dir = outcome.adapter_dir or outcome.model_dir
+    result: dict[str, Any] = {"base": base_eval}
+    if spec.sweep:
+        adapter_dir, model_dir, result["sweep"] = _sweep(rep, spec, train_spec)
+        result["final_metrics"] = result["sweep"]["best"]["metrics"]
+    else:
+        outcome = run_training(
+            train_spec,
+            storage_path=Path(spec.storage_path),
+            on_report=on_report,
+            export_dir=work / "export",
+        )
+        adapter_dir, model_dir = outcome.adapter_dir, outcome.model_dir
+        result["final_metrics"] = _final(outcome.final_metrics)
+    if spec.prune and adapter_dir is not None:
+        adapter_dir, result["prune"] = _prune(spec, adapter_dir, work, tok, valid_rows)
+        rep.event("Pruned the adapter", data={"prune": result["prune"]})
+    tuned_dir = adapter_dir or model_dir
     assert tuned_dir is not None, "training produced no weights"
-    tuned_eval = _evaluate(load_model(tuned_dir, merge=True), tok, spec, valid_rows)
-    result: dict[str, Any] = {
-        "base": base_eval,
-        "tuned": tuned_eval,
-        "final_metrics": _final(outcome.final_metrics),
-    }
+    result["tuned"] = _evaluate(load_model(tuned_dir, merge=True), tok, spec, valid_rows)
     if spec.compare_alias:
         result["incumbent"] = _incumbent(rep, spec, work, valid_rows)
     mean_len = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
     mean_len /= max(1, len(train_rows))
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
-    if spec.method == "lora" and outcome.adapter_dir is not None:
+    if spec.method == "lora" and adapter_dir is not None:
         from shared.archives import pack_adapter_dir
 
-        archive = pack_adapter_dir(outcome.adapter_dir, work / "adapter.tar.gz")
+        archive = pack_adapter_dir(adapter_dir, work / "adapter.tar.gz")
         with archive.open("rb") as fh:
             rep.call(
                 "POST",
@@ -230,13 +218,71 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     out = Path(spec.model_output_dir)
     if out.exists():
         shutil.rmtree(out)
-    if outcome.adapter_dir is not None:  # hybrid: merge (vLLM refuses modules_to_save)
-        load_model(outcome.adapter_dir, merge=True).save_pretrained(out)
+    if adapter_dir is not None:  # hybrid: merge (vLLM refuses modules_to_save)
+        load_model(adapter_dir, merge=True).save_pretrained(out)
         tok.save_pretrained(out)
     else:
         shutil.copytree(tuned_dir, out)
     report["model_dir"] = str(out)
     rep.call("POST", "/result", patience_s=600, data={"report": json.dumps(report)})
+
+
+def _sweep(rep: Reporter, spec: RunnerSpec, base: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Ray Tune over ``base``; every trial event is reported; returns the best weights."""
+    from services.training.ray.sweep import parse_sweep, run_sweep
+
+    sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.valid_path is not None)
+
+    def on_trial(e: dict[str, Any]) -> None:
+        keep = ("step", "train_loss", "valid_loss", "tokens_per_second")
+        data = {"trial_id": e.get("trial_id"), "event": e.get("event")}
+        data.update({k: e[k] for k in keep if k in e})
+        rep.event(f"Sweep {e.get('event', 'event')}: trial {e.get('trial_id')}", data=data)
+
+    out = run_sweep(base, sweep, Path(spec.storage_path), on_trial=on_trial)
+    if out.best is None:
+        raise RuntimeError("no sweep trial finished")
+
+    def trial(t: Any) -> dict[str, Any]:
+        metrics = {k: v for k, v in t.metrics.items() if isinstance(v, int | float)}
+        return {"trial_id": t.trial_id, "config": t.config, "status": t.status, "metrics": metrics}
+
+    summary = {
+        "metric": out.metric,
+        "mode": out.mode,
+        "best": trial(out.best),
+        "trials": [trial(t) for t in out.trials],
+    }
+    return out.adapter_dir, out.model_dir, summary
+
+
+def _prune(
+    spec: RunnerSpec, adapter_dir: Path, work: Path, tok: Any, rows: list[dict[str, str]]
+) -> tuple[Path, dict[str, Any]]:
+    """SVD rank reduction (+ magnitude pruning) within the job's quality tolerance."""
+    from services.training.ray.evaluate import load_model
+    from services.training.ray.prune import parse_prune, prune_adapter
+
+    if not rows:
+        raise RuntimeError("prune needs a validation set to measure quality")
+    prune = parse_prune(spec.prune)
+    metric = {"translation": "chrf", "generation": "eval_loss"}.get(spec.task, "accuracy")
+
+    def score(path: Path) -> float:
+        return float(_evaluate(load_model(path, merge=True), tok, spec, rows)[metric])
+
+    report = prune_adapter(
+        adapter_dir,
+        work / "pruned",
+        score,
+        prune.max_quality_drop,
+        higher_is_better=metric != "eval_loss",
+        magnitude_sparsity=prune.magnitude_sparsity,
+    )
+    out = report.to_dict()
+    out.pop("out_dir", None)
+    out["metric"] = metric
+    return report.out_dir, out
 
 
 def _final(metrics: dict[str, Any] | None) -> dict[str, Any]:

@@ -83,20 +83,6 @@ class Resources(_Strict):
     use_gpu: bool = False
 
 
-class SweepSpec(_Strict):
-    """Ray Tune search space: parameter → list of values (grid) or {min, max} (random)."""
-
-    parameters: dict[str, list[Any] | dict[str, float]] = Field(min_length=1)
-    num_samples: int = Field(default=4, ge=1, le=256)
-    metric: str = Field(default="valid_loss", max_length=64)
-    mode: Literal["min", "max"] = "min"
-
-
-class PruneSpec(_Strict):
-    max_quality_drop: float = Field(ge=0, le=1)
-    magnitude: float | None = Field(default=None, ge=0, lt=1)
-
-
 class AutoPromote(_Strict):
     alias: str = Field(pattern=ALIAS_RE.pattern)
     gate: str = Field(
@@ -117,8 +103,9 @@ class JobCreate(_Strict):
     training_method: TrainingMethod = "lora"
     lora: LoraConfig | None = None
     resources: Resources = Field(default_factory=Resources)
-    sweep: SweepSpec | None = None
-    prune: PruneSpec | None = None
+    # validated by services.training.ray.sweep.parse_sweep / prune.parse_prune (the route)
+    sweep: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
     auto_promote: AutoPromote | None = None
 
     def effective_hyperparameters(self) -> Hyperparameters:
@@ -229,6 +216,8 @@ class RunnerSpec(BaseModel):
     model_output_dir: str
     storage_path: str
     compare_alias: str | None = None
+    sweep: dict[str, Any] | None = None
+    prune: dict[str, Any] | None = None
 
 
 class RunnerEvent(_Strict):

@@ -233,17 +233,50 @@ def test_requests_need_the_internal_token(stack: TrainingStack) -> None:
     assert r.status_code == 401
 
 
-def test_sweep_and_prune_are_not_supported_yet(stack: TrainingStack, sentiment_file: dict) -> None:
-    body = {
-        "training_file": sentiment_file["id"],
-        "task": "sentiment",
-        "sweep": {"parameters": {"learning_rate_multiplier": [0.5, 1.0]}},
-    }
-    job = stack.wait_job(stack.create_job(**body).json()["id"], timeout=60)
-    assert job["status"] == "failed" and job["error"]["code"] == "not_supported"
-    assert job["sweep"]["parameters"] == {"learning_rate_multiplier": [0.5, 1.0]}
-    r = stack.create_job(training_file=sentiment_file["id"], prune={"max_quality_drop": 2})
-    assert r.status_code == 400 and _error(r)["param"] == "prune.max_quality_drop"
+def test_sweep_and_prune_blocks_are_validated(stack: TrainingStack, sentiment_file: dict) -> None:
+    fid = sentiment_file["id"]
+    cases = [
+        ({"sweep": {"parameters": {"learning_rate": [-1.0]}}}, "sweep.parameters.learning_rate.0"),
+        ({"sweep": {"parameters": {"nonsense": [1]}}}, "sweep.parameters.nonsense"),
+        ({"sweep": {"parameters": {"r": [4, 8]}, "num_trials": 0}}, "sweep.num_trials"),
+        ({"prune": {"max_quality_drop": -1}}, "prune.max_quality_drop"),
+        ({"prune": {"max_quality_drop": 0.1}, "training_method": "full"}, "prune"),
+    ]
+    for extra, param in cases:
+        r = stack.create_job(training_file=fid, task="sentiment", **extra)
+        assert r.status_code == 400, (extra, r.text)
+        assert _error(r)["param"] == param, (extra, r.text)
+    body = {"parameters": {"learning_rate": [0.001, 0.002]}, "num_trials": 2}
+    r = stack.create_job(
+        training_file=fid, task="sentiment", sweep=body, prune={"max_quality_drop": 0.05}
+    )
+    assert r.status_code == 200, r.text
+    job = stack.wait_job(r.json()["id"], timeout=60)
+    assert job["sweep"] == body and job["prune"] == {"max_quality_drop": 0.05}
+
+
+def test_model_selection_ranks_catalog_models(stack: TrainingStack) -> None:
+    rows = [
+        {"prompt": r["prompt"], "completion": r["completion"]}
+        for r in samples.sentiment_examples(12, seed=9)
+    ]
+    fid = stack.upload(rows).json()["id"]
+    r = stack.http.post(
+        "/v1/fine_tuning/model_selection",
+        headers=stack.headers(),
+        json={"validation_file": fid, "task": "sentiment", "few_shot": 2, "max_examples": 8},
+    )
+    assert r.status_code == 200, r.text
+    ranked = r.json()["data"]
+    assert ranked[0]["model"] == "tiny-llama" and ranked[0]["rank"] == 1
+    assert 0 <= ranked[0]["accuracy"] <= 1
+    for body, param in (
+        ({"validation_file": fid, "task": "sentiment", "models": ["nope"]}, "models"),
+        ({"validation_file": "file-x", "task": "sentiment"}, "validation_file"),
+        ({"validation_file": fid, "task": "poetry"}, "task"),
+    ):
+        r = stack.http.post("/v1/fine_tuning/model_selection", headers=stack.headers(), json=body)
+        assert r.status_code in (400, 404) and _error(r)["param"] == param, r.text
 
 
 def test_jobs_survive_a_restart_and_cancel_is_idempotent(

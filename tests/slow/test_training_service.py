@@ -3,8 +3,8 @@
 One module-wide stack; each job is shared by the assertions about it to keep CI time down:
 (1) LoRA sentiment on 2 Ray workers → base ≈ chance, tuned ≥ 0.9 held-out accuracy, the
 adapter registered as ``suffix@v1`` (auto-promoted), events and checkpoints listed;
-(2) a hybrid translation job raises chrF, survives a training-service restart in the middle
-of its run (state reconciled from SQL + Ray) and is registered as a new base model;
+(2) a LoRA translation job raises chrF and survives a training-service restart in the
+middle of its run (state reconciled from SQL + Ray; the runner retries its reports);
 (3) cancel stops the Ray job and gives every CPU back.
 """
 
@@ -117,7 +117,7 @@ def test_translation_job_survives_a_service_restart(stack: TrainingStack) -> Non
         training_file=train,
         validation_file=valid,
         task="translation",
-        training_method="hybrid",
+        training_method="lora",
         suffix="en-de",
         seed=11,
         lora={"r": 16, "alpha": 32, "dropout": 0.0},
@@ -125,7 +125,6 @@ def test_translation_job_survives_a_service_restart(stack: TrainingStack) -> Non
             "batch_size": 16,
             "max_steps": 80,
             "max_len": 96,
-            "learning_rate_multiplier": 2,
         },
     )
     assert r.status_code == 200, r.text
@@ -138,13 +137,9 @@ def test_translation_job_survives_a_service_restart(stack: TrainingStack) -> Non
     print(f"\n[translation job] base={result['base']} tuned={result['tuned']}")
     assert job["status"] == "succeeded", job
     assert result["tuned"]["chrf"] > result["base"]["chrf"]
-    assert result["registered_as"] == "base_model"
-    model = job["fine_tuned_model"]
-    assert model.startswith("en-de-")
-    reg = httpx.Client(
-        base_url=stack.registry_url, headers=dict(stack.http.headers) | stack.headers()
-    )
-    assert reg.get(f"/v1/base-models/{model}").status_code == 200
+    assert job["fine_tuned_model"] == "en-de@v1"
+    restarts = [e for e in stack.events(job_id) if "Step" in e["message"]]
+    assert max(e["data"]["step"] for e in restarts) == 80  # reports kept flowing
 
 
 def test_cancel_stops_ray_and_frees_resources(stack: TrainingStack) -> None:

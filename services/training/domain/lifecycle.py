@@ -137,13 +137,6 @@ class JobLifecycle:
             row = s.get(JobRow, job_id)
             assert row is not None
             row.dataset_id = ds.id
-        if body.sweep is not None or body.prune is not None:
-            what = "sweep" if body.sweep is not None else "prune"
-            raise TunefleetError(
-                f"{what} is not supported by this training service yet",
-                param=what,
-                code="not_supported",
-            )
         n_train = int(ds.report["split"]["train"])
         resolved = hyper.resolve(
             hp,
@@ -230,9 +223,15 @@ class JobLifecycle:
     # --- monitor / reconcile --------------------------------------------------------
 
     def start(self) -> None:
+        """Resume work after a (re)start: jobs still preparing, or prepared but never
+        handed to Ray, start over (the dataset is reused); the monitor does the rest."""
         with self.db.session() as s:
-            pending = [r.id for r in jobs.active_jobs(s) if r.status == "validating_files"]
-        for job_id in pending:  # the service died while preparing: start over
+            pending = [
+                r.id
+                for r in jobs.active_jobs(s)
+                if r.status == "validating_files" or not r.ray_job_id
+            ]
+        for job_id in pending:
             self.launch(job_id, None)
         self.spawn(self._monitor())
 
@@ -252,7 +251,15 @@ class JobLifecycle:
             status, message = await anyio.to_thread.run_sync(self.backend.status, submission)
             if status in ("PENDING", "RUNNING"):
                 continue
-            if status == "STOPPED":
+            if status == "MISSING":
+                jobs.fail(
+                    self.db,
+                    job_id,
+                    "ray_job_lost",
+                    "the Ray cluster no longer knows this job (an embedded Ray head does not "
+                    "outlive the service; set RAY_ADDRESS to keep jobs across restarts)",
+                )
+            elif status == "STOPPED":
                 jobs.advance(self.db, job_id, "cancelled", message="Ray job was stopped")
             elif status == "SUCCEEDED":
                 # the runner reports before it exits; give a retried report a moment

@@ -5,6 +5,7 @@
   the argmax is the prediction → ``accuracy`` and ``macro_f1``.
 * Translation: greedy decoding (``max_new_tokens``, stops at the first newline) →
   corpus ``chrf`` (sacrebleu).
+* Generation: the same greedy decoding → ``exact_match`` of the first line.
 * Always: ``eval_loss`` = mean token cross-entropy of the gold completion given the prompt
   (the same quantity the train loop minimises).
 
@@ -25,6 +26,7 @@ import torch
 
 CLASSIFICATION_TASKS = ("sentiment", "ticket", "classification")
 TRANSLATION_TASKS = ("translation",)
+GENERATION_TASKS = ("generation",)
 
 
 def load_model(
@@ -199,6 +201,16 @@ def evaluate(
         )
         refs = [ex.get("label") or ex["completion"].strip() for ex in examples]
         result["chrf"] = float(sacrebleu.corpus_chrf(preds, [refs]).score)
+    elif task in GENERATION_TASKS:
+        # free text: exact match of the first generated line (the held-out loss below is
+        # the main signal)
+        preds = _greedy(
+            model, tokenizer, [ex["prompt"] for ex in examples], max_new_tokens, batch_size
+        )
+        refs = [ex["completion"].strip().split("\n", 1)[0] for ex in examples]
+        result["exact_match"] = sum(p == r for p, r in zip(preds, refs, strict=True)) / max(
+            1, len(refs)
+        )
     else:
         raise ValueError(f"unknown task {task!r}")
 

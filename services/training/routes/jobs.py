@@ -40,6 +40,7 @@ async def create_job(body: JobCreate, st: State, tenant: TenantId) -> JobOut:
         raise InvalidRequest(
             "auto_promote needs an adapter result (training_method lora)", param="auto_promote"
         )
+    _check_sweep_prune(body)
     await st.lifecycle.base_model(tenant, body.model)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
     row, token = jobs.create_job(st.db, tenant, body, seed)
@@ -87,3 +88,20 @@ def list_checkpoints(
         jobs.get_job(s, tenant, job_id)
         rows, more = jobs.list_checkpoints(s, job_id, after, limit)
         return ListResponse(data=[jobs.checkpoint_out(r) for r in rows], has_more=more)
+
+
+def _check_sweep_prune(body: JobCreate) -> None:
+    """The Ray Tune / pruning blocks, validated by their own parsers (errors name the field)."""
+    if body.sweep is not None:
+        from services.training.ray.sweep import parse_sweep
+
+        parse_sweep(body.sweep, task=body.task, has_validation=True)
+    if body.prune is not None:
+        from services.training.ray.prune import parse_prune
+
+        parse_prune(body.prune)
+        if body.training_method not in ("lora", "hybrid"):
+            raise InvalidRequest(
+                "prune shrinks LoRA adapters: use training_method lora or hybrid",
+                param="prune",
+            )

@@ -70,6 +70,8 @@ async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
         model_output_dir=str(out_dir.resolve()),
         storage_path=str((st.settings.data_root() / "ray-runs").resolve()),
         compare_alias=compare,
+        sweep=body.sweep,
+        prune=body.prune,
     )
 
 

@@ -1,22 +1,28 @@
-"""``POST /v1/fine_tuning/model_selection``: pick a base model / method for a dataset.
+"""``POST /v1/fine_tuning/model_selection``: rank catalog base models on a tenant's file.
 
-The selection logic lives in ``services.training.selection`` (written separately); until it
-exists this route answers ``not_supported`` instead of guessing.
+The file goes through the same preparation as training data (PII redacted, normalized), then
+``services.training.selection.rank_base_models`` scores each candidate few-shot on it.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.training.data.pipeline import prepare
 from services.training.deps import State
 from services.training.domain import files
+from services.training.domain.rows import row_pair
 from shared.auth import TenantId
-from shared.errors import Unprocessable
+from shared.errors import InvalidRequest, Unprocessable
+from shared.modelref import NAME_RE
 from shared.schemas.training import Task
 
 router = APIRouter(tags=["fine-tuning"])
@@ -25,24 +31,71 @@ router = APIRouter(tags=["fine-tuning"])
 class ModelSelectionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    training_file: str = Field(max_length=64)
+    validation_file: str = Field(max_length=64, description="a file- id (prompt/completion)")
     task: Task
-    candidates: list[str] | None = Field(default=None, max_length=16)
-    methods: list[str] | None = Field(default=None, max_length=4)
+    models: list[str] | None = Field(
+        default=None, min_length=1, max_length=16, description="catalog ids; default all"
+    )
+    few_shot: int = Field(default=3, ge=0, le=16)
+    max_examples: int = Field(default=64, ge=1, le=512)
+
+
+def _ranker() -> Any:
+    try:
+        module = importlib.import_module("services.training.selection")
+    except ImportError:
+        module = None
+    rank = getattr(module, "rank_base_models", None)
+    if rank is None:
+        raise Unprocessable("model selection is not available yet", code="not_supported")
+    return rank
 
 
 @router.post("/v1/fine_tuning/model_selection")
 async def model_selection(body: ModelSelectionRequest, st: State, tenant: TenantId) -> Any:
+    rank = _ranker()
     with st.db.session() as s:
-        files.get_file(s, tenant, body.training_file, param="training_file")
-    try:
-        selection = importlib.import_module("services.training.selection")
-    except ImportError:
-        selection = None
-    select = getattr(selection, "select_model", None)
-    if select is None:
-        raise Unprocessable(
-            "model selection is not available in this training service yet",
-            code="not_supported",
+        row = files.get_file(s, tenant, body.validation_file, param="validation_file")
+    catalog = {m.id: m.path for m in await st.lifecycle.registry.list_base_models(tenant)}
+    names = body.models or sorted(catalog)
+    for i, name in enumerate(names):
+        if not NAME_RE.fullmatch(name) or name not in catalog:
+            raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
+    tok = await st.lifecycle.tokenizer(tenant, names[0])
+    data = st.store.get(files.file_key(row.id))
+
+    def run() -> list[dict[str, Any]]:
+        prepared = prepare(
+            data,
+            row.filename,
+            mapping=row.mapping,
+            task=body.task,
+            tokenizer=tok,
+            max_len=st.settings.max_len,
+            validation_fraction=0.0,
         )
-    return await anyio.to_thread.run_sync(lambda: select(**body.model_dump()))
+        with tempfile.TemporaryDirectory(prefix="tf-select-") as tmp:
+            path = Path(tmp) / "rows.jsonl"
+            lines = [json.dumps(row_pair(_plain(ex))) + "\n" for ex in prepared.train]
+            path.write_text("".join(lines), encoding="utf-8")
+            labels = sorted(prepared.report.labels.counts if prepared.report.labels else {})
+            return list(
+                rank(
+                    {n: Path(catalog[n]) for n in names},
+                    path,
+                    body.task,
+                    labels=labels or None,
+                    few_shot=body.few_shot,
+                    max_examples=body.max_examples,
+                )
+            )
+
+    ranked = await anyio.to_thread.run_sync(run)
+    return {"object": "fine_tuning.model_selection", "task": body.task, "data": ranked}
+
+
+def _plain(ex: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt": ex.prompt, "completion": ex.completion}
+    if ex.label is not None:
+        out["label"] = ex.label
+    return out
