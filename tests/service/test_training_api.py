@@ -320,3 +320,49 @@ async def test_typed_client(stack: TrainingStack) -> None:
         assert (await client.delete_file("acme", f.id)).deleted is True
         jobs = await client.list_jobs("acme", limit=100)
         assert all(j.object == "fine_tuning.job" for j in jobs.data)
+
+
+def test_idempotency_key_returns_the_first_result(
+    stack: TrainingStack, sentiment_file: dict
+) -> None:
+    rows = [{"prompt": "idem q", "completion": "a"}]
+    h = {**stack.headers(), "Idempotency-Key": "upload-1"}
+    first = stack.http.post(
+        "/v1/files",
+        headers=h,
+        files={"file": ("a.jsonl", json.dumps(rows[0]) + "\n")},
+        data={"purpose": "fine-tune"},
+    ).json()
+    again = stack.http.post(
+        "/v1/files",
+        headers=h,
+        files={"file": ("a.jsonl", json.dumps(rows[0]) + "\n")},
+        data={"purpose": "fine-tune"},
+    ).json()
+    assert again["id"] == first["id"]
+    h = {**stack.headers(), "Idempotency-Key": "job-1"}
+    body = {"model": "tiny-llama", "training_file": sentiment_file["id"], "task": "sentiment"}
+    j1 = stack.http.post("/v1/fine_tuning/jobs", headers=h, json=body).json()
+    j2 = stack.http.post("/v1/fine_tuning/jobs", headers=h, json=body).json()
+    assert j1["id"] == j2["id"]
+    other = stack.http.post(
+        "/v1/fine_tuning/jobs", headers={**h, "X-Tenant-Id": "globex"}, json=body
+    )
+    assert other.status_code == 404  # keys are per tenant; globex cannot see acme's file
+    stack.wait_job(j1["id"], timeout=60)
+
+
+def test_blobs_are_encrypted_at_rest_when_keys_are_set(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import os
+
+    monkeypatch.setenv("TUNEFLEET_DATA_KEYS", base64.b64encode(os.urandom(32)).decode())
+    with training_stack(tmp_path, model_dir, ray=False) as st:
+        secret = b"Review: the quiet fan is superb. Sentiment:"
+        f = st.upload([{"prompt": secret.decode(), "completion": " positive"}]).json()
+        raw = (st.settings.data_root() / "blobs" / "files" / f["id"]).read_bytes()
+        assert raw.startswith(b"TFE1") and secret not in raw
+        content = st.http.get(f"/v1/files/{f['id']}/content", headers=st.headers()).content
+        assert secret in content

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.training.data.pipeline import INVALID_FILE, prepare, to_jsonl
@@ -90,7 +91,13 @@ def create_file(
     data: bytes,
     mapping: dict[str, str] | None,
     check: UploadCheck,
+    idempotency_key: str | None = None,
 ) -> FileRow:
+    """Store the bytes and the row; a repeated ``idempotency_key`` returns the first file."""
+    if idempotency_key:
+        with db.session() as s:
+            if (first := find_by_key(s, tenant, idempotency_key)) is not None:
+                return first
     row = FileRow(
         id=new_id("file"),
         tenant=tenant,
@@ -102,15 +109,28 @@ def create_file(
         status=check.status,
         status_details=check.details,
         report=check.report,
+        idempotency_key=idempotency_key,
     )
     store.put(file_key(row.id), data)
     try:
         with db.session(write=True) as s:
             s.add(row)
+    except IntegrityError:  # a concurrent retry with the same key won
+        store.delete(file_key(row.id))
+        with db.session() as s:
+            first = find_by_key(s, tenant, idempotency_key or "")
+        if first is None:
+            raise
+        return first
     except BaseException:
         store.delete(file_key(row.id))
         raise
     return row
+
+
+def find_by_key(s: Session, tenant: str, key: str) -> FileRow | None:
+    q = select(FileRow).where(FileRow.tenant == tenant, FileRow.idempotency_key == key)
+    return s.scalars(q).first()
 
 
 def get_file(s: Session, tenant: str, file_id: str, *, param: str = "file_id") -> FileRow:

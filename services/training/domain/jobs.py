@@ -13,6 +13,7 @@ import secrets
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.training.domain import hyper
@@ -37,8 +38,17 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_job(db: Database, tenant: str, body: JobCreate, seed: int) -> tuple[JobRow, str]:
-    """Insert a job (``validating_files``); returns it and the runner's one-job token."""
+def create_job(
+    db: Database, tenant: str, body: JobCreate, seed: int, idempotency_key: str | None = None
+) -> tuple[JobRow, str | None]:
+    """Insert a job (``validating_files``); returns it and the runner's one-job token.
+
+    A repeated ``idempotency_key`` returns the first job and no token (nothing to launch).
+    """
+    if idempotency_key:
+        with db.session() as s:
+            if (first := find_by_key(s, tenant, idempotency_key)) is not None:
+                return first, None
     token = secrets.token_urlsafe(32)
     row = JobRow(
         id=new_id("ftjob"),
@@ -52,12 +62,27 @@ def create_job(db: Database, tenant: str, body: JobCreate, seed: int) -> tuple[J
         request=body.model_dump(mode="json", exclude_none=True),
         metadata_=body.metadata,
         runner_token_sha256=token_hash(token),
+        idempotency_key=idempotency_key,
     )
-    with db.session(write=True) as s:
-        s.add(row)
-        s.flush()  # no ORM relationship orders the inserts: the job row goes first
-        s.add(EventRow(job_id=row.id, level="info", message=f"Created fine-tuning job: {row.id}"))
+    try:
+        with db.session(write=True) as s:
+            s.add(row)
+            s.flush()  # no ORM relationship orders the inserts: the job row goes first
+            s.add(
+                EventRow(job_id=row.id, level="info", message=f"Created fine-tuning job: {row.id}")
+            )
+    except IntegrityError:  # a concurrent retry with the same key won
+        with db.session() as s:
+            first = find_by_key(s, tenant, idempotency_key or "")
+        if first is None:
+            raise
+        return first, None
     return row, token
+
+
+def find_by_key(s: Session, tenant: str, key: str) -> JobRow | None:
+    q = select(JobRow).where(JobRow.tenant == tenant, JobRow.idempotency_key == key)
+    return s.scalars(q).first()
 
 
 def get_job(s: Session, tenant: str, job_id: str) -> JobRow:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 
 from services.training.deps import State
 from services.training.domain import files as domain
@@ -39,6 +39,7 @@ async def upload_file(
     file: Annotated[UploadFile, File(description="JSONL or CSV training data")],
     purpose: Annotated[str, Form(max_length=32)],
     mapping: Annotated[str | None, Form(max_length=64 * 1024)] = None,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> FileOut:
     if purpose != domain.PURPOSE:
         raise InvalidRequest(
@@ -62,6 +63,7 @@ async def upload_file(
             data=data,
             mapping=fields,
             check=check,
+            idempotency_key=idempotency_key,
         )
     )
     return domain.file_out(row, [])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 
 from services.training.deps import State
 from services.training.domain import files, jobs
@@ -19,7 +19,12 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
 @router.post("/v1/fine_tuning/jobs", response_model=JobOut, status_code=200)
-async def create_job(body: JobCreate, st: State, tenant: TenantId) -> JobOut:
+async def create_job(
+    body: JobCreate,
+    st: State,
+    tenant: TenantId,
+    idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
+) -> JobOut:
     # What can be checked now is checked now (400 naming the field, nothing stored); the
     # data itself is validated by the job (validating_files → failed invalid_training_file).
     with st.db.session() as s:
@@ -43,7 +48,10 @@ async def create_job(body: JobCreate, st: State, tenant: TenantId) -> JobOut:
     _check_sweep_prune(body)
     await st.lifecycle.base_model(tenant, body.model)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
-    row, token = jobs.create_job(st.db, tenant, body, seed)
+    row, token = jobs.create_job(st.db, tenant, body, seed, idempotency_key)
+    if token is None:  # a retry: answer with the job as it is now
+        with st.db.session() as s:
+            return jobs.job_out(jobs.get_job(s, tenant, row.id))
     st.lifecycle.launch(row.id, token)
     return jobs.job_out(row)
 

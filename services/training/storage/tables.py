@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -21,6 +21,7 @@ class FileRow(Base):
     """An uploaded file; the bytes live in the blob store under ``blob``."""
 
     __tablename__ = "training_files"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key", name="uq_file_idem"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
@@ -32,6 +33,7 @@ class FileRow(Base):
     status: Mapped[str] = mapped_column(String(16))  # processed | error
     status_details: Mapped[str | None] = mapped_column(Text)
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # PrepReport of the check
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
@@ -55,6 +57,7 @@ class DatasetRow(Base):
 
 class JobRow(Base):
     __tablename__ = "training_jobs"
+    __table_args__ = (UniqueConstraint("tenant", "idempotency_key", name="uq_job_idem"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
@@ -76,6 +79,7 @@ class JobRow(Base):
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
