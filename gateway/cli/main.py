@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gateway.cli import adapters, admin, files, inference, integrations, jobs
+from gateway.cli import adapters, admin, demo, files, inference, integrations, jobs
 from gateway.cli.common import Conn
 from gateway.cli.supervisor import Supervisor
 
@@ -47,14 +47,22 @@ app.add_typer(admin.tenants, name="tenants")
 app.add_typer(admin.keys, name="keys")
 app.command("models")(inference.models)
 app.command("chat")(inference.chat)
+app.command("demo")(demo.demo)
 
 
 @app.command()
 def up(
+    ctx: typer.Context,
     home: Home = Path("var"),
     detach: Annotated[bool, typer.Option(help="return once the fleet is ready")] = False,
+    run_demo: Annotated[
+        bool, typer.Option("--demo", help="run 'tunefleet demo' once the fleet is ready")
+    ] = False,
 ) -> None:
-    """Start registry, inference and gateway; wait for each to be ready."""
+    """Start registry, inference, training and gateway; wait for each to be ready.
+
+    Without --detach it stays in the foreground until Ctrl-C, except under CI (``CI`` set),
+    where it stops the fleet after the demo so ``make run`` ends on its own."""
     sup = Supervisor(home, say=lambda m: console.print(m))
     try:
         procs = sup.up()
@@ -69,7 +77,17 @@ def up(
     )
     if key_file.exists():
         console.print(f"admin key: {key_file}")
+    if run_demo:
+        try:
+            demo.demo(ctx, home=home)
+        except typer.Exit:
+            if not detach:
+                sup.down()
+            raise
     if detach:
+        return
+    if run_demo and os.environ.get("CI"):
+        sup.down()
         return
     stop = {"now": False}
 

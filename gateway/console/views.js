@@ -162,7 +162,8 @@ views.usage = async (root) => {
 views.audit = async (root) => {
   const [rows, check] = await Promise.all([api.list("/admin/audit?limit=100"), api.get("/admin/audit/verify")]);
   root.append(h("div", { class: "card" }, h("h2", {}, "Audit log"),
-    h("p", { class: check.ok === false ? "fail" : "pass" }, "hash chain: " + cell(check.ok === false ? "BROKEN" : "verified")),
+    h("p", { class: check.valid ? "pass" : "fail" },
+      "hash chain: " + (check.valid ? `verified (${check.checked} entries)` : `BROKEN at entry ${check.first_bad_id}`)),
     dataTable(rows, [{ label: "at", render: (r) => when(r.at) }, "tenant", "actor", "action", "target", "outcome", "request_id"])));
 };
 
@@ -179,7 +180,7 @@ views.integrations = async (root) => {
     const out = await api.post("/v1/integrations/" + encodeURIComponent(pick.value) + "/test", { samples: body });
     const rows = out.results || [];
     result.replaceChildren(h("p", {}, "accuracy: ", h("strong", {}, cell(out.accuracy))),
-      rows.length ? dataTable(rows, Object.keys(rows[0]).slice(0, 6).map((k) => k === "passed" ? { key: k, cls: (r) => r.passed ? "pass" : "fail" } : k)) : "");
+      rows.length ? dataTable(rows, Object.keys(rows[0]).slice(0, 6).map((k) => k === "pass" ? { key: k, cls: (r) => (r.pass ? "pass" : "fail") } : k)) : "");
   };
   root.append(h("div", { class: "card" }, h("h2", {}, "Integrations"),
     items.length ? dataTable(items, ["name", "system", "task", "model", { label: "output", render: (i) => cell((i.output || {}).field) }])

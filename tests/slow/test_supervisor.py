@@ -36,6 +36,7 @@ def test_up_status_down(tmp_path: Path, model_dir: Path) -> None:
         "TUNEFLEET_ADMIN_KEY": ADMIN,
         "TUNEFLEET_REGISTRY_PORT": str(free_port()),
         "TUNEFLEET_INFERENCE_PORT": str(free_port()),
+        "TUNEFLEET_TRAINING_PORT": str(free_port()),
         "TUNEFLEET_GATEWAY_PORT": str(gw_port),
         "TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent),
         "TUNEFLEET_INFERENCE_MODEL_DIR": str(model_dir),
@@ -48,7 +49,7 @@ def test_up_status_down(tmp_path: Path, model_dir: Path) -> None:
         assert up.returncode == 0, up.stderr[-3000:]
         assert "fleet ready" in up.stderr
         rows = json.loads(cli("status", "--json", env=env).stdout)
-        assert [r["name"] for r in rows] == ["registry", "inference", "gateway"]
+        assert [r["name"] for r in rows] == ["registry", "inference", "training", "gateway"]
         assert all(r["ready"] for r in rows)
         r = httpx.post(
             f"http://127.0.0.1:{gw_port}/v1/completions",
@@ -57,7 +58,7 @@ def test_up_status_down(tmp_path: Path, model_dir: Path) -> None:
             json={"model": "tiny-llama", "prompt": "Order", "max_tokens": 3},
         )
         assert r.status_code == 200, r.text
-        for name in ("registry", "inference", "gateway"):
+        for name in ("registry", "inference", "training", "gateway"):
             assert (tmp_path / "logs" / f"{name}.log").stat().st_size > 0
         again = cli("up", "--detach", env=env)
         assert again.returncode == 1 and "already running" in again.stderr
