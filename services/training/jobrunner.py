@@ -160,7 +160,6 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
                 log.warning("dropped a checkpoint report")
 
     hp = dict(spec.hyperparameters)
-    hp.pop("n_epochs_auto", None)
     train_spec = TrainSpec(
         base_model_path=Path(spec.base_model_path),
         train_path=work / "train.jsonl",
@@ -227,19 +226,31 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     rep.call("POST", "/result", patience_s=600, data={"report": json.dumps(report)})
 
 
+# Tune pickles its callbacks (with the run config, into the experiment dir), so the sweep's
+# on_trial must not carry the reporter (an httpx client, and the job token) with it: it is
+# a module-level function finding the reporter here.
+_trial_reporter: Reporter | None = None
+
+
+def _forward_trial(e: dict[str, Any]) -> None:
+    """Report one sweep trial event (``run_sweep``'s ``on_trial``)."""
+    if _trial_reporter is None:
+        return
+    keep = ("step", "train_loss", "valid_loss", "tokens_per_second")
+    data = {"trial_id": e.get("trial_id"), "event": e.get("event")}
+    data.update({k: e[k] for k in keep if k in e})
+    _trial_reporter.event(f"Sweep {e.get('event', 'event')}: trial {e.get('trial_id')}", data=data)
+
+
 def _sweep(rep: Reporter, spec: RunnerSpec, base: Any) -> tuple[Any, Any, dict[str, Any]]:
     """Ray Tune over ``base``; every trial event is reported; returns the best weights."""
     from services.training.ray.sweep import parse_sweep, run_sweep
 
     sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.valid_path is not None)
 
-    def on_trial(e: dict[str, Any]) -> None:
-        keep = ("step", "train_loss", "valid_loss", "tokens_per_second")
-        data = {"trial_id": e.get("trial_id"), "event": e.get("event")}
-        data.update({k: e[k] for k in keep if k in e})
-        rep.event(f"Sweep {e.get('event', 'event')}: trial {e.get('trial_id')}", data=data)
-
-    out = run_sweep(base, sweep, Path(spec.storage_path), on_trial=on_trial)
+    global _trial_reporter
+    _trial_reporter = rep
+    out = run_sweep(base, sweep, Path(spec.storage_path), on_trial=_forward_trial)
     if out.best is None:
         raise RuntimeError("no sweep trial finished")
 
@@ -323,4 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module, not this ``__main__`` copy: cloudpickle (Tune pickles its
+    # callbacks) pickles ``__main__`` functions by value, globals included.
+    from services.training.jobrunner import main as _main
+
+    sys.exit(_main())
