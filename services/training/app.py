@@ -12,6 +12,7 @@ import httpx
 from fastapi import APIRouter, FastAPI
 
 from services.training.deps import TrainingState
+from services.training.domain import metrics as job_metrics
 from services.training.domain.backend import RayBackend
 from services.training.domain.lifecycle import JobLifecycle
 from services.training.routes import files, jobs, runner, selection
@@ -80,10 +81,12 @@ def create_app(
             return None
 
         app.state.readiness_checks.append(db_ready)
+        collector = job_metrics.register(app.state.metrics_registry, db)
         lifecycle.start()
         try:
             yield
         finally:
+            app.state.metrics_registry.unregister(collector)
             await lifecycle.aclose()
             await registry.aclose()
             if backend is None:
