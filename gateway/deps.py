@@ -38,7 +38,8 @@ class GatewayState:
     auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
 
-def gateway_state(request: Request) -> GatewayState:
+async def gateway_state(request: Request) -> GatewayState:
+    # async on purpose: FastAPI runs a sync dependency in the thread pool, a hop per request
     st: GatewayState = request.app.state.gateway
     return st
 

@@ -150,7 +150,10 @@ async def _generate(path: str, request: Request, st: State, who: Caller) -> Resp
                 yield chunk
         finally:
             hold.__exit__(None, None, None)
-            await upstream.aclose()  # closes the upstream response: cancels the generation
+            # Closing the upstream response cancels the generation; shielded, because a client
+            # disconnect arrives here as a cancellation that would cut the close short.
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
 
     return StreamingResponse(events(), status_code=resp.status_code, headers=response_headers(resp))
 

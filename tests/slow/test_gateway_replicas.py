@@ -50,6 +50,17 @@ class Served:
         )
         return value or 0.0
 
+    def generations(self, status: str) -> float:
+        """Generation requests that ended with ``status`` (ok, error = cut short, 4xx...)."""
+        registry = self.app.state.metrics_registry
+        return sum(
+            s.value
+            for metric in registry.collect()
+            if metric.name == "tunefleet_inference_requests"
+            for s in metric.samples
+            if s.name.endswith("_total") and s.labels.get("status") == status
+        )
+
 
 async def _serve(app: FastAPI, port: int) -> Served:
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
@@ -200,6 +211,19 @@ async def test_affinity_failover_and_stream_quota(
         st.settings.default_max_streams = 32
         again = await http.post("/v1/chat/completions", json=body, headers=keys["app"])
         assert again.status_code == 200
+
+        # a client that hangs up mid-stream cancels the generation on the replica
+        cut_before = sum(r.generations("error") for r in reps)
+        async with http.stream("POST", "/v1/chat/completions", json=body, headers=keys["app"]) as r:
+            async for _ in r.aiter_raw():
+                break  # first event seen: hang up
+        for _ in range(200):
+            if sum(r.generations("error") for r in reps) > cut_before:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the replica kept generating after the client left")
+        assert st.quotas.streams.open.get("tenant:acme", 0) == 0  # the slot came back
 
         # failover: stop ad0's replica; its requests move to the other one, no error
         home = reps[homes["ad0"]]
