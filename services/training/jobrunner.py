@@ -196,7 +196,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     assert tuned_dir is not None, "training produced no weights"
     result["tuned"] = _evaluate(load_model(tuned_dir, merge=True), tok, spec, valid_rows)
     if spec.compare_alias:
-        result["incumbent"] = _incumbent(rep, spec, work, valid_rows)
+        incumbent = _incumbent(rep, spec, work, valid_rows)
+        result["incumbent"] = {**incumbent, "version": spec.compare_version}
     mean_len = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
     mean_len /= max(1, len(train_rows))
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))

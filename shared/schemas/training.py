@@ -216,6 +216,7 @@ class RunnerSpec(BaseModel):
     model_output_dir: str
     storage_path: str
     compare_alias: str | None = None
+    compare_version: int | None = None
     sweep: dict[str, Any] | None = None
     prune: dict[str, Any] | None = None
 

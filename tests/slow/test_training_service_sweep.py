@@ -1,6 +1,7 @@
 """A fine-tuning job with a Ray Tune sweep and SVD pruning, through the training service
 (real Ray head, real registry): the best trial is kept, pruned within the quality tolerance,
-and the pruned adapter is what the registry stores."""
+and the pruned adapter is what the registry stores; ``auto_promote`` then keeps the alias
+on that version when a later, worse job is measured against it on the same validation set."""
 
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ def test_sweep_then_prune_registers_the_pruned_best_trial(stack: TrainingStack) 
             "scheduler": "none",
         },
         prune={"max_quality_drop": 0.05},
+        auto_promote={"alias": "production"},
     )
     assert r.status_code == 200, r.text
     job = stack.wait_job(r.json()["id"], timeout=900)
@@ -73,3 +75,24 @@ def test_sweep_then_prune_registers_the_pruned_best_trial(stack: TrainingStack) 
         base_url=stack.registry_url, headers=dict(stack.http.headers) | stack.headers()
     )
     assert reg.get("/v1/adapters/swept/versions/1").json()["rank"] == prune["after"]["rank"]
+    assert result["promotion"]["moved"] is True  # nothing behind the alias yet
+
+    # a much shorter run: registered as v2, but it does not beat v1 on the same validation
+    # set (the runner evaluates the version behind the alias), so the alias stays
+    r = stack.create_job(
+        training_file=train,
+        validation_file=valid,
+        task="sentiment",
+        suffix="swept",
+        seed=3,
+        resources={"num_workers": 1},
+        hyperparameters={"batch_size": 8, "max_steps": 3, "max_len": 128},
+        auto_promote={"alias": "production", "gate": "accuracy"},
+    )
+    second = stack.wait_job(r.json()["id"], timeout=600)
+    promo = second["result"]["promotion"]
+    print(f"[auto_promote] {promo}")
+    assert second["status"] == "succeeded" and second["fine_tuned_model"] == "swept@v2"
+    assert promo["moved"] is False and promo["incumbent_version"] == 1
+    assert promo["incumbent"] == pytest.approx(result["tuned"]["accuracy"])
+    assert reg.get("/v1/adapters/swept").json()["aliases"] == {"production": 1}

@@ -49,8 +49,8 @@ async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
     if ds is None or row.hyperparameters is None:
         raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
     labels = sorted((ds.report.get("labels") or {}).get("counts", {})) or None
-    compare = None
-    if body.auto_promote is not None and await st.lifecycle.incumbent(row) is not None:
+    compare, version = None, await st.lifecycle.incumbent(row)
+    if body.auto_promote is not None and version is not None:
         compare = body.auto_promote.alias
     hp = row.hyperparameters
     out_dir = st.settings.data_root() / "models" / job_id
@@ -70,6 +70,7 @@ async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
         model_output_dir=str(out_dir.resolve()),
         storage_path=str((st.settings.data_root() / "ray-runs").resolve()),
         compare_alias=compare,
+        compare_version=version,
         sweep=body.sweep,
         prune=body.prune,
     )
