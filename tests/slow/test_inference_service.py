@@ -240,8 +240,9 @@ async def test_models_list_and_tenant_isolation(f: Fleet, archives: dict[str, Pa
 async def test_burst_past_the_admission_bound_gets_503_with_retry_after(
     tmp_path: Path, model_dir: Path, vllm_engine: object
 ) -> None:
-    # max_waiting 3 (+ max_running 0 here): at most 3 sequences admitted at once.
-    async with fleet(tmp_path, model_dir, vllm_engine, max_waiting=3) as fl:
+    # At most max_num_seqs + max_waiting = 4 sequences admitted at once (3 while the app
+    # does not pass max_running to the Server).
+    async with fleet(tmp_path, model_dir, vllm_engine, max_waiting=3, max_num_seqs=1) as fl:
         burst = [
             fl.inference.post("/v1/completions", json=completion("tiny-llama", max_tokens=48))
             for _ in range(10)
