@@ -139,11 +139,29 @@ def install_error_handlers(app: FastAPI) -> None:
         err = cls(str(exc.detail), code=_http_code(exc.status_code))
         return error_response(err, request_id_of(request), status=exc.status_code)
 
+    @app.exception_handler(ExceptionGroup)
+    async def _group(request: Request, exc: ExceptionGroup[Exception]) -> JSONResponse:
+        # A task group (anyio, asyncio.TaskGroup) wraps what its tasks raise: a domain error
+        # inside one keeps its own status (a 503 stays a 503 with its Retry-After).
+        domain = _domain_error_in(exc)
+        if domain is not None:
+            return error_response(domain, request_id_of(request))
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"error_type": type(exc).__name__})
         err = TunefleetError("internal error; quote the request id when reporting it")
         return error_response(err, request_id_of(request))
+
+
+def _domain_error_in(group: BaseExceptionGroup[BaseException]) -> TunefleetError | None:
+    """The first TunefleetError inside a (possibly nested) exception group, if any."""
+    for sub in group.exceptions:
+        found = _domain_error_in(sub) if isinstance(sub, BaseExceptionGroup) else sub
+        if isinstance(found, TunefleetError):
+            return found
+    return None
 
 
 def _http_code(status: int) -> str:
