@@ -268,7 +268,9 @@ class JobLifecycle:
                     self.db, job_id, "runner_lost", "the Ray job ended without reporting a result"
                 )
             else:
-                detail = f": {message[:300]}" if message else ""
+                # Ray appends the driver's last log lines; those stay in Ray's logs
+                short = (message or "").split(", last available logs", 1)[0]
+                detail = f": {short[:300]}" if short else ""
                 jobs.fail(self.db, job_id, "training_failed", f"Ray job {status.lower()}{detail}")
 
     async def aclose(self) -> None:
