@@ -1,0 +1,203 @@
+"""``/admin/erasure`` (GDPR right to erasure) and ``/admin/retention/{tenant}`` (role admin;
+sre reads retention). Every call is audited, failures included; a subject's e-mail or id
+is kept only as an HMAC (``gateway.domain.erasure.subject_digest``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, Field
+
+from gateway.deps import Caller, GatewayState, State
+from gateway.domain import audit
+from gateway.domain.erasure import Upstream, erase, subject_digest
+from gateway.domain.keys import Principal, get_tenant
+from shared.app import request_id_of
+from shared.auth import TENANT_RE
+from shared.errors import InvalidRequest, TunefleetError
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
+
+
+class Subject(BaseModel):
+    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_RE)
+    # at least 3 characters: a one-digit "id" would match half the store
+    id: str | None = Field(default=None, min_length=3, max_length=200)
+
+
+class ErasureCreate(BaseModel):
+    """Exactly one of ``tenant`` (all its data) and ``subject`` (in every tenant)."""
+
+    tenant: str | None = Field(default=None, pattern=TENANT_RE.pattern)
+    subject: Subject | None = None
+
+    def check(self) -> None:
+        if self.tenant is None and self.subject is None:
+            raise InvalidRequest("give a tenant or a subject to erase", param="tenant")
+        if self.tenant is not None and self.subject is not None:
+            raise InvalidRequest(
+                "give a tenant or a subject, not both (a subject is erased in every tenant)",
+                param="subject",
+            )
+        if self.subject is not None and not (self.subject.email or self.subject.id):
+            raise InvalidRequest("subject needs an email or an id", param="subject.email")
+
+
+class RetentionSet(BaseModel):
+    days: int | None = Field(
+        ge=1, le=36_500, description="keep files and datasets this many days; null: forever"
+    )
+
+
+def _upstream(st: GatewayState, request: Request) -> Upstream:
+    return Upstream(
+        http=st.upstream,
+        training_url=st.settings.training_url.rstrip("/"),
+        registry_url=st.settings.registry_url.rstrip("/"),
+        token=st.internal_token,
+        request_id=request_id_of(request),
+    )
+
+
+async def _audit(
+    st: GatewayState,
+    request: Request,
+    who: Principal,
+    *,
+    tenant: str | None,
+    action: str,
+    target: str,
+    outcome: str,
+    details: dict[str, Any],
+) -> int:
+    def write() -> int:
+        with st.db.session(write=True) as s:
+            row = audit.record(
+                s,
+                tenant=tenant,
+                actor=who.key_id,
+                action=action,
+                target=target,
+                outcome=outcome,
+                request_id=request_id_of(request),
+                details=details,
+            )
+            return row.id
+
+    return await anyio.to_thread.run_sync(write)
+
+
+def _subject_details(st: GatewayState, body: ErasureCreate) -> dict[str, Any]:
+    if body.subject is None:
+        return {"scope": "tenant"}
+    details: dict[str, Any] = {"scope": "subject"}
+    if body.subject.email:
+        details["subject_email_hmac"] = subject_digest(st.key_secret, "email", body.subject.email)
+    if body.subject.id:
+        details["subject_id_hmac"] = subject_digest(st.key_secret, "id", body.subject.id)
+    return details
+
+
+@router.post("/erasure")
+async def erasure(body: ErasureCreate, request: Request, st: State, who: Caller) -> dict[str, Any]:
+    """Delete a tenant's or a data subject's files and datasets; report the adapter versions
+    trained on them (to retrain or retire). Audited whatever the outcome."""
+    who.require("admin_write")
+    body.check()
+    if body.tenant is not None:
+        with st.db.session() as s:
+            get_tenant(s, body.tenant)  # 404 names "tenant"
+    details = _subject_details(st, body)
+    target = f"tenant:{body.tenant}" if body.tenant else "subject"
+    try:
+        report = await erase(_upstream(st, request), body.model_dump(exclude_none=True))
+    except TunefleetError as exc:
+        await _audit(
+            st,
+            request,
+            who,
+            tenant=body.tenant,
+            action="data.erasure",
+            target=target,
+            outcome=str(exc.status),
+            details=details,
+        )
+        raise
+    details |= {
+        "files": len(report["files"]),
+        "datasets": len(report["datasets"]),
+        "jobs": len(report["jobs"]),
+        "adapter_versions": (
+            None
+            if report["adapter_versions"] is None
+            else [v["ref"] for v in report["adapter_versions"]]
+        ),
+    }
+    outcome = "ok" if report["lineage_error"] is None else "partial"
+    report["audit_id"] = await _audit(
+        st,
+        request,
+        who,
+        tenant=body.tenant,
+        action="data.erasure",
+        target=target,
+        outcome=outcome,
+        details=details,
+    )
+    report |= {"scope": details["scope"], "tenant": body.tenant}
+    report["subject_hmac"] = details.get("subject_email_hmac") or details.get("subject_id_hmac")
+    return report
+
+
+@router.put("/retention/{tenant_id}")
+async def set_retention(
+    tenant_id: TenantPath, body: RetentionSet, request: Request, st: State, who: Caller
+) -> dict[str, Any]:
+    """How long the tenant's files and prepared datasets are kept (``null``: forever); the
+    training service purges older ones on its own schedule."""
+    who.require("admin_write")
+    with st.db.session() as s:
+        get_tenant(s, tenant_id)
+    up = _upstream(st, request)
+    url = f"{up.training_url}/internal/retention/{tenant_id}"
+    try:
+        out = await up.call("training", "PUT", url, json={"days": body.days})
+    except TunefleetError as exc:
+        await _audit(
+            st,
+            request,
+            who,
+            tenant=tenant_id,
+            action="tenant.retention",
+            target=tenant_id,
+            outcome=str(exc.status),
+            details={"days": body.days},
+        )
+        raise
+    await _audit(
+        st,
+        request,
+        who,
+        tenant=tenant_id,
+        action="tenant.retention",
+        target=tenant_id,
+        outcome="ok",
+        details={"days": body.days},
+    )
+    return {"object": "tenant.retention", "tenant": tenant_id, "days": out["days"]}
+
+
+@router.get("/retention/{tenant_id}")
+async def get_retention(
+    tenant_id: TenantPath, request: Request, st: State, who: Caller
+) -> dict[str, Any]:
+    who.require("admin_read")
+    with st.db.session() as s:
+        get_tenant(s, tenant_id)
+    up = _upstream(st, request)
+    out = await up.call("training", "GET", f"{up.training_url}/internal/retention/{tenant_id}")
+    return {"object": "tenant.retention", "tenant": tenant_id, "days": out["days"]}

@@ -1,0 +1,111 @@
+"""Internal erasure and retention calls (internal token; only the gateway's admin routes call
+these). ``POST /internal/erasure`` spans tenants for a data subject, so it takes no
+``X-Tenant-Id``; the tenant, when erasing a tenant, is in the body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, Field
+
+from services.training.deps import State
+from services.training.domain import erasure, retention
+from shared.auth import TENANT_RE
+from shared.errors import InvalidRequest
+
+router = APIRouter(prefix="/internal", tags=["erasure"])
+EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
+
+
+class Subject(BaseModel):
+    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_RE)
+    # at least 3 characters: a one-digit "id" would match half the store
+    id: str | None = Field(default=None, min_length=3, max_length=200)
+
+
+class ErasureRequest(BaseModel):
+    """Exactly one of ``tenant`` and ``subject``."""
+
+    tenant: str | None = Field(default=None, pattern=TENANT_RE.pattern)
+    subject: Subject | None = None
+
+    def check(self) -> None:
+        if self.tenant is None and self.subject is None:
+            raise InvalidRequest("give a tenant or a subject to erase", param="tenant")
+        if self.tenant is not None and self.subject is not None:
+            raise InvalidRequest(
+                "give a tenant or a subject, not both (a subject is erased in every tenant)",
+                param="subject",
+            )
+        if self.subject is not None and not self.subject.email and not self.subject.id:
+            raise InvalidRequest("subject needs an email or an id", param="subject.email")
+
+
+class ErasedItem(BaseModel):
+    id: str
+    tenant: str
+
+
+class ErasureOut(BaseModel):
+    object: str = "training.erasure"
+    files: list[ErasedItem]
+    datasets: list[ErasedItem]
+    jobs: list[ErasedItem]
+    jobs_cancelled: list[str]
+
+
+class RetentionSet(BaseModel):
+    days: int | None = Field(
+        ge=1, le=36_500, description="keep files and datasets this many days; null: forever"
+    )
+
+
+class RetentionOut(BaseModel):
+    object: str = "training.retention"
+    tenant: str
+    days: int | None
+
+
+@router.post("/erasure", response_model=ErasureOut)
+async def erase(body: ErasureRequest, st: State) -> ErasureOut:
+    """Delete the tenant's or the subject's files and datasets; jobs still running on them
+    are cancelled (their adapter would carry erased data)."""
+    body.check()
+    if body.tenant is not None:
+        tenant = body.tenant
+        done = await anyio.to_thread.run_sync(erasure.erase_tenant, st.db, st.store, tenant)
+    else:
+        assert body.subject is not None
+        subject = body.subject
+
+        def run() -> erasure.Erased:
+            return erasure.erase_subject(
+                st.db, st.store, email=subject.email, subject_id=subject.id
+            )
+
+        done = await anyio.to_thread.run_sync(run)
+    cancelled = []
+    for tenant, job_id in done.active_jobs():
+        await st.lifecycle.cancel(tenant, job_id)
+        cancelled.append(job_id)
+    return ErasureOut(
+        files=[ErasedItem(id=f, tenant=t) for t, f in done.files],
+        datasets=[ErasedItem(id=d, tenant=t) for t, d in done.datasets],
+        jobs=[ErasedItem(id=j, tenant=t) for j, (t, _) in sorted(done.jobs.items())],
+        jobs_cancelled=cancelled,
+    )
+
+
+@router.put("/retention/{tenant}", response_model=RetentionOut)
+async def set_retention(tenant: TenantPath, body: RetentionSet, st: State) -> RetentionOut:
+    await anyio.to_thread.run_sync(retention.set_retention, st.db, tenant, body.days)
+    return RetentionOut(tenant=tenant, days=body.days)
+
+
+@router.get("/retention/{tenant}", response_model=RetentionOut)
+async def get_retention(tenant: TenantPath, st: State) -> RetentionOut:
+    days = await anyio.to_thread.run_sync(retention.get_retention, st.db, tenant)
+    return RetentionOut(tenant=tenant, days=days)
