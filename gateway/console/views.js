@@ -25,7 +25,7 @@ function when(ts) { return ts ? new Date(ts * 1000).toISOString().replace("T", "
 
 function dataTable(rows, columns, onRow) {
   return h("table", {},
-    h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c.label !== undefined ? c.label : c)))),
+    h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c.label !== undefined ? c.label : (c.key || c))))),
     h("tbody", {}, rows.map((r) => h("tr", onRow ? { class: "clickable", onclick: () => onRow(r), "data-id": r.id } : {},
       columns.map((c) => {
         const key = c.key || c;
@@ -91,7 +91,10 @@ views.job = async (root, id) => {
     series[0].points.length ? lineChart(series, { xLabel: "step", title: "loss by step" }) : h("p", { class: "muted" }, "No steps reported yet."));
   const rows = evalRows(job.result);
   const evalCard = h("div", { class: "card", id: "eval" }, h("h3", {}, "Evaluation on held-out data"),
-    rows.length ? dataTable(rows, ["metric", { key: "base", render: (r) => num(r.base) }, { key: "tuned", render: (r) => num(r.tuned) }])
+    rows.length ? dataTable(rows, ["metric",
+      { key: "base", label: "base model", render: (r) => num(r.base) },
+      { key: "tuned", label: "tuned", render: (r) => num(r.tuned) },
+      { label: "change", render: (r) => typeof r.base === "number" && typeof r.tuned === "number" ? (r.tuned >= r.base ? "+" : "") + num(r.tuned - r.base) : "" }])
       : h("p", { class: "muted" }, "No evaluation yet."));
   root.append(head, h("div", { class: "row" }, chart, evalCard),
     h("div", { class: "card" }, h("h3", {}, "Events"), dataTable(events.slice(0, 30), [

@@ -1,13 +1,15 @@
-"""The web console in a real browser: sign in with an API key, open a finished job and see
-its loss curve, promote an adapter version, look at usage and the audit log.
+"""The web console in a real browser: sign in with an API key, open a finished fine-tuning
+job and see its loss curve and evaluation table, promote and roll back an adapter version,
+look at usage and the audit log.
 
-The registry and gateway run as real processes on loopback (no inference replica is needed
-for the console's pages); the fine-tuning job comes from the real training service when it
-is present (see ``finished_job``)."""
+Registry, training (with its embedded Ray head) and gateway run as real processes on
+loopback; the job is a real LoRA run on tiny-llama, kept to a few steps. No inference
+replica: the console's pages do not need one."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.training import samples
 from tests.support.adapters import make_adapter, pack
 from tests.support.postgres import free_port
 from tests.support.procs import ServiceProcess, service
@@ -29,6 +32,7 @@ ADMIN = "tf-browser-admin-key"
 class Console:
     gateway: ServiceProcess
     registry: ServiceProcess
+    training: ServiceProcess
     admin: str
     integrator: str
 
@@ -56,26 +60,34 @@ def fleet(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "TUNEFLEET_REGISTRY_PORT",
     ) as reg:
         reg.wait_ready()
-        gw_env = {
+        trn_env = {
             **common,
-            "TUNEFLEET_ADMIN_KEY": ADMIN,
-            "TUNEFLEET_GATEWAY_REGISTRY_URL": reg.url,
-            # No replica: the console needs none, and /readyz is not what this test is about.
-            "TUNEFLEET_GATEWAY_INFERENCE_URLS": json.dumps([f"http://127.0.0.1:{free_port()}"]),
+            "TUNEFLEET_TRAINING_REGISTRY_URL": reg.url,
+            "TUNEFLEET_TRAINING_RAY_NUM_CPUS": "2",
         }
-        with service("gateway", "gateway", home, gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
-            _wait_alive(gw)
-            c = Console(gw, reg, ADMIN, "")
-            c.call("POST", "/admin/tenants", json={"id": "acme", "name": "Acme"})
-            c.integrator = c.call(
-                "POST", "/admin/keys", json={"tenant": "acme", "role": "integrator"}
-            )["key"]
-            yield c
+        with service(
+            "training", "services.training", home, trn_env, "TUNEFLEET_TRAINING_PORT"
+        ) as trn:
+            trn.wait_ready(timeout=300)
+            gw_env = {
+                **common,
+                "TUNEFLEET_ADMIN_KEY": ADMIN,
+                "TUNEFLEET_GATEWAY_REGISTRY_URL": reg.url,
+                "TUNEFLEET_GATEWAY_TRAINING_URL": trn.url,
+                # No replica: the console needs none, and /readyz is not under test here.
+                "TUNEFLEET_GATEWAY_INFERENCE_URLS": json.dumps([f"http://127.0.0.1:{free_port()}"]),
+            }
+            with service("gateway", "gateway", home, gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
+                _wait_alive(gw)
+                c = Console(gw, reg, trn, ADMIN, "")
+                c.call("POST", "/admin/tenants", json={"id": "acme", "name": "Acme"})
+                c.integrator = c.call(
+                    "POST", "/admin/keys", json={"tenant": "acme", "role": "integrator"}
+                )["key"]
+                yield c
 
 
 def _wait_alive(sp: ServiceProcess, timeout: float = 120.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert sp.proc.poll() is None, sp.log_text()[-4000:]
@@ -158,4 +170,64 @@ def test_audit_and_usage_pages(browser: Any, fleet: Console, adapter: str, artif
     page.click("a[data-view=usage]")
     page.wait_for_selector("#usage-chart")
     page.screenshot(path=str(artifacts / "usage.png"), full_page=True)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def finished_job(fleet: Console) -> dict[str, Any]:
+    """A real LoRA job through the gateway: a few steps, held-out evaluation, registry push."""
+    rows = samples.ticket_examples(48, seed=1)
+    data = "\n".join(
+        json.dumps({"prompt": r["prompt"], "completion": r["completion"]}) for r in rows
+    )
+    uploaded = fleet.call(
+        "POST",
+        "/v1/files",
+        fleet.integrator,
+        files={"file": ("tickets.jsonl", data.encode())},
+        data={"purpose": "fine-tune"},
+    )
+    job = fleet.call(
+        "POST",
+        "/v1/fine_tuning/jobs",
+        fleet.integrator,
+        json={
+            "model": "tiny-llama",
+            "training_file": uploaded["id"],
+            "suffix": "ticket-router",
+            "task": "classification",
+            "seed": 3,
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "resources": {"num_workers": 1},
+            "hyperparameters": {"batch_size": 8, "max_steps": 6},
+        },
+    )
+    deadline = time.monotonic() + 600
+    while job["status"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job not finished: {job}"
+        time.sleep(1)
+        job = fleet.call("GET", f"/v1/fine_tuning/jobs/{job['id']}", fleet.integrator)
+    assert job["status"] == "succeeded", job
+    return dict(job)
+
+
+def test_finished_job_shows_loss_chart_and_evaluation(
+    browser: Any, fleet: Console, finished_job: dict[str, Any], artifacts: Path
+) -> None:
+    page = browser.new_page()
+    sign_in(page, fleet.gateway.url, fleet.integrator)
+    page.click(f"tr[data-id='{finished_job['id']}']")
+    page.wait_for_selector("#loss-chart svg path[data-series='train loss']")
+    page.screenshot(path=str(artifacts / "job.png"), full_page=True)
+    d = page.get_attribute("#loss-chart svg path[data-series='train loss']", "d") or ""
+    assert d.count("L") >= 1, d  # a line through at least two steps
+    assert page.inner_text("#job-status") == "succeeded"
+    evaluation = page.inner_text("#eval")
+    assert "eval_loss" in evaluation and "BASE" in evaluation.upper(), (evaluation, finished_job)
+    # The version this job pushed is promoted from its adapter page.
+    name, _, version = finished_job["fine_tuned_model"].partition("@")
+    page.goto(f"{fleet.gateway.url}/console/#adapters/{name}")
+    page.wait_for_selector(f"button.promote[data-version='{version}']")
+    page.click(f"button.promote[data-version='{version}']")
+    page.wait_for_selector(f"[data-alias=production] >> text=production → v{version}")
     page.close()
