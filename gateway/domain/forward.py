@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from gateway.domain.keys import Principal
-from shared.errors import ServiceUnavailable
+from shared.errors import InvalidRequest, ServiceUnavailable
 from shared.logging import request_id_var
 
 PASS_REQUEST_HEADERS = ("content-type", "accept", "idempotency-key")
@@ -59,7 +59,10 @@ async def open_upstream(
     params: dict[str, str] | None = None,
     service: str,
 ) -> httpx.Response:
-    req = client.build_request(method, url, headers=headers, content=content, params=params)
+    try:
+        req = client.build_request(method, url, headers=headers, content=content, params=params)
+    except httpx.InvalidURL as exc:  # e.g. a control character in a path parameter
+        raise InvalidRequest("the request path or query holds characters not allowed") from exc
     try:
         return await client.send(req, stream=True)
     except httpx.TransportError as exc:

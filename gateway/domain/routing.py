@@ -18,10 +18,14 @@ from shared.errors import ServiceUnavailable
 log = logging.getLogger(__name__)
 
 
+PROBE_FAILURES_TO_DROP = 2  # a slow probe on a busy box must not move every adapter
+
+
 @dataclass
 class Replica:
     url: str
     healthy: bool = True
+    failures: int = 0
 
 
 def _score(key: str, url: str) -> int:
@@ -61,13 +65,19 @@ class ReplicaSet:
 
     async def check_once(self) -> None:
         async def probe(r: Replica) -> None:
+            slow = False
             try:
                 ok = (await self.http.get(f"{r.url}/readyz", timeout=2.0)).status_code == 200
+            except httpx.TimeoutException:
+                ok, slow = False, True
             except httpx.HTTPError:
                 ok = False
             if ok and not r.healthy:
                 log.info("replica back", extra={"replica": r.url})
-            r.healthy = ok
+            r.failures = 0 if ok else r.failures + 1
+            # Down at once when nothing listens or it says it is not ready; only after
+            # repeated timeouts when it is merely slow to answer.
+            r.healthy = ok or (slow and r.healthy and r.failures < PROBE_FAILURES_TO_DROP)
 
         await asyncio.gather(*(probe(r) for r in self.replicas))
 
