@@ -367,3 +367,39 @@ def test_blobs_are_encrypted_at_rest_when_keys_are_set(
         assert raw.startswith(b"TFE1") and secret not in raw
         content = st.http.get(f"/v1/files/{f['id']}/content", headers=st.headers()).content
         assert secret in content
+
+
+def test_openai_sdk_reads_files_and_jobs(stack: TrainingStack, sentiment_file: dict) -> None:
+    """The internal API has the OpenAI shapes the gateway passes through unchanged."""
+    import io
+
+    from openai import OpenAI
+
+    from tests.support.training import TOKEN
+
+    client = OpenAI(
+        base_url=f"{stack.training_url}/v1",
+        api_key=TOKEN,
+        default_headers={"X-Tenant-Id": "acme"},
+        max_retries=0,
+    )
+    up = client.files.create(
+        file=("sdk.jsonl", io.BytesIO(b'{"prompt": "sdk q", "completion": "a"}\n')),
+        purpose="fine-tune",
+    )
+    assert up.id.startswith("file-") and up.status == "processed"
+    assert client.files.retrieve(up.id).filename == "sdk.jsonl"
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama",
+        training_file=sentiment_file["id"],
+        seed=1,
+        hyperparameters={"n_epochs": 1},
+        extra_body={"task": "sentiment"},
+    )
+    assert job.id.startswith("ftjob-") and job.status == "validating_files"
+    page = client.fine_tuning.jobs.list(limit=2)
+    assert page.data[0].id == job.id
+    events = client.fine_tuning.jobs.list_events(job.id)
+    assert events.data[-1].message.startswith("Created fine-tuning job")
+    assert client.fine_tuning.jobs.cancel(job.id).status in ("cancelled", "failed")
+    assert client.files.delete(up.id).deleted is True
