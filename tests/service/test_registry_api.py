@@ -77,6 +77,20 @@ async def test_catalog_seeded_with_tiny_llama(registry: RegistryHarness) -> None
     assert len(tiny["weights_sha256"]) == 64
 
 
+async def test_register_tenant_base_model(registry: RegistryHarness, model_dir: Path) -> None:
+    """A full fine-tune is registered as the tenant's own base (created_at set at flush)."""
+    r = await registry.http.post(
+        "/v1/base-models", json={"id": "acme-merged", "path": str(model_dir)}
+    )
+    assert r.status_code in (200, 201), r.text
+    out = r.json()
+    assert out["id"] == "acme-merged" and out["created"] > 0 and out["owned_by"] == "acme"
+    again = await registry.http.post(
+        "/v1/base-models", json={"id": "acme-merged", "path": str(model_dir)}
+    )
+    assert again.status_code == 409 and again.json()["error"]["param"] == "id"
+
+
 async def test_push_list_resolve_alias_move(registry: RegistryHarness, archive: Path) -> None:
     r1 = await push(registry, "support-router", archive)
     assert r1.status_code == 201, r1.text

@@ -118,6 +118,7 @@ def register_model(
     row.weights_sha256 = str(info["weights_sha256"])
     row.has_chat_template = bool(info["has_chat_template"])
     row.linear_shapes = info["linear_shapes"]  # type: ignore[assignment]
+    s.flush()  # column defaults (created_at) are applied at flush; callers render the row
     return row
 
 
