@@ -21,6 +21,7 @@ from gateway.domain.usage import UsageRecorder
 from gateway.routes import (
     admin,
     console,
+    erasure,
     events,
     feedback,
     inference,
@@ -109,7 +110,17 @@ def create_app(
     app = create_service_app(
         "gateway", internal_token=token, lifespan=lifespan, title="tunefleet gateway"
     )
-    for module in (inference, registry, training, integrations, feedback, events, admin, quotas):
+    for module in (
+        inference,
+        registry,
+        training,
+        integrations,
+        feedback,
+        events,
+        admin,
+        quotas,
+        erasure,
+    ):
         app.include_router(module.router)
     app.include_router(console.router)
     return app

@@ -15,7 +15,8 @@ from services.training.deps import TrainingState
 from services.training.domain import metrics as job_metrics
 from services.training.domain.backend import RayBackend
 from services.training.domain.lifecycle import JobLifecycle
-from services.training.routes import files, jobs, runner, selection
+from services.training.domain.retention import RetentionPurger
+from services.training.routes import erasure, files, jobs, runner, selection
 from services.training.settings import TrainingSettings
 from services.training.storage.files import BlobStore, Cipher
 from shared.app import create_service_app
@@ -83,9 +84,13 @@ def create_app(
         app.state.readiness_checks.append(db_ready)
         collector = job_metrics.register(app.state.metrics_registry, db)
         lifecycle.start()
+        purger = RetentionPurger(db, store, interval_s=settings.retention_interval_s)
+        app.state.retention = purger  # tests drive run_once() with a fake clock
+        purger.start()
         try:
             yield
         finally:
+            await purger.aclose()
             app.state.metrics_registry.unregister(collector)
             await lifecycle.aclose()
             await registry.aclose()
@@ -97,7 +102,7 @@ def create_app(
         "training", internal_token=token, lifespan=lifespan, title="tunefleet training"
     )
     api = APIRouter(dependencies=[InternalAuth])
-    for module in (files, jobs, selection):
+    for module in (files, jobs, selection, erasure):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(runner.router)  # per-job runner token instead of the internal token

@@ -47,6 +47,9 @@ class TrainingSettings(ServiceSettings):
     max_len: int = Field(default=256, ge=16, le=32768)
     max_workers: int = Field(default=8, ge=1)
     monitor_poll_s: float = Field(default=1.0, gt=0)
+    retention_interval_s: float = Field(
+        default=3600.0, gt=0, description="how often data past a tenant's retention is purged"
+    )
 
     def db_url(self) -> str:
         if self.database_url:

@@ -1,0 +1,379 @@
+"""Right to erasure end to end: the real gateway, training service and registry in-process
+(ASGI, real SQLite, blobs encrypted at rest), Ray replaced by an unreachable backend (a job
+gets its prepared dataset, then fails with ``ray_unavailable``: enough lineage to erase).
+
+A data subject who appears in one of two files: that file, its datasets and blobs go, the
+other stays, in every tenant; jobs keep their rows with ``training_file: "erased"``; the
+report names the adapter versions trained on the data (pushed straight to the registry
+with lineage, instead of training one); the audit chain verifies and holds only an HMAC of
+the subject. A tenant's erasure leaves other tenants alone. Bad input names its field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from gateway.app import create_app as create_gateway
+from gateway.settings import GatewaySettings
+from services.registry.app import create_app as create_registry
+from services.registry.settings import RegistrySettings
+from services.training import samples
+from services.training.app import create_app as create_training
+from services.training.settings import TrainingSettings
+from tests.support.adapters import make_adapter, pack
+from tests.support.training import UnreachableRay
+
+TOKEN = "erasure-test-token"
+ADMIN_KEY = "tf-admin-erasure-key"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+EMAIL = "Alice.Smith@example.com"
+CUSTOMER_ID = "CUST-0042"
+
+
+class HostRouter(httpx.AsyncBaseTransport):
+    """http://gateway, http://registry, http://training → the in-process apps; any other
+    host (the gateway's inference replica) is unreachable, as a stopped service would be."""
+
+    def __init__(self, apps: dict[str, FastAPI]) -> None:
+        self.apps = apps
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        app = self.apps.get(request.url.host)
+        if app is None:
+            raise httpx.ConnectError(f"nothing at {request.url.host}", request=request)
+        return await httpx.ASGITransport(app=app).handle_async_request(request)
+
+
+@dataclass
+class DataFleet:
+    home: Path
+    gateway: httpx.AsyncClient  # no credentials: pass API keys
+    registry: httpx.AsyncClient  # internal token
+    training_app: FastAPI
+
+    def blob(self, key: str) -> Path:
+        return self.home / "training" / "blobs" / key
+
+    async def onboard(self, tenant: str) -> dict[str, str]:
+        """Create ``tenant`` and its keys; ``{"integrator": key, ...}`` as Authorization."""
+        r = await self.gateway.post("/admin/tenants", json={"id": tenant}, headers=ADMIN)
+        assert r.status_code == 201, r.text
+        keys = {}
+        for role in ("integrator", "sre"):
+            r = await self.gateway.post(
+                "/admin/keys", json={"tenant": tenant, "role": role}, headers=ADMIN
+            )
+            assert r.status_code == 201, r.text
+            keys[role] = r.json()["key"]
+        return keys
+
+    async def upload(self, key: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        r = await self.gateway.post(
+            "/v1/files",
+            headers=auth(key),
+            files={"file": ("train.jsonl", data, "application/octet-stream")},
+            data={"purpose": "fine-tune"},
+        )
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    async def failed_job(self, key: str, file_id: str) -> dict[str, Any]:
+        """A job on ``file_id`` that prepared its dataset, then failed without Ray."""
+        r = await self.gateway.post(
+            "/v1/fine_tuning/jobs",
+            headers=auth(key),
+            json={"model": "tiny-llama", "training_file": file_id, "task": "sentiment"},
+        )
+        assert r.status_code == 200, r.text
+        job_id = r.json()["id"]
+        for _ in range(600):
+            job = await self.gateway.get(f"/v1/fine_tuning/jobs/{job_id}", headers=auth(key))
+            body = dict(job.json())
+            if body["status"] in ("succeeded", "failed", "cancelled"):
+                assert body["error"]["code"] == "ray_unavailable", body
+                assert body["dataset_id"], body
+                return body
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"job {job_id} never finished")
+
+    async def push_version(
+        self, tenant: str, name: str, archive: Path, lineage: dict[str, Any]
+    ) -> dict[str, Any]:
+        meta = {"base_model": "tiny-llama", "lineage": lineage}
+        with archive.open("rb") as fh:
+            r = await self.registry.post(
+                f"/v1/adapters/{name}/versions",
+                headers={"X-Tenant-Id": tenant},
+                files={"file": ("a.tar.gz", fh)},
+                data={"metadata": json.dumps(meta)},
+            )
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    async def audit(self) -> list[dict[str, Any]]:
+        r = await self.gateway.get("/admin/audit", params={"limit": 100}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        return list(r.json()["data"])
+
+    async def verify_audit(self) -> dict[str, Any]:
+        r = await self.gateway.get("/admin/audit/verify", headers=ADMIN)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@asynccontextmanager
+async def data_fleet(home: Path, model_dir: Path) -> AsyncIterator[DataFleet]:
+    """Gateway + registry + training in-process, wired by host name like the real fleet."""
+    apps: dict[str, FastAPI] = {}
+    apps["registry"] = create_registry(
+        RegistrySettings(
+            home=home / "registry", internal_token=TOKEN, seed_models_dir=model_dir.parent
+        )
+    )
+    apps["training"] = create_training(
+        TrainingSettings(
+            home=home / "training-home",
+            data_dir=home / "training",
+            internal_token=TOKEN,
+            registry_url="http://registry",
+            monitor_poll_s=0.1,
+        ),
+        registry_transport=HostRouter(apps),
+        backend=UnreachableRay(),
+    )
+    apps["gateway"] = create_gateway(
+        GatewaySettings(
+            home=home / "gateway",
+            internal_token=TOKEN,
+            admin_key=ADMIN_KEY,
+            **{
+                "registry_url": "http://registry",
+                "training_url": "http://training",
+                "inference_urls": ["http://inference"],
+            },
+        ),
+        upstream_transport=HostRouter(apps),
+    )
+    async with AsyncExitStack() as stack:
+        for name in ("registry", "training", "gateway"):
+            await stack.enter_async_context(LifespanManager(apps[name], startup_timeout=120))
+        gw = await stack.enter_async_context(
+            httpx.AsyncClient(transport=HostRouter(apps), base_url="http://gateway", timeout=120)
+        )
+        reg = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=HostRouter(apps),
+                base_url="http://registry",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=120,
+            )
+        )
+        yield DataFleet(home, gw, reg, apps["training"])
+
+
+@pytest.fixture
+async def fl(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[DataFleet]:
+    # encrypted at rest: the subject scan must read through the cipher
+    monkeypatch.setenv("TUNEFLEET_DATA_KEYS", base64.b64encode(os.urandom(32)).decode())
+    async with data_fleet(tmp_path, model_dir) as f:
+        yield f
+
+
+@pytest.fixture(scope="module")
+def archive(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("erasure-adapter")
+    return pack(make_adapter(model_dir, root / "a", r=4, seed=7), root / "a.tar.gz")
+
+
+def reviews(n: int, seed: int) -> list[dict[str, Any]]:
+    return [
+        {"prompt": r["prompt"], "completion": r["completion"]}
+        for r in samples.sentiment_examples(n, seed=seed)
+    ]
+
+
+def with_subject(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows plus one review that names the subject by e-mail and customer id."""
+    mention = f"Review: {EMAIL} (customer {CUSTOMER_ID}) says the fan is superb.\nSentiment:"
+    return [*rows, {"prompt": mention, "completion": " positive"}]
+
+
+async def test_erasing_a_subject_removes_their_files_and_datasets_only(
+    fl: DataFleet, archive: Path
+) -> None:
+    acme = await fl.onboard("acme")
+    globex = await fl.onboard("globex")
+    mentioned = await fl.upload(acme["integrator"], with_subject(reviews(30, 1)))
+    clean = await fl.upload(acme["integrator"], reviews(30, 2))
+    elsewhere = await fl.upload(globex["integrator"], with_subject(reviews(20, 3)))
+    assert fl.blob(f"files/{mentioned['id']}").read_bytes().startswith(b"TFE1")  # sealed
+    job = await fl.failed_job(acme["integrator"], mentioned["id"])
+    clean_job = await fl.failed_job(acme["integrator"], clean["id"])
+    dataset = job["dataset_id"]
+    assert fl.blob(f"datasets/{dataset}/train.jsonl").exists()
+    trained = await fl.push_version(
+        "acme", "support-router", archive, {"job_id": job["id"], "dataset_id": dataset}
+    )
+    unrelated = await fl.push_version("acme", "other-router", archive, {"job_id": clean_job["id"]})
+
+    r = await fl.gateway.post("/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert report["object"] == "erasure.report" and report["scope"] == "subject"
+    assert {f["id"] for f in report["files"]} == {mentioned["id"], elsewhere["id"]}
+    assert {(d["id"], d["tenant"]) for d in report["datasets"]} == {(dataset, "acme")}
+    assert [j["id"] for j in report["jobs"]] == [job["id"]]
+    refs = [v["ref"] for v in report["adapter_versions"]]
+    assert refs == [trained["ref"]] and unrelated["ref"] not in refs
+    assert report["adapter_versions"][0]["matched"] == [
+        f"dataset_id:{dataset}",
+        f"job_id:{job['id']}",
+    ]
+
+    key = acme["integrator"]
+    for path in (f"/v1/files/{mentioned['id']}", f"/v1/files/{mentioned['id']}/content"):
+        assert (await fl.gateway.get(path, headers=auth(key))).status_code == 404
+    gone = await fl.gateway.get(f"/v1/files/{elsewhere['id']}", headers=auth(globex["integrator"]))
+    assert gone.status_code == 404
+    assert not fl.blob(f"files/{mentioned['id']}").exists()
+    assert not fl.blob(f"files/{elsewhere['id']}").exists()
+    assert not fl.blob(f"datasets/{dataset}").exists()
+    kept = await fl.gateway.get(f"/v1/files/{clean['id']}/content", headers=auth(key))
+    assert kept.status_code == 200 and kept.content.count(b"\n") == 30
+    assert fl.blob(f"datasets/{clean_job['dataset_id']}/train.jsonl").exists()
+    # the job is history: it stays, its training file reads "erased"
+    after = await fl.gateway.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=auth(key))
+    assert after.status_code == 200 and after.json()["training_file"] == "erased"
+
+    # audited, chain intact, the subject only as an HMAC
+    entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
+    assert entry["outcome"] == "ok" and entry["target"] == "subject"
+    assert entry["details"]["files"] == 2 and entry["details"]["adapter_versions"] == refs
+    assert entry["details"]["subject_email_hmac"] == report["subject_hmac"]
+    assert EMAIL.lower() not in json.dumps(await fl.audit()).lower()
+    assert (await fl.verify_audit())["valid"] is True
+
+    # nothing left to find: a second request erases nothing
+    again = await fl.gateway.post(
+        "/admin/erasure", json={"subject": {"email": EMAIL.upper()}}, headers=ADMIN
+    )
+    assert again.status_code == 200 and again.json()["files"] == []
+    assert again.json()["subject_hmac"] == report["subject_hmac"]  # same subject, same HMAC
+
+
+async def test_erasing_a_subject_by_id_matches_whole_tokens(fl: DataFleet) -> None:
+    acme = await fl.onboard("acme")
+    hit = await fl.upload(acme["integrator"], with_subject(reviews(10, 4)))
+    near = await fl.upload(
+        acme["integrator"],
+        [
+            *reviews(10, 5),
+            {"prompt": f"Review: {CUSTOMER_ID}7 is fine.\nSentiment:", "completion": " neutral"},
+        ],
+    )
+    r = await fl.gateway.post(
+        "/admin/erasure", json={"subject": {"id": CUSTOMER_ID.lower()}}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
+    assert [f["id"] for f in r.json()["files"]] == [hit["id"]]
+    assert r.json()["adapter_versions"] == []
+    kept = await fl.gateway.get(f"/v1/files/{near['id']}", headers=auth(acme["integrator"]))
+    assert kept.status_code == 200
+
+
+async def test_erasing_a_tenant_leaves_other_tenants_alone(fl: DataFleet, archive: Path) -> None:
+    acme = await fl.onboard("acme")
+    globex = await fl.onboard("globex")
+    a1 = await fl.upload(acme["integrator"], reviews(20, 6))
+    a2 = await fl.upload(acme["integrator"], reviews(20, 7))
+    g1 = await fl.upload(globex["integrator"], reviews(20, 8))
+    trained = await fl.push_version("acme", "router", archive, {"training_file": a2["id"]})
+    await fl.push_version("globex", "router", archive, {"training_file": g1["id"]})
+
+    r = await fl.gateway.post("/admin/erasure", json={"tenant": "acme"}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    report = r.json()
+    assert {f["id"] for f in report["files"]} == {a1["id"], a2["id"]}
+    assert [v["ref"] for v in report["adapter_versions"]] == [trained["ref"]]
+    listed = await fl.gateway.get("/v1/files", headers=auth(acme["integrator"]))
+    assert listed.json()["data"] == []
+    assert not fl.blob(f"files/{a1['id']}").exists() and not fl.blob(f"files/{a2['id']}").exists()
+    other = await fl.gateway.get(
+        f"/v1/files/{g1['id']}/content", headers=auth(globex["integrator"])
+    )
+    assert other.status_code == 200 and fl.blob(f"files/{g1['id']}").exists()
+    entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
+    assert entry["tenant"] == "acme" and entry["target"] == "tenant:acme"
+    assert entry["details"]["scope"] == "tenant" and entry["outcome"] == "ok"
+    assert (await fl.verify_audit())["valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({}, 400, "tenant"),
+        ({"tenant": "acme", "subject": {"email": EMAIL}}, 400, "subject"),
+        ({"subject": {}}, 400, "subject.email"),
+        ({"subject": {"email": "not-an-address"}}, 400, "subject.email"),
+        ({"subject": {"id": "42"}}, 400, "subject.id"),
+        ({"tenant": "Not A Tenant"}, 400, "tenant"),
+        ({"tenant": "nobody"}, 404, "tenant"),
+    ],
+)
+async def test_bad_erasure_requests_name_the_field(
+    fl: DataFleet, body: dict[str, Any], status: int, param: str
+) -> None:
+    acme = await fl.onboard("acme")
+    f = await fl.upload(acme["integrator"], with_subject(reviews(10, 9)))
+    r = await fl.gateway.post("/admin/erasure", json=body, headers=ADMIN)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param
+    # nothing was erased
+    still = await fl.gateway.get(f"/v1/files/{f['id']}", headers=auth(acme["integrator"]))
+    assert still.status_code == 200
+
+
+async def test_only_admins_erase(fl: DataFleet) -> None:
+    acme = await fl.onboard("acme")
+    for role in ("integrator", "sre"):
+        r = await fl.gateway.post(
+            "/admin/erasure", json={"tenant": "acme"}, headers=auth(acme[role])
+        )
+        assert r.status_code == 403, r.text
+    # the internal calls refuse anything without the internal token
+    r = await fl.registry.get(
+        "/v1/lineage", params={"job": "ftjob-x"}, headers={"Authorization": ""}
+    )
+    assert r.status_code == 401
+
+
+async def test_data_access_is_audited_and_the_chain_verifies(fl: DataFleet) -> None:
+    acme = await fl.onboard("acme")
+    key = acme["integrator"]
+    f = await fl.upload(key, reviews(10, 10))
+    content = await fl.gateway.get(f"/v1/files/{f['id']}/content", headers=auth(key))
+    assert content.status_code == 200
+    reads = [e for e in await fl.audit() if e["action"] == "file.content.read"]
+    assert len(reads) == 1 and reads[0]["tenant"] == "acme" and f["id"] in reads[0]["target"]
+    assert reads[0]["outcome"] == "ok"
+    assert (await fl.verify_audit())["valid"] is True
