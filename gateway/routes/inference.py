@@ -20,15 +20,13 @@ from gateway.domain.resolver import adapter_label, route_key
 from gateway.routes.proxy import read_body
 from shared.app import request_id_of
 from shared.errors import InvalidRequest
+from shared.jsonbody import loads_untrusted
 
 router = APIRouter(tags=["inference"])
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    body = loads_untrusted(raw, what="request body")
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     if not isinstance(body.get("model"), str) or not body["model"]:

@@ -21,6 +21,7 @@ from gateway.routes.inference import answer_text, generate
 from gateway.storage.tables import IntegrationRow
 from shared.app import request_id_of
 from shared.errors import Conflict, InvalidRequest, NotFound, error_from_envelope
+from shared.jsonbody import loads_untrusted
 
 router = APIRouter(prefix="/v1/integrations", tags=["integrations"])
 FIELDS = ("system", "task", "model", "input_mapping", "template", "output")
@@ -53,10 +54,7 @@ def _spec(row: IntegrationRow) -> integ.IntegrationSpec:
 
 async def _json(request: Request, st: GatewayState) -> Any:
     raw = await proxy.read_body(request, st.settings.max_body_bytes)
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    return loads_untrusted(raw, what="request body")
 
 
 def _validate(data: Any) -> integ.IntegrationSpec:
@@ -83,10 +81,7 @@ async def create(request: Request, st: State, who: Caller) -> Response:
     raw = await proxy.read_body(request, st.settings.max_body_bytes)
 
     async def call() -> Response:
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+        data = loads_untrusted(raw, what="request body")
         spec = _validate(data)
 
         def do() -> dict[str, Any]:

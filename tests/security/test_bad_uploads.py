@@ -19,18 +19,6 @@ from tests.support.postgres import free_port
 ADMIN_KEY = "tf-bad-uploads-admin"
 DEEP = "[" * 100_000 + "]" * 100_000
 NESTED_OK_SIZE = '{"a":' * 5000 + "1" + "}" * 5000  # 5,000 levels, 30 KB
-# Known bugs, reported to their owners: json.loads raises RecursionError (not a
-# JSONDecodeError) past ~1,000 levels, and the handlers only catch the latter -> HTTP 500.
-REGISTRY_DEPTH_BUG = pytest.mark.xfail(
-    reason="services/registry/routes/adapters.py _metadata: RecursionError from json.loads "
-    "is not caught -> 500 (catch it, or check depth first like training's readers)",
-    strict=False,
-)
-GATEWAY_DEPTH_BUG = pytest.mark.xfail(
-    reason="gateway/routes/inference.py parse_json_body: RecursionError from json.loads "
-    "is not caught -> 500",
-    strict=False,
-)
 
 
 async def _push(reg: RegistryHarness, files: dict, data: dict) -> httpx.Response:  # type: ignore[type-arg]
@@ -41,8 +29,8 @@ async def _push(reg: RegistryHarness, files: dict, data: dict) -> httpx.Response
 @pytest.mark.parametrize(
     ("metadata", "param", "status"),
     [
-        pytest.param(DEEP[:60_000], "metadata", 400, marks=REGISTRY_DEPTH_BUG),
-        pytest.param(NESTED_OK_SIZE, "metadata", 400, marks=REGISTRY_DEPTH_BUG),
+        pytest.param(DEEP[:60_000], "metadata", 400),
+        pytest.param(NESTED_OK_SIZE, "metadata", 400),
         ('{"base_model": "tiny-llama", "description": "' + "x" * 70_000 + '"}', "metadata", 400),
         ("\udcff", "metadata", 400),
     ],
@@ -138,12 +126,10 @@ async def gateway(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         pytest.param(
             b'{"model": "tiny-llama", "prompt": ' + DEEP.encode() + b"}",
             400,
-            marks=GATEWAY_DEPTH_BUG,
         ),
         pytest.param(
             b'{"model": "tiny-llama", "prompt": "x", "extra": ' + NESTED_OK_SIZE.encode() + b"}",
             400,
-            marks=GATEWAY_DEPTH_BUG,
         ),
     ],
     ids=["oversized", "not-utf8", "nested-100k", "nested-5k-objects"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from services.registry.domain.views import adapter_out, alias_out, move_out, ver
 from shared.app import request_id_of
 from shared.auth import TenantId
 from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.jsonbody import loads_untrusted
 from shared.modelref import NAME_RE
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
 from shared.schemas.registry import (
@@ -66,11 +66,9 @@ def delete_adapter(name: str, st: State, tenant: TenantId) -> dict[str, object]:
 
 def _metadata(raw: str) -> VersionMetadata:
     try:
-        return VersionMetadata.model_validate(json.loads(raw))
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"metadata is not valid JSON: {exc.msg} at char {exc.pos}", param="metadata"
-        ) from exc
+        return VersionMetadata.model_validate(
+            loads_untrusted(raw, what="metadata", param="metadata")
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
