@@ -48,11 +48,6 @@ def test_hybrid_result_is_registered_as_a_base_model(stack: TrainingStack) -> No
     out = stack.settings.data_root() / "models" / job["id"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()  # merged: a plain model dir
-    if job["status"] == "failed" and job["error"]["code"] == "registry_push_failed":
-        pytest.xfail(
-            "registry POST /v1/base-models answers 500 for a new id (register_model returns "
-            "the row unflushed: created_at is None)"
-        )
     assert job["status"] == "succeeded", job
     model = job["fine_tuned_model"]
     assert model.startswith("merged-") and job["result"]["registered_as"] == "base_model"
