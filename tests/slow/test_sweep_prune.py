@@ -17,7 +17,12 @@ from services.training import samples
 from services.training.ray.driver import TrainSpec
 from services.training.ray.evaluate import evaluate, load_model, load_tokenizer
 from services.training.ray.prune import prune_adapter
-from services.training.ray.sweep import SweepOutcome, parse_sweep, run_sweep
+from services.training.ray.sweep import (
+    SweepOutcome,
+    parse_sweep,
+    reap_orphaned_placement_groups,
+    run_sweep,
+)
 from services.training.selection import rank_base_models
 from tests.support.ray_cluster import start_test_ray, stop_test_ray
 
@@ -41,6 +46,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "train": _write(d / "train.jsonl", samples.sentiment_examples(160, seed=1)),
         "valid": _write(d / "valid.jsonl", samples.sentiment_examples(45, seed=2)),
     }
+
+
+def _assert_cpus_released(timeout: float = 30.0) -> None:
+    """Every CPU is free again: no worker group of a stopped trial kept its reservation."""
+    import ray
+
+    total = ray.cluster_resources()["CPU"]
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0.0) < total and time.monotonic() < deadline:
+        reap_orphaned_placement_groups()
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0.0) == total, ray.available_resources()
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +92,7 @@ def sweep_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
         t0 = time.perf_counter()
         outcome = run_sweep(base, sweep, tmp_path_factory.mktemp("sweeps"), on_trial=events.append)
         print(f"\n[sweep] head up {t_head:.1f}s; 4 trials in {time.perf_counter() - t0:.1f}s")
+        _assert_cpus_released()
         yield outcome, events
     finally:
         leftovers = stop_test_ray()

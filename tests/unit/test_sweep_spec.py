@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from services.training.ray.driver import TrainSpec
-from services.training.ray.sweep import apply_config, param_space, parse_sweep
+from services.training.ray.sweep_spec import apply_config, param_space, parse_sweep
 from shared.errors import InvalidRequest
 
 
@@ -71,6 +71,10 @@ def test_apply_config_routes_lora_and_hyperparameters() -> None:
         ({"parameters": {"r": [4, 8]}, "num_trials": 3}, "sweep.num_trials"),
         ({"parameters": {"r": [4]}, "num_trials": 0}, "sweep.num_trials"),
         ({"parameters": {"r": [4]}, "num_trials": 1000}, "sweep.num_trials"),
+        (
+            {"parameters": {"r": list(range(1, 10)), "alpha": list(range(1, 10))}},
+            "sweep.num_trials",
+        ),
         ({"parameters": {"r": [4]}, "metric": "bleu"}, "sweep.metric"),
         ({"parameters": {"r": [4]}, "mode": "up"}, "sweep.mode"),
         ({"parameters": {"r": [4]}, "scheduler": "pbt"}, "sweep.scheduler"),
@@ -91,6 +95,9 @@ def test_metric_must_fit_the_task_and_data() -> None:
     assert exc.value.param == "sweep.metric"
     with pytest.raises(InvalidRequest) as exc:
         parse_sweep({"parameters": {"r": [4]}, "metric": "accuracy"}, has_validation=False)
+    assert exc.value.param == "sweep.metric"
+    with pytest.raises(InvalidRequest) as exc:  # evaluate() has no generation task
+        parse_sweep({"parameters": {"r": [4]}, "metric": "eval_loss"}, task="generation")
     assert exc.value.param == "sweep.metric"
     ok = parse_sweep({"parameters": {"r": [4]}, "metric": "train_loss"}, has_validation=False)
     assert ok.metric == "train_loss"

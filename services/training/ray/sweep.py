@@ -1,19 +1,8 @@
 """Hyperparameter sweeps: Ray Tune trials, each one a full :func:`run_training` run.
 
 ``run_sweep(base, sweep, storage_path, on_trial=None) -> SweepOutcome``; ``sweep`` is a
-:class:`SweepSpec` (``parse_sweep(raw)`` builds one from the API's ``sweep`` block)::
-
-    {"parameters": {"learning_rate": [1e-3, 3e-3] | {"min": 1e-4, "max": 1e-2, "log": true},
-                    "r": [4, 8]},                # also alpha, dropout, batch_size, n_epochs,
-     "num_trials": 4,                            # max_steps, weight_decay, warmup_ratio
-     "metric": "valid_loss",   # | train_loss | eval_loss | accuracy | macro_f1 | chrf
-     "mode": "min",            # default: min for *_loss, max otherwise
-     "scheduler": "asha",      # | "none"
-     "max_concurrent": 1}
-
-Lists only → grid search over their product (``num_trials`` defaults to, and must be a
-multiple of, its size); any ``{min, max, log}`` range → random search with ``num_trials``
-samples (lists are then sampled as choices), seeded by ``base.seed``.
+:class:`~services.training.ray.sweep_spec.SweepSpec` from ``parse_sweep(raw)`` (the API's
+``sweep`` block; both re-exported here). Random search is seeded by ``base.seed``.
 
 Ray 2.60 (Train V2) no longer accepts a ``TorchTrainer`` as a Tune trainable, so each trial
 is a *driver function* (reserving no CPU: it only waits on its own ``TorchTrainer``,
@@ -24,8 +13,10 @@ thread is safe: the Tune session is process-global and the trial thread is block
 validation file when the metric needs it) and the exported adapter path.
 
 ASHA compares trials by ``train_loss`` at equal ``step`` (every report has both; the
-sweep metric may only exist at the end) and stops the worse ones early; the best trial
-is then picked by ``metric``/``mode`` among the trials that finished. ``on_trial`` gets
+sweep metric may only exist at the end) and stops the worse ones early (the stopped
+trial's worker placement group is then removed by :func:`reap_orphaned_placement_groups`,
+else it would hold its CPUs until the driver exits); the best trial is then picked by
+``metric``/``mode`` among the trials that finished. ``on_trial`` gets
 ``{"event": "trial_started"|"trial_result"|"trial_completed"|"trial_stopped"|
 "trial_failed", "trial_id", ...}`` dicts, from the thread running ``run_sweep``.
 """
@@ -38,172 +29,20 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any
 
 from services.training.ray.driver import TrainSpec, run_training
-from shared.errors import InvalidRequest
+from services.training.ray.sweep_spec import (
+    EVAL_METRICS,
+    SweepSpec,
+    apply_config,
+    param_space,
+    parse_sweep,
+)
 
 logger = logging.getLogger(__name__)
-
-# name -> (where it goes in TrainSpec, type, lowest, highest, lowest allowed itself)
-PARAMETERS: dict[str, tuple[str, type, float, float, bool]] = {
-    "learning_rate": ("hyperparameters", float, 0.0, 1.0, False),
-    "batch_size": ("hyperparameters", int, 1, 1024, True),
-    "n_epochs": ("hyperparameters", int, 1, 100, True),
-    "max_steps": ("hyperparameters", int, 1, 1_000_000, True),
-    "weight_decay": ("hyperparameters", float, 0.0, 1.0, True),
-    "warmup_ratio": ("hyperparameters", float, 0.0, 1.0, True),
-    "r": ("lora", int, 1, 256, True),
-    "alpha": ("lora", float, 0.0, 4096.0, False),
-    "dropout": ("lora", float, 0.0, 0.99, True),
-}
-LOSS_METRICS = ("valid_loss", "train_loss", "eval_loss")
-EVAL_METRICS = {"eval_loss": None, "accuracy": "classification", "macro_f1": "classification"}
-EVAL_METRICS["chrf"] = "translation"
-MAX_TRIALS = 64
-
-
-class RangeSpec(BaseModel):
-    """A continuous (or integer, for integer parameters) search range."""
-
-    model_config = ConfigDict(extra="forbid")
-    min: float = Field(allow_inf_nan=False)
-    max: float = Field(allow_inf_nan=False)
-    log: bool = False
-
-
-class SweepSpec(BaseModel):
-    """The API's ``sweep`` block (see the module docstring); build with :func:`parse_sweep`."""
-
-    model_config = ConfigDict(extra="forbid")
-    parameters: dict[str, list[float] | RangeSpec] = Field(min_length=1)
-    num_trials: int | None = Field(default=None, ge=1, le=MAX_TRIALS)
-    metric: Literal["valid_loss", "train_loss", "eval_loss", "accuracy", "macro_f1", "chrf"] = (
-        "valid_loss"
-    )
-    mode: Literal["min", "max"] | None = None
-    scheduler: Literal["asha", "none"] = "asha"
-    max_concurrent: int = Field(default=1, ge=1, le=16)
-
-    @property
-    def resolved_mode(self) -> str:
-        return self.mode or ("min" if self.metric in LOSS_METRICS else "max")
-
-    @property
-    def is_grid(self) -> bool:
-        return all(isinstance(v, list) for v in self.parameters.values())
-
-    def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.parameters.values() if isinstance(v, list))
-
-
-def _bad(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(f"{param}: {message}", param=param)
-
-
-def _check_value(name: str, value: Any, param: str) -> None:
-    _, kind, low, high, low_ok = PARAMETERS[name]
-    if kind is int and not float(value).is_integer():
-        raise _bad(f"{name} must be an integer, got {value!r}", param)
-    if value < low or (value == low and not low_ok) or value > high:
-        bound = "≥" if low_ok else ">"
-        raise _bad(f"{name} must be {bound} {low} and ≤ {high}, got {value!r}", param)
-
-
-def parse_sweep(raw: Any, *, task: str | None = None, has_validation: bool = True) -> SweepSpec:
-    """Validate the API ``sweep`` block; any problem raises :class:`InvalidRequest` whose
-    ``param`` names the field (``sweep.parameters.learning_rate``, ``sweep.num_trials``…).
-
-    ``task`` / ``has_validation`` (the job's) let metrics that need them be checked here.
-    """
-    if not isinstance(raw, Mapping):
-        raise InvalidRequest("sweep must be an object", param="sweep")
-    try:
-        spec = SweepSpec.model_validate(dict(raw))
-    except ValidationError as exc:
-        errors = exc.errors()
-        err = errors[0]
-        if len(err["loc"]) >= 2 and err["loc"][0] == "parameters":
-            # a union (list | range): report the branch matching the value's shape
-            value = (
-                raw["parameters"].get(err["loc"][1])
-                if isinstance(raw["parameters"], Mapping)
-                else None
-            )
-            branch = "RangeSpec" if isinstance(value, Mapping) else "list"
-            same = [e for e in errors if e["loc"][:2] == err["loc"][:2]]
-            err = next((e for e in same if any(str(p).startswith(branch) for p in e["loc"])), err)
-        loc = [str(p) for p in err["loc"]]
-        if len(loc) >= 2 and loc[0] == "parameters":  # drop pydantic's union branch names
-            loc = loc[:2] + [p for p in loc[2:] if not p.startswith(("list[", "RangeSpec"))]
-        param = ".".join(["sweep", *loc])
-        raise _bad(err["msg"], param) from None
-    for name, space in spec.parameters.items():
-        param = f"sweep.parameters.{name}"
-        if name not in PARAMETERS:
-            raise _bad(f"unknown parameter; expected one of {sorted(PARAMETERS)}", param)
-        if isinstance(space, list):
-            if not space or len(space) > 32:
-                raise _bad("give between 1 and 32 values", param)
-            for i, value in enumerate(space):
-                _check_value(name, value, f"{param}.{i}")
-        else:
-            _check_value(name, space.min, f"{param}.min")
-            _check_value(name, space.max, f"{param}.max")
-            if space.min >= space.max:
-                raise _bad("min must be below max", f"{param}.max")
-    if spec.is_grid:
-        size = spec.grid_size()
-        if spec.num_trials is not None and (
-            spec.num_trials < size or spec.num_trials % size or size > MAX_TRIALS
-        ):
-            raise _bad(
-                f"must be a multiple of the grid size {size} (≤ {MAX_TRIALS})", "sweep.num_trials"
-            )
-    elif spec.num_trials is None:
-        raise _bad("is required when a parameter is a {min, max} range", "sweep.num_trials")
-    needs = EVAL_METRICS.get(spec.metric)
-    if spec.metric in ("valid_loss", *EVAL_METRICS) and not has_validation:
-        raise _bad(f"{spec.metric} needs a validation_file", "sweep.metric")
-    if task is not None and needs is not None:
-        from services.training.ray.evaluate import CLASSIFICATION_TASKS, TRANSLATION_TASKS
-
-        tasks = CLASSIFICATION_TASKS if needs == "classification" else TRANSLATION_TASKS
-        if task not in tasks:
-            raise _bad(f"{spec.metric} is not defined for task {task!r}", "sweep.metric")
-    return spec
-
-
-def param_space(spec: SweepSpec) -> dict[str, Any]:
-    """Tune search space for ``spec`` (grid_search for an all-list spec)."""
-    from ray import tune
-
-    space: dict[str, Any] = {}
-    for name, values in spec.parameters.items():
-        kind = PARAMETERS[name][1]
-        if isinstance(values, list):
-            typed = [kind(v) for v in values]
-            space[name] = tune.grid_search(typed) if spec.is_grid else tune.choice(typed)
-        elif kind is int:
-            lo, hi = int(values.min), int(values.max) + 1  # randint's upper bound is exclusive
-            space[name] = tune.lograndint(lo, hi) if values.log else tune.randint(lo, hi)
-        else:
-            sampler = tune.loguniform if values.log else tune.uniform
-            space[name] = sampler(values.min, values.max)
-    return space
-
-
-def apply_config(base: TrainSpec, config: Mapping[str, Any], name: str) -> TrainSpec:
-    """A copy of ``base`` with a trial's parameter values filled in."""
-    lora, hp = dict(base.lora), dict(base.hyperparameters)
-    for key, value in config.items():
-        target = lora if PARAMETERS[key][0] == "lora" else hp
-        target[key] = value
-    return replace(base, lora=lora, hyperparameters=hp, name=name)
 
 
 @dataclass
@@ -285,7 +124,10 @@ def _callback(on_trial: Callable[[dict[str, Any]], None] | None) -> Any:
     from ray.tune import Callback
 
     class _Forward(Callback):
-        """Turn Tune's trial hooks into ``on_trial`` events (runs in the driver)."""
+        """Turn Tune's trial hooks into ``on_trial`` events (runs in the driver), and reap
+        the placement groups of stopped trials (:func:`reap_orphaned_placement_groups`)."""
+
+        _last_reap = 0.0
 
         def _emit(self, event: str, trial: Any, **extra: Any) -> None:
             if on_trial is None:
@@ -294,6 +136,16 @@ def _callback(on_trial: Callable[[dict[str, Any]], None] | None) -> Any:
                 on_trial({"event": event, "trial_id": trial.trial_id, **extra})
             except Exception:
                 logger.exception("on_trial callback raised")
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            now = time.monotonic()
+            if now - self._last_reap < 2.0:  # the Tune loop steps every few ms
+                return
+            self._last_reap = now
+            try:
+                reap_orphaned_placement_groups()
+            except Exception:
+                logger.warning("could not reap placement groups", exc_info=True)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self._emit("trial_started", trial, config=dict(trial.config))
@@ -328,6 +180,42 @@ def _error(trial: Any) -> str:
         return Path(path).read_text()[-2000:] if path else "trial failed"
     except OSError:
         return "trial failed"
+
+
+def reap_orphaned_placement_groups() -> int:
+    """Remove live placement groups whose creator actor has died; returns how many.
+
+    Only this job's groups whose creator was an actor are touched. A Train V2 controller
+    creates its workers' placement group, and a non-detached
+    group outlives its creator until the *job* ends. When ASHA stops a trial, Tune ends
+    the trial actor and with it that trial's controller, so the group would keep its CPUs
+    for the rest of the sweep and starve later trials. Ray Train's own detached
+    ``PlacementGroupCleaner`` is meant to catch this, but it finds the controller through
+    the State API's address discovery, which fails ("Found multiple active Ray
+    instances") on a host running several clusters — so the sweep reaps them itself,
+    reading the GCS table directly (``creator_actor_dead``).
+    """
+    import ray
+    from ray._private.state import state as gcs_state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    table_data: Any = gcs_pb2.PlacementGroupTableData  # type: ignore[attr-defined]  # protobuf
+    live = {table_data.PENDING, table_data.PREPARED, table_data.CREATED, table_data.RESCHEDULING}
+    job = ray.JobID.from_hex(ray.get_runtime_context().get_job_id()).binary()
+    reaped = 0
+    accessor = gcs_state._connect_and_get_accessor()
+    for raw in accessor.get_placement_group_table():
+        info = table_data.FromString(raw)
+        if not (info.state in live and info.creator_job_id == job and not info.is_detached):
+            continue
+        # groups made by a driver have a nil creator actor and count as "actor dead"
+        if info.creator_actor_dead and not ray.ActorID(info.creator_actor_id).is_nil():
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(info.placement_group_id)))
+            reaped += 1
+    if reaped:
+        logger.info("removed %d placement group(s) left by stopped trials", reaped)
+    return reaped
 
 
 def _estimate_steps(base: TrainSpec) -> int:
@@ -449,11 +337,13 @@ def run_sweep(
 
 
 __all__ = [
+    "EVAL_METRICS",
     "SweepOutcome",
     "SweepSpec",
     "TrialSummary",
     "apply_config",
     "param_space",
     "parse_sweep",
+    "reap_orphaned_placement_groups",
     "run_sweep",
 ]
