@@ -8,7 +8,7 @@ HOME_DIR ?= $(or $(TUNEFLEET_HOME),$(CURDIR)/var)
 INSTALL_STAMP := $(VENV)/.install-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 MODEL_DIR := $(HOME_DIR)/models/tiny-llama
 
-.PHONY: install model test lint run run-registry clean
+.PHONY: install model test lint reliability run run-registry clean
 
 install: $(INSTALL_STAMP)
 
@@ -33,7 +33,13 @@ test: install model
 lint: install
 	$(VENV)/bin/ruff check gateway services shared tests benchmarks
 	$(VENV)/bin/ruff format --check gateway services shared tests benchmarks
-	$(VENV)/bin/mypy shared gateway services/registry services/inference services/training/data  # services/training/ray: Ray stubs pending
+	$(VENV)/bin/mypy shared gateway services/registry services/inference services/training/data
+	bash scripts/audit_deps.sh   # pip-audit; exceptions with reasons in scripts/audit_deps.ignore
+
+# Every fault, security and property test plus the bounded soak (RELIABILITY.md).
+reliability: install model
+	bash scripts/system_deps.sh
+	TUNEFLEET_HOME=$(HOME_DIR) bash scripts/reliability.sh
 
 run: install model
 	TUNEFLEET_HOME=$(HOME_DIR) $(VENV)/bin/tunefleet up
