@@ -240,24 +240,29 @@ async def test_models_list_and_tenant_isolation(f: Fleet, archives: dict[str, Pa
 async def test_burst_past_the_admission_bound_gets_503_with_retry_after(
     tmp_path: Path, model_dir: Path, vllm_engine: object
 ) -> None:
-    # At most max_num_seqs + max_waiting = 4 sequences admitted at once (3 while the app
-    # does not pass max_running to the Server).
+    # Bound: max_num_seqs + max_waiting sequences in flight (just max_waiting = 3 while the
+    # app does not pass max_running to the Server).
     async with fleet(tmp_path, model_dir, vllm_engine, max_waiting=3, max_num_seqs=1) as fl:
-        burst = [
-            fl.inference.post("/v1/completions", json=completion("tiny-llama", max_tokens=48))
-            for _ in range(10)
+        server = fl.inference_app.state.server
+        long = completion("tiny-llama", max_tokens=256)
+        admitted = [
+            asyncio.create_task(fl.inference.post("/v1/completions", json=long))
+            for _ in range(server.max_admitted)
         ]
-        rs = await asyncio.gather(*burst)
-        ok = [r for r in rs if r.status_code == 200]
-        refused = [r for r in rs if r.status_code == 503]
-        assert len(ok) + len(refused) == len(rs), [r.text for r in rs]
-        assert len(ok) >= 3 and refused, [r.status_code for r in rs]
-        for r in refused:
+        async with asyncio.timeout(60):  # fill the bound, then burst
+            while server.admitted < server.max_admitted:
+                await asyncio.sleep(0.01)
+        burst = await asyncio.gather(
+            *(fl.inference.post("/v1/completions", json=completion("tiny-llama")) for _ in range(5))
+        )
+        for r in burst:
+            assert r.status_code == 503, r.text
             assert int(r.headers["Retry-After"]) >= 1
             err = r.json()["error"]
             assert err["code"] == "engine_overloaded" and "overloaded" in err["message"]
-        assert all(r.json()["usage"]["completion_tokens"] > 0 for r in ok)
-        # Nothing stays counted: the next request is admitted.
+        for r in await asyncio.gather(*admitted):  # the admitted ones finish normally
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] > 0
+        assert server.admitted == 0  # nothing stays counted: the next request is admitted
         r = await fl.inference.post("/v1/completions", json=completion("tiny-llama"))
         assert r.status_code == 200, r.text
-        assert fl.inference_app.state.server.admitted == 0
