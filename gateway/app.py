@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -39,15 +39,25 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_gateway"
 
 
-def default_limits(settings: GatewaySettings) -> Limits:
-    """Limits for tenants without their own (read per request: settings may be changed live)."""
-    return Limits(
-        rpm=settings.default_rpm,
-        tpm=settings.default_tpm,
-        max_streams=settings.default_max_streams,
-        max_adapters=settings.default_max_adapters,
-        max_jobs=settings.default_max_jobs,
-    )
+def default_limits(settings: GatewaySettings) -> Callable[[], Limits]:
+    """Limits for tenants without their own, re-read per request (settings may be changed
+    live) and built once per distinct value."""
+    built: dict[tuple[int, ...], Limits] = {}
+
+    def current() -> Limits:
+        values = (
+            settings.default_rpm,
+            settings.default_tpm,
+            settings.default_max_streams,
+            settings.default_max_adapters,
+            settings.default_max_jobs,
+        )
+        limits = built.get(values)
+        if limits is None:
+            limits = built[values] = Limits(*values)
+        return limits
+
+    return current
 
 
 def create_app(
@@ -84,7 +94,7 @@ def create_app(
             internal_token=token,
             upstream=upstream,
             replicas=replicas,
-            quotas=Quotas(db, lambda: default_limits(settings)),
+            quotas=Quotas(db, default_limits(settings)),
             resolver=ModelResolver(
                 upstream, settings.registry_url, token, ttl_s=settings.resolve_ttl_s
             ),

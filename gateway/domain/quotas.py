@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import select
@@ -47,9 +47,12 @@ class Limits:
     max_jobs: int | None = None
 
     def over(self, fallback: Limits) -> Limits:
-        return Limits(
-            **{f.name: getattr(self, f.name) or getattr(fallback, f.name) for f in fields(self)}
-        )
+        if self == _UNSET:  # the common case (no override): nothing to merge
+            return fallback
+        return Limits(*(getattr(self, f) or getattr(fallback, f) for f in LIMIT_FIELDS))
+
+
+_UNSET = Limits()
 
 
 @dataclass
