@@ -10,6 +10,9 @@ The subject's e-mail or id never reaches the audit log or logs in clear: the aud
 an HMAC of it under the gateway's key-hash secret, so the same subject always gives the
 same value (an auditor holding the secret can check a later request against it) while a
 reader of the log alone cannot recover or dictionary-test addresses.
+
+The gateway's own copies go too: idempotency replays (the stored first answers of uploads
+and job creations, kept for a day) that name an erased file, or all of an erased tenant's.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
+from gateway.storage.tables import IdempotencyRow
 from shared.errors import ServiceUnavailable, TunefleetError, error_from_envelope
 
 LINEAGE_BATCH = 100  # ids per lineage query (the registry takes up to 200 per parameter)
@@ -116,3 +122,28 @@ async def erase(up: Upstream, request: dict[str, Any]) -> dict[str, Any]:
             report["adapter_versions"] = None
             report["lineage_error"] = exc.message
     return report
+
+
+def forget_replays(s: Session, *, tenant: str | None, file_ids: list[str]) -> int:
+    """Drop stored idempotent answers that describe erased data; returns how many.
+
+    A tenant's erasure drops all of the tenant's; a subject's, those whose body names an
+    erased file (the upload's file object, a job created on it). A retry with such a key
+    then runs again instead of replaying the erased file's metadata.
+    """
+    if tenant is not None:
+        mine = IdempotencyRow.tenant == tenant
+        count = s.scalar(select(func.count()).select_from(IdempotencyRow).where(mine)) or 0
+        s.execute(delete(IdempotencyRow).where(mine))
+        return count
+    needles = [f.encode() for f in file_ids]
+    if not needles:
+        return 0
+    stale = [
+        (row.tenant, row.key)
+        for row in s.scalars(select(IdempotencyRow))  # a day's worth at most (TTL)
+        if any(n in (row.body or b"") for n in needles)
+    ]
+    for t, k in stale:
+        s.execute(delete(IdempotencyRow).where(IdempotencyRow.tenant == t, IdempotencyRow.key == k))
+    return len(stale)

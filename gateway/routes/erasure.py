@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from gateway.deps import Caller, GatewayState, State
 from gateway.domain import audit
-from gateway.domain.erasure import Upstream, erase, subject_digest
+from gateway.domain.erasure import Upstream, erase, forget_replays, subject_digest
 from gateway.domain.keys import Principal, get_tenant
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
@@ -127,6 +127,13 @@ async def erasure(body: ErasureCreate, request: Request, st: State, who: Caller)
             details=details,
         )
         raise
+    file_ids = [f["id"] for f in report["files"]]
+
+    def forget() -> int:
+        with st.db.session(write=True) as s:
+            return forget_replays(s, tenant=body.tenant, file_ids=file_ids)
+
+    report["replays_forgotten"] = await anyio.to_thread.run_sync(forget)
     details |= {
         "files": len(report["files"]),
         "datasets": len(report["datasets"]),

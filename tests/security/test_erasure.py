@@ -80,11 +80,14 @@ class DataFleet:
             keys[role] = r.json()["key"]
         return keys
 
-    async def upload(self, key: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    async def upload(
+        self, key: str, rows: list[dict[str, Any]], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        extra = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         r = await self.gateway.post(
             "/v1/files",
-            headers=auth(key),
+            headers={**auth(key), **extra},
             files={"file": ("train.jsonl", data, "application/octet-stream")},
             data={"purpose": "fine-tune"},
         )
@@ -223,7 +226,9 @@ async def test_erasing_a_subject_removes_their_files_and_datasets_only(
 ) -> None:
     acme = await fl.onboard("acme")
     globex = await fl.onboard("globex")
-    mentioned = await fl.upload(acme["integrator"], with_subject(reviews(30, 1)))
+    mentioned = await fl.upload(
+        acme["integrator"], with_subject(reviews(30, 1)), idempotency_key="upload-1"
+    )
     clean = await fl.upload(acme["integrator"], reviews(30, 2))
     elsewhere = await fl.upload(globex["integrator"], with_subject(reviews(20, 3)))
     assert fl.blob(f"files/{mentioned['id']}").read_bytes().startswith(b"TFE1")  # sealed
@@ -243,6 +248,7 @@ async def test_erasing_a_subject_removes_their_files_and_datasets_only(
     assert {f["id"] for f in report["files"]} == {mentioned["id"], elsewhere["id"]}
     assert {(d["id"], d["tenant"]) for d in report["datasets"]} == {(dataset, "acme")}
     assert [j["id"] for j in report["jobs"]] == [job["id"]]
+    assert report["replays_forgotten"] == 1  # the gateway's stored answer to the upload
     refs = [v["ref"] for v in report["adapter_versions"]]
     assert refs == [trained["ref"]] and unrelated["ref"] not in refs
     assert report["adapter_versions"][0]["matched"] == [
@@ -264,6 +270,9 @@ async def test_erasing_a_subject_removes_their_files_and_datasets_only(
     # the job is history: it stays, its training file reads "erased"
     after = await fl.gateway.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=auth(key))
     assert after.status_code == 200 and after.json()["training_file"] == "erased"
+    # a retry of the erased upload's key runs again instead of replaying erased metadata
+    retry = await fl.upload(key, reviews(5, 12), idempotency_key="upload-1")
+    assert retry["id"] != mentioned["id"]
 
     # audited, chain intact, the subject only as an HMAC
     entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
@@ -304,9 +313,9 @@ async def test_erasing_a_subject_by_id_matches_whole_tokens(fl: DataFleet) -> No
 async def test_erasing_a_tenant_leaves_other_tenants_alone(fl: DataFleet, archive: Path) -> None:
     acme = await fl.onboard("acme")
     globex = await fl.onboard("globex")
-    a1 = await fl.upload(acme["integrator"], reviews(20, 6))
+    a1 = await fl.upload(acme["integrator"], reviews(20, 6), idempotency_key="k1")
     a2 = await fl.upload(acme["integrator"], reviews(20, 7))
-    g1 = await fl.upload(globex["integrator"], reviews(20, 8))
+    g1 = await fl.upload(globex["integrator"], reviews(20, 8), idempotency_key="k1")
     trained = await fl.push_version("acme", "router", archive, {"training_file": a2["id"]})
     await fl.push_version("globex", "router", archive, {"training_file": g1["id"]})
 
@@ -315,6 +324,9 @@ async def test_erasing_a_tenant_leaves_other_tenants_alone(fl: DataFleet, archiv
     report = r.json()
     assert {f["id"] for f in report["files"]} == {a1["id"], a2["id"]}
     assert [v["ref"] for v in report["adapter_versions"]] == [trained["ref"]]
+    assert report["replays_forgotten"] == 1  # acme's; globex's stored answer stays
+    replay = await fl.upload(globex["integrator"], reviews(20, 8), idempotency_key="k1")
+    assert replay["id"] == g1["id"]
     listed = await fl.gateway.get("/v1/files", headers=auth(acme["integrator"]))
     assert listed.json()["data"] == []
     assert not fl.blob(f"files/{a1['id']}").exists() and not fl.blob(f"files/{a2['id']}").exists()
