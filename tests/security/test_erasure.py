@@ -63,6 +63,7 @@ class DataFleet:
     gateway: httpx.AsyncClient  # no credentials: pass API keys
     registry: httpx.AsyncClient  # internal token
     training_app: FastAPI
+    apps: dict[str, FastAPI]  # by host name; drop one to make it unreachable
 
     def blob(self, key: str) -> Path:
         return self.home / "training" / "blobs" / key
@@ -189,7 +190,7 @@ async def data_fleet(home: Path, model_dir: Path) -> AsyncIterator[DataFleet]:
                 timeout=120,
             )
         )
-        yield DataFleet(home, gw, reg, apps["training"])
+        yield DataFleet(home, gw, reg, apps["training"], apps)
 
 
 @pytest.fixture
@@ -424,3 +425,53 @@ def test_subject_matcher(email: str | None, subject_id: str | None, text: bytes,
     from services.training.domain.erasure import subject_matcher
 
     assert subject_matcher(email, subject_id)(text) is hit
+
+
+async def test_internal_calls_check_their_input(fl: DataFleet) -> None:
+    r = await fl.registry.get("/v1/lineage")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "job"
+    r = await fl.registry.get("/v1/lineage", params={"job": "x"}, headers={"X-Tenant-Id": "A B"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Tenant-Id"
+    training = httpx.AsyncClient(
+        transport=HostRouter(fl.apps), base_url="http://training", timeout=60
+    )
+    async with training:
+        body = {"tenant": "acme", "subject": {"id": CUSTOMER_ID}}
+        assert (await training.post("/internal/erasure", json=body)).status_code == 401
+        token = {"Authorization": f"Bearer {TOKEN}"}
+        r = await training.post("/internal/erasure", json=body, headers=token)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "subject"
+        r = await training.put("/internal/retention/acme", json={"days": -1}, headers=token)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "days"
+
+
+async def test_a_failed_erasure_is_audited_and_reported(fl: DataFleet) -> None:
+    acme = await fl.onboard("acme")
+    f = await fl.upload(acme["integrator"], with_subject(reviews(10, 13)))
+    training = fl.apps.pop("training")  # the training service is down
+    try:
+        r = await fl.gateway.post(
+            "/admin/erasure", json={"subject": {"id": CUSTOMER_ID}}, headers=ADMIN
+        )
+    finally:
+        fl.apps["training"] = training
+    assert r.status_code == 503, r.text
+    entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
+    assert entry["outcome"] == "503" and "subject_id_hmac" in entry["details"]
+    assert CUSTOMER_ID.lower() not in json.dumps(entry).lower()
+    still = await fl.gateway.get(f"/v1/files/{f['id']}", headers=auth(acme["integrator"]))
+    assert still.status_code == 200
+    # the registry down after the data is gone: the erasure stands, the report says so
+    registry = fl.apps.pop("registry")
+    try:
+        r = await fl.gateway.post(
+            "/admin/erasure", json={"subject": {"id": CUSTOMER_ID}}, headers=ADMIN
+        )
+    finally:
+        fl.apps["registry"] = registry
+    assert r.status_code == 200, r.text
+    assert [x["id"] for x in r.json()["files"]] == [f["id"]]
+    assert r.json()["adapter_versions"] is None and "registry" in r.json()["lineage_error"]
+    entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
+    assert entry["outcome"] == "partial"
+    assert (await fl.verify_audit())["valid"] is True
