@@ -107,8 +107,8 @@ def install(*, enabled: bool = True) -> None:
             _STATE.enabled = bool(enable)
         return _STATE.enabled
 
-    PunicaWrapperCPU.update_metadata = update_metadata
-    PunicaWrapperCPU.add_lora_linear = patched_linear
+    PunicaWrapperCPU.update_metadata = update_metadata  # type: ignore[method-assign]
+    PunicaWrapperCPU.add_lora_linear = patched_linear  # type: ignore[method-assign]
     setattr(WorkerBase, RPC_METHOD, rpc)
     _STATE.installed = True
     log.info("tunefleet fast CPU LoRA installed in pid %s (enabled=%s)", os.getpid(), enabled)
