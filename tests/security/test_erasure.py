@@ -144,12 +144,19 @@ def auth(key: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def data_fleet(home: Path, model_dir: Path) -> AsyncIterator[DataFleet]:
-    """Gateway + registry + training in-process, wired by host name like the real fleet."""
+async def data_fleet(
+    home: Path, model_dir: Path, databases: dict[str, str] | None = None
+) -> AsyncIterator[DataFleet]:
+    """Gateway + registry + training in-process, wired by host name like the real fleet;
+    ``databases`` gives a service a SQL URL (Postgres) instead of its default SQLite."""
+    db = databases or {}
     apps: dict[str, FastAPI] = {}
     apps["registry"] = create_registry(
         RegistrySettings(
-            home=home / "registry", internal_token=TOKEN, seed_models_dir=model_dir.parent
+            home=home / "registry",
+            internal_token=TOKEN,
+            seed_models_dir=model_dir.parent,
+            database_url=db.get("registry"),
         )
     )
     apps["training"] = create_training(
@@ -159,6 +166,7 @@ async def data_fleet(home: Path, model_dir: Path) -> AsyncIterator[DataFleet]:
             internal_token=TOKEN,
             registry_url="http://registry",
             monitor_poll_s=0.1,
+            database_url=db.get("training"),
         ),
         registry_transport=HostRouter(apps),
         backend=UnreachableRay(),
@@ -168,6 +176,7 @@ async def data_fleet(home: Path, model_dir: Path) -> AsyncIterator[DataFleet]:
             home=home / "gateway",
             internal_token=TOKEN,
             admin_key=ADMIN_KEY,
+            database_url=db.get("gateway"),
             **{
                 "registry_url": "http://registry",
                 "training_url": "http://training",
@@ -475,3 +484,27 @@ async def test_a_failed_erasure_is_audited_and_reported(fl: DataFleet) -> None:
     entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
     assert entry["outcome"] == "partial"
     assert (await fl.verify_audit())["valid"] is True
+
+
+async def test_subject_erasure_on_postgres(
+    tmp_path: Path, model_dir: Path, postgres: Any, archive: Path
+) -> None:
+    """The same erasure with every service on Postgres (lineage JSON, job updates, audit)."""
+    urls = {name: postgres.create_database() for name in ("registry", "training", "gateway")}
+    async with data_fleet(tmp_path, model_dir, urls) as pg:
+        acme = await pg.onboard("acme")
+        hit = await pg.upload(acme["integrator"], with_subject(reviews(20, 14)))
+        kept = await pg.upload(acme["integrator"], reviews(20, 15))
+        job = await pg.failed_job(acme["integrator"], hit["id"])
+        v = await pg.push_version("acme", "router", archive, {"job_id": job["id"]})
+        r = await pg.gateway.post(
+            "/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN
+        )
+        assert r.status_code == 200, r.text
+        assert [f["id"] for f in r.json()["files"]] == [hit["id"]]
+        assert [x["ref"] for x in r.json()["adapter_versions"]] == [v["ref"]]
+        key = auth(acme["integrator"])
+        assert (await pg.gateway.get(f"/v1/files/{kept['id']}", headers=key)).status_code == 200
+        after = await pg.gateway.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=key)
+        assert after.json()["training_file"] == "erased"
+        assert (await pg.verify_audit())["valid"] is True

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -142,3 +143,20 @@ async def test_only_admins_set_retention(fl: DataFleet) -> None:
     r = await fl.gateway.put("/admin/retention/acme", json={"days": 7}, headers=auth(acme["sre"]))
     assert r.status_code == 403
     assert (await fl.gateway.get("/admin/retention/acme", headers=auth(acme["sre"]))).is_success
+
+
+async def test_purge_on_postgres(tmp_path: Path, model_dir: Path, postgres: Any) -> None:
+    urls = {name: postgres.create_database() for name in ("registry", "training", "gateway")}
+    async with data_fleet(tmp_path, model_dir, urls) as pg:
+        acme = await pg.onboard("acme")
+        f = await pg.upload(acme["integrator"], reviews(10, 5))
+        r = await pg.gateway.put("/admin/retention/acme", json={"days": 7}, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        clock = FakeClock(f["created_at"])
+        purger = purger_of(pg)
+        purger.now = clock
+        clock.advance(6)
+        assert (await purger.run_once()).files == []
+        clock.advance(2)
+        assert (await purger.run_once()).files == [f["id"]]
+        assert not pg.blob(f"files/{f['id']}").exists()
