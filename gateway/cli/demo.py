@@ -141,7 +141,7 @@ async def run_demo(url: str, key: str, workdir: Path, *, tenant: str, max_steps:
 
         step(5, "Promote to production")
         name, _, version = str(job["fine_tuned_model"]).partition("@")
-        moved = await api.set_alias(name, "production", int(version))
+        moved = await api.set_alias(name, "production", int(version.lstrip("v")))  # "@v1" or "@1"
         console.print(f"{name}@production → v{moved['version']} (hot swap on every replica)")
 
         step(6, "A Salesforce connector on the production adapter")

@@ -225,7 +225,8 @@ def test_finished_job_shows_loss_chart_and_evaluation(
     evaluation = page.inner_text("#eval")
     assert "eval_loss" in evaluation and "BASE" in evaluation.upper(), (evaluation, finished_job)
     # The version this job pushed is promoted from its adapter page.
-    name, _, version = finished_job["fine_tuned_model"].partition("@")
+    name, _, ref = finished_job["fine_tuned_model"].partition("@")
+    version = ref.lstrip("v")  # "ticket-router@v1"
     page.goto(f"{fleet.gateway.url}/console/#adapters/{name}")
     page.wait_for_selector(f"button.promote[data-version='{version}']")
     page.click(f"button.promote[data-version='{version}']")
