@@ -160,3 +160,47 @@ async def test_purge_on_postgres(tmp_path: Path, model_dir: Path, postgres: Any)
         clock.advance(2)
         assert (await purger.run_once()).files == [f["id"]]
         assert not pg.blob(f"files/{f['id']}").exists()
+
+
+def test_purge_keeps_what_a_running_job_reads(tmp_path: Path) -> None:
+    """Domain level (no lifecycle to move the job on): a file an active job trains on is
+    kept past its retention until the job ends; the next pass takes it."""
+    from services.training.app import MIGRATIONS, VERSION_TABLE
+    from services.training.domain.files import file_key
+    from services.training.domain.retention import purge_expired, set_retention
+    from services.training.storage.files import BlobStore
+    from services.training.storage.tables import JobRow
+    from shared.db import Database, run_migrations
+
+    url = f"sqlite:///{tmp_path / 'training.db'}"
+    run_migrations(url, MIGRATIONS, VERSION_TABLE)
+    db, store = Database(url), BlobStore(tmp_path / "blobs")
+    t0 = 1_700_000_000
+    with db.session(write=True) as s:
+        s.add(
+            FileRow(
+                id="file-1", tenant="acme", filename="a.jsonl", purpose="fine-tune", bytes=1,
+                sha256="0" * 64, status="processed", created_at=t0,
+            )
+        )  # fmt: skip
+        s.add(
+            JobRow(
+                id="ftjob-1", tenant="acme", status="running", model="tiny-llama",
+                training_file="file-1", seed=0, request={}, runner_token_sha256="0" * 64,
+            )
+        )  # fmt: skip
+    store.put(file_key("file-1"), b'{"prompt": "a", "completion": "b"}\n')
+    set_retention(db, "acme", 1)
+    clock = FakeClock(t0)
+    clock.advance(3)
+    assert purge_expired(db, store, clock).files == []
+    with db.session(write=True) as s:
+        job = s.get(JobRow, "ftjob-1")
+        assert job is not None
+        job.status = "succeeded"
+    assert purge_expired(db, store, clock).files == ["file-1"]
+    assert not store.exists(file_key("file-1"))
+    with db.session() as s:
+        job = s.get(JobRow, "ftjob-1")
+        assert job is not None and job.training_file == "erased"
+    db.dispose()

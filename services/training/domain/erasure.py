@@ -162,7 +162,10 @@ def erase_files(db: Database, store: BlobStore, file_ids: Iterable[str]) -> Eras
                 .where(JobRow.validation_file == file_id)
                 .values(validation_file=ERASED)
             )
-        purged = delete_file(db, store, tenant, file_id)  # rows + dataset and file blobs
+        try:
+            purged = delete_file(db, store, tenant, file_id)  # rows + dataset and file blobs
+        except NotFound:  # deleted meanwhile (a user's DELETE, another erasure): done
+            continue
         out.files.append((tenant, file_id))
         out.datasets.extend((tenant, ds) for ds in purged)
     return out

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import anyio
 from sqlalchemy import BigInteger, Integer, String, delete, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from services.training.domain.erasure import erase_files
+from services.training.domain.erasure import ACTIVE, erase_files
 from services.training.storage.files import BlobStore
-from services.training.storage.tables import Base, DatasetRow, FileRow
+from services.training.storage.tables import Base, DatasetRow, FileRow, JobRow
 from shared.db import Database
 
 log = logging.getLogger(__name__)
@@ -82,27 +82,41 @@ def purge_expired(db: Database, store: BlobStore, now: Clock) -> Purged:
     for tenant, days in policies:
         cutoff = int(now()) - days * DAY_S
         with db.session() as s:
-            old_files = list(
+            old_files: set[str] = set(
                 s.scalars(
                     select(FileRow.id).where(FileRow.tenant == tenant, FileRow.created_at < cutoff)
                 )
             )
+            busy = in_use(s, tenant)
+        old_files -= busy
         erased = erase_files(db, store, old_files)
         out.files += [f for _, f in erased.files]
         out.datasets += [d for _, d in erased.datasets]
         with db.session(write=True) as s:
-            old_ds = list(
-                s.scalars(
+            old_ds = [
+                d
+                for d in s.scalars(
                     select(DatasetRow.id).where(
                         DatasetRow.tenant == tenant, DatasetRow.created_at < cutoff
                     )
                 )
-            )
+                if d not in busy
+            ]
             s.execute(delete(DatasetRow).where(DatasetRow.id.in_(old_ds)))
         for ds in old_ds:
             store.delete(f"datasets/{ds}")  # the folder of both splits
         out.datasets += old_ds
     return out
+
+
+def in_use(s: Session, tenant: str) -> set[str]:
+    """Files and datasets a running job still reads: kept until it ends (the next pass
+    takes them), so the schedule never breaks a job; an erasure request, by contrast,
+    cancels such jobs."""
+    q = select(JobRow.training_file, JobRow.validation_file, JobRow.dataset_id).where(
+        JobRow.tenant == tenant, JobRow.status.in_(ACTIVE)
+    )
+    return {x for row in s.execute(q) for x in row if x}
 
 
 class RetentionPurger:
