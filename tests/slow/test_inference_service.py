@@ -263,6 +263,8 @@ async def test_burst_past_the_admission_bound_gets_503_with_retry_after(
         for r in await asyncio.gather(*admitted):  # the admitted ones finish normally
             assert r.status_code == 200, r.text
             assert r.json()["usage"]["completion_tokens"] > 0
+        metrics = (await fl.inference.get("/metrics")).text
+        assert 'adapter="tiny-llama",status="503",tenant="acme"} 5.0' in metrics
         assert server.admitted == 0  # nothing stays counted: the next request is admitted
         r = await fl.inference.post("/v1/completions", json=completion("tiny-llama"))
         assert r.status_code == 200, r.text

@@ -147,6 +147,7 @@ class Server:
         seqs = len(p.prompts) * p.body.n
         if self.admitted and self.admitted + seqs > self.max_admitted:
             # (A lone request larger than the bound is admitted rather than never served.)
+            self.metrics.requests.labels(*p.metric_labels, "503").inc()
             raise EngineOverloadedError(
                 f"inference engine is overloaded ({self.admitted} sequences in flight); "
                 "retry shortly",
