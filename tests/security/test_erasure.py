@@ -428,6 +428,8 @@ async def test_job_data_reads_are_audited(fl: DataFleet) -> None:
         (None, CUSTOMER_ID, b'{"customer": "XCUST-0042"}', False),
         (None, CUSTOMER_ID, "Kunde CUST-0042, Zürich".encode(), True),
         (EMAIL, CUSTOMER_ID, b"id CUST-0042 only", True),
+        (None, CUSTOMER_ID, b"ends a sentence: CUST-0042.", True),
+        (None, CUSTOMER_ID, b"CUST-0042_old", False),
     ],
 )
 def test_subject_matcher(email: str | None, subject_id: str | None, text: bytes, hit: bool) -> None:
