@@ -161,6 +161,7 @@ async def test_upload_limit_idempotency_and_job_quota(f: Fleet) -> None:
     if status["status"] in ("validating_files", "queued", "running"):  # still active: refused
         assert second.status_code == 429 and second.json()["error"]["code"] == "job_quota_exceeded"
     # bad input reaches the training service and comes back naming the field
+    await f.gateway.put("/admin/quotas", json={"tenant": "acme"}, headers=ADMIN)
     r = await f.gateway.post(
         "/v1/fine_tuning/jobs",
         json={"model": "tiny-llama", "training_file": "file-nope"},
