@@ -17,7 +17,7 @@ import pytest
 
 from services.training.domain.retention import DAY_S, RetentionPurger
 from services.training.storage.tables import FileRow
-from tests.security.test_erasure import ADMIN, DataFleet, auth, data_fleet, reviews
+from tests.security.data_fleet import ADMIN, DataFleet, auth, data_fleet, reviews
 
 
 @pytest.fixture
