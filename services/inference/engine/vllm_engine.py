@@ -209,8 +209,11 @@ class VllmEngine:
     async def fast_cpu_lora(self, enable: bool | None = None) -> bool | None:
         """Whether the fast CPU LoRA path is on in the worker (switch it with ``enable``);
         ``None`` when it is not installed there (GPU, or the plugin is not registered)."""
+        llm = self.llm
+        if self.device != "cpu":  # the plugin never patches GPU workers
+            return None
         try:
-            results = await self.llm.collective_rpc(cpu_lora.RPC_METHOD, args=(enable,))
+            results = await llm.collective_rpc(cpu_lora.RPC_METHOD, args=(enable,))
         except NotImplementedError:
             return None
         except Exception as e:  # the RPC error comes back wrapped by the engine core
