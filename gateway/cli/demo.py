@@ -217,8 +217,10 @@ def show_report(file_obj: dict[str, Any]) -> None:
 
 def compare_table(result: dict[str, Any]) -> Table:
     base, tuned = result.get("base") or {}, result.get("tuned") or {}
-    table = Table("metric", "base tiny-llama", "tuned adapter", "change")
-    for metric in sorted(set(base) | set(tuned)):
+    n = tuned.get("n") or base.get("n")
+    title = f"held-out cases: {n}" if n else None
+    table = Table("metric", "base tiny-llama", "tuned adapter", "change", title=title)
+    for metric in sorted((set(base) | set(tuned)) - {"n"}):
         b, t = base.get(metric), tuned.get(metric)
         if not all(isinstance(v, int | float) for v in (b, t)):
             continue

@@ -80,8 +80,8 @@ def up(
     if run_demo:
         try:
             demo.demo(ctx, home=home)
-        except typer.Exit:
-            if not detach:
+        except BaseException:
+            if not detach:  # a failed demo must not leave the fleet running behind it
                 sup.down()
             raise
     if detach:

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,6 +140,9 @@ class Supervisor:
                     # the fleet still runs; remove this skip once services.training lands.
                     self.say(f"skipping {spec.name}: {spec.module} has no __main__ yet")
                     continue
+                if _port_in_use(spec.port):
+                    # Otherwise /readyz would be answered by whatever holds the port.
+                    raise RuntimeError(f"port {spec.port} for {spec.name} is already in use")
                 log = self.logs / f"{spec.name}.log"
                 with log.open("ab") as fh:
                     proc = subprocess.Popen(
@@ -207,6 +211,12 @@ class Supervisor:
                 }
             )
         return out
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _alive(pid: int) -> bool:

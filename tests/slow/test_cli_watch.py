@@ -42,5 +42,7 @@ def test_demo_export_is_a_salesforce_case_csv_with_pii_and_duplicates() -> None:
 
 
 def test_compare_table_lists_numeric_metrics() -> None:
-    table = compare_table({"base": {"accuracy": 0.25, "n": 8}, "tuned": {"accuracy": 0.75}})
-    assert table.row_count == 1
+    table = compare_table(
+        {"base": {"accuracy": 0.25, "n": 8, "task": "x"}, "tuned": {"accuracy": 0.75, "n": 8}}
+    )
+    assert table.row_count == 1 and table.title == "held-out cases: 8"
