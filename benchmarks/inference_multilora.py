@@ -1,11 +1,9 @@
 """Multi-LoRA serving throughput of the inference engine vs. base model and a naive baseline.
 
-    python benchmarks/inference_multilora.py [--requests N] [--max-tokens M] [--concurrency C]
-        [--out benchmarks/results/inference_multilora-<host>.json]
+    python benchmarks/inference_multilora.py [--requests N] [--concurrency C] [--out FILE]
 
-Scenarios (same prompts, greedy, exactly ``max_tokens`` output tokens, C concurrent
-requests, N requests each, ``--rounds`` interleaved rounds of which the median is kept), all on
-ONE VllmEngine (``device="auto"``: CUDA when present):
+Scenarios (same prompts, greedy, exactly ``max_tokens`` output tokens, C in flight, N
+requests, ``--rounds`` interleaved rounds, median kept), all on ONE VllmEngine (device auto):
 
   base       the base model only
   adapter_1  every request on one rank-8 adapter
@@ -349,13 +347,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             "base_over_naive_base": ratio(base, naive and naive["base"]),
         }
     if {"stock", "fast"} <= set(by_path):
-        ratios["fast_over_stock"] = {
-            name: ratio(by_path["fast"].get(name), by_path["stock"].get(name)) for name in scenarios
-        }
-        ratios["fast_over_stock_per_cpu_s"] = {
-            name: ratio(by_path["fast"].get(name), by_path["stock"].get(name), CPU_S)
-            for name in scenarios
-        }
+        fast, stock = by_path["fast"], by_path["stock"]
+        for suffix, key in (("", "output_tokens_per_s"), ("_per_cpu_s", CPU_S)):
+            ratios[f"fast_over_stock{suffix}"] = {
+                n: ratio(fast.get(n), stock.get(n), key) for n in scenarios
+            }
     return {
         "benchmark": "inference_multilora",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
