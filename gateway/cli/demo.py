@@ -222,8 +222,8 @@ def compare_table(result: dict[str, Any]) -> Table:
     table = Table("metric", "base tiny-llama", "tuned adapter", "change", title=title)
     for metric in sorted((set(base) | set(tuned)) - {"n"}):
         b, t = base.get(metric), tuned.get(metric)
-        if not all(isinstance(v, int | float) for v in (b, t)):
-            continue
+        if not (isinstance(b, int | float) and isinstance(t, int | float)):
+            continue  # labels such as "task" are not metrics
         table.add_row(metric, f"{b:.4f}", f"{t:.4f}", f"{t - b:+.4f}")
     return table
 

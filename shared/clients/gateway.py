@@ -37,6 +37,9 @@ class GatewayClient(ServiceClient):
     ) -> None:
         super().__init__(base_url, api_key, transport=transport, timeout=timeout, retries=retries)
 
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
     @classmethod
     def from_env(cls, url: str | None = None, key: str | None = None) -> GatewayClient:
         """Explicit values first, then ``TUNEFLEET_URL`` / ``TUNEFLEET_API_KEY``."""
