@@ -41,8 +41,9 @@ reliability: install model
 	bash scripts/system_deps.sh
 	TUNEFLEET_HOME=$(HOME_DIR) bash scripts/reliability.sh
 
+# Starts the fleet, runs the demo; the fleet keeps running (under CI=true it stops after).
 run: install model
-	TUNEFLEET_HOME=$(HOME_DIR) $(VENV)/bin/tunefleet up
+	TUNEFLEET_HOME=$(HOME_DIR) $(VENV)/bin/tunefleet up --demo
 
 run-registry:
 	TUNEFLEET_HOME=$(HOME_DIR) $(PY) -m services.registry

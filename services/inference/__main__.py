@@ -35,6 +35,7 @@ def main() -> None:
             kv_cache_gib=settings.kv_cache_gib,
             max_num_seqs=settings.max_num_seqs,
             device=settings.device,  # type: ignore[arg-type]
+            fast_cpu_lora=settings.fast_cpu_lora,
         )
     )
     app = create_app(settings, engine)

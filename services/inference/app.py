@@ -93,6 +93,7 @@ def create_app(
             base_model=settings.base_model,
             max_model_len=settings.max_model_len,
             default_max_tokens=settings.default_max_tokens,
+            max_running=settings.max_num_seqs,
             max_waiting=settings.max_waiting,
         )
         warmup = asyncio.create_task(_warm_up(engine, warm))

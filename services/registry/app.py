@@ -47,6 +47,7 @@ def create_app(
             max_attempts=settings.webhook_max_attempts,
             poll_s=settings.webhook_poll_s,
             transport=webhook_transport,
+            url_allow=settings.webhook_allow,
         )
         app.state.registry = RegistryState(
             settings=settings,
