@@ -3,7 +3,9 @@
 The gateway routes by the immutable version (``tenant/name@vN``), so every request for one
 version lands on the replica that has it warm, and an alias move changes the route at once:
 the registry's ``alias.moved`` webhook drops the cached entries (``invalidate``); the TTL only
-bounds staleness when a webhook is lost.
+bounds staleness when a webhook is lost. When the registry is unreachable or failing (5xx), an
+expired entry younger than ``stale_max_s`` is served instead of a 503, so adapters already in
+use keep serving through a registry outage; only models never resolved get the 503.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ class ModelResolver:
         *,
         ttl_s: float,
         timeout_s: float = 10.0,
+        stale_max_s: float = 3600.0,
     ) -> None:
         self.http = http
         self.url = registry_url.rstrip("/") + "/v1/resolve"
         self.token = token
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self.stale_max_s = stale_max_s
         self._cache: dict[tuple[str, str], tuple[Resolution, float]] = {}
 
     async def resolve(self, tenant: str, model: str) -> Resolution:
@@ -50,9 +54,13 @@ class ModelResolver:
                 self.url, params={"model": model}, headers=headers, timeout=self.timeout_s
             )
         except httpx.TransportError as exc:
+            if hit is not None and now - hit[1] < self.stale_max_s:
+                return hit[0]  # registry down: the last known version keeps serving
             raise ServiceUnavailable(
                 "registry is unreachable", code="registry_unavailable", retry_after=2
             ) from exc
+        if resp.status_code >= 500 and hit is not None and now - hit[1] < self.stale_max_s:
+            return hit[0]
         if resp.status_code != 200:
             body: Any = resp.json() if resp.content else {}
             raise error_from_envelope(resp.status_code, body)
