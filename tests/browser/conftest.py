@@ -13,8 +13,10 @@ import pytest
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Module-scoped: sync Playwright keeps an event loop running in this thread while it is
+    open, which breaks every asyncio test that runs after it in the same session."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed; scripts/system_deps.sh installs it")
