@@ -39,8 +39,12 @@ def _url(st: GatewayState) -> str:
 
 
 async def read(request: Request, st: State, who: Caller) -> Response:
+    """Metadata reads; one job's data (the job, its events, its checkpoints) is audited."""
     who.require("write")
-    return await proxy.forward(request, st, who, _url(st), "training")
+    resp = await proxy.forward(request, st, who, _url(st), "training")
+    if request.url.path.startswith("/v1/fine_tuning/jobs/"):
+        await proxy.record_audit(request, st, who, resp.status_code, action="job.data.read")
+    return resp
 
 
 async def read_content(request: Request, st: State, who: Caller) -> Response:

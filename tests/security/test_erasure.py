@@ -222,11 +222,6 @@ async def test_data_access_is_audited_and_the_chain_verifies(fl: DataFleet) -> N
     assert (await fl.verify_audit())["valid"] is True
 
 
-@pytest.mark.xfail(
-    reason="gateway/routes/training.py audits file content reads only; reads of job data "
-    "(job, events, checkpoints) are forwarded unaudited — needs a record_audit in `read`",
-    strict=False,
-)
 async def test_job_data_reads_are_audited(fl: DataFleet) -> None:
     acme = await fl.onboard("acme")
     key = acme["integrator"]
