@@ -66,7 +66,7 @@ def new_key() -> tuple[str, str]:
 
 
 def create_tenant(s: Session, tenant_id: str, name: str) -> TenantRow:
-    if not TENANT_RE.match(tenant_id):
+    if not TENANT_RE.fullmatch(tenant_id):
         raise InvalidRequest("tenant id must match [a-z0-9][a-z0-9_-]{0,62}", param="id")
     if s.get(TenantRow, tenant_id) is not None:
         raise Conflict(f"tenant {tenant_id!r} already exists", param="id")

@@ -102,7 +102,7 @@ def push_version(
     file: Annotated[UploadFile, File(description="PEFT LoRA adapter directory as .tar.gz")],
     metadata: Annotated[str, Form(max_length=64 * 1024)],
 ) -> AdapterVersionOut:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidRequest(f"adapter name {name!r} is invalid", param="name")
     meta = _metadata(metadata)
     archive = _spool(file, st.store.staging_dir(), st.policy.limits.max_archive_bytes)
