@@ -18,7 +18,11 @@ from shared.modelref import ALIAS_RE, version_ref
 
 
 def check_alias_name(alias: str) -> None:
-    if not ALIAS_RE.fullmatch(alias) or alias.isdigit() or (alias[:1] == "v" and alias[1:].isdigit()):
+    if (
+        not ALIAS_RE.fullmatch(alias)
+        or alias.isdigit()
+        or (alias[:1] == "v" and alias[1:].isdigit())
+    ):
         raise InvalidRequest(
             f"alias {alias!r} is invalid: lowercase letters, digits, '_' or '-', starting with a "
             "letter, and not a version like 'v3'",
