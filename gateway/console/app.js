@@ -1,6 +1,8 @@
 // Sign-in, navigation (hash routes) and error display for the console.
 "use strict";
 
+let renderSeq = 0;  // a slow earlier render must not overwrite the view the user moved to
+
 const app = {
   flash(message) {
     const box = document.getElementById("error");
@@ -20,6 +22,7 @@ const app = {
   },
 
   async render() {
+    const seq = ++renderSeq;
     clearTimeout(jobTimer);
     const signedIn = !!api.key();
     document.getElementById("signin").hidden = signedIn;
@@ -35,10 +38,11 @@ const app = {
     const fresh = document.createElement("div");
     try {
       await view(fresh, arg && decodeURIComponent(arg));
+      if (seq !== renderSeq) return;
       root.replaceChildren(fresh);
       root.dataset.page = page + (arg ? "/" + arg : "");
     } catch (e) {
-      app.showError(e);
+      if (seq === renderSeq) app.showError(e);
     }
   },
 };

@@ -146,9 +146,15 @@ def test_pruning_reduces_rank_of_a_trained_adapter(sweep_run, held_out, tmp_path
     from shared.safetensors_header import linear_shapes_from_model_dir
 
     outcome, _ = sweep_run
-    r8 = [t for t in outcome.trials if t.config == {"learning_rate": 3e-3, "r": 8}]
-    assert r8 and r8[0].adapter_dir, outcome.trials
-    src = Path(r8[0].adapter_dir)
+    # ASHA decides which trials run to the end (timing-dependent on a busy machine): prune
+    # the highest-rank trial that finished with an adapter, preferring the r=8 one.
+    done = sorted(
+        (t for t in outcome.trials if t.adapter_dir),
+        key=lambda t: (t.config["r"], t.config["learning_rate"]),
+        reverse=True,
+    )
+    assert done and done[0].config["r"] >= 2, outcome.trials
+    src, rank = Path(done[0].adapter_dir), done[0].config["r"]
     tok = load_tokenizer(BASE)
 
     def accuracy(path: Path) -> float:
@@ -159,7 +165,7 @@ def test_pruning_reduces_rank_of_a_trained_adapter(sweep_run, held_out, tmp_path
         src, tmp_path / "pruned", accuracy, max_quality_drop=0.05, magnitude_sparsity=0.3
     )
     print(f"\n[prune] {time.perf_counter() - t0:.1f}s: {json.dumps(report.to_dict(), default=str)}")
-    assert report.before.rank == 8 and report.after.rank < 8
+    assert report.before.rank == rank and report.after.rank < rank
     assert report.after.bytes < report.before.bytes
     assert report.after.nonzeros < report.before.nonzeros
     assert report.metric_after >= report.metric_before - 0.05
