@@ -123,10 +123,12 @@ def prompt_for(spec: IntegrationSpec, record: Any, where: str) -> str:
     return spec.template.format(**extract(spec, record, where))
 
 
-def chat_body(spec: IntegrationSpec, prompt: str) -> dict[str, Any]:
+def completion_body(spec: IntegrationSpec, prompt: str) -> dict[str, Any]:
+    """A plain completion of the rendered template: adapters are trained on the raw prompt
+    (no chat template), so a chat call would wrap it in text the adapter never saw."""
     body: dict[str, Any] = {
         "model": spec.model,
-        "messages": [{"role": "user", "content": prompt}],
+        "prompt": prompt,
         "max_tokens": spec.max_tokens,
         "temperature": 0,
     }

@@ -171,8 +171,8 @@ async def _run(
     status, _, raw = await generate(
         st,
         who,
-        "/v1/chat/completions",
-        integ.chat_body(spec, prompt),
+        "/v1/completions",
+        integ.completion_body(spec, prompt),
         headers,
         request_id=None,
     )
