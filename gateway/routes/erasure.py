@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, Field
 
 from gateway.deps import Caller, GatewayState, State
 from gateway.domain import audit
@@ -16,41 +15,11 @@ from gateway.domain.erasure import Upstream, erase, forget_replays, subject_dige
 from gateway.domain.keys import Principal, get_tenant
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
-from shared.errors import InvalidRequest, TunefleetError
+from shared.errors import TunefleetError
+from shared.schemas.erasure import ErasureRequest, RetentionSet
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
-
-
-class Subject(BaseModel):
-    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_RE)
-    # at least 3 characters: a one-digit "id" would match half the store
-    id: str | None = Field(default=None, min_length=3, max_length=200)
-
-
-class ErasureCreate(BaseModel):
-    """Exactly one of ``tenant`` (all its data) and ``subject`` (in every tenant)."""
-
-    tenant: str | None = Field(default=None, pattern=TENANT_RE.pattern)
-    subject: Subject | None = None
-
-    def check(self) -> None:
-        if self.tenant is None and self.subject is None:
-            raise InvalidRequest("give a tenant or a subject to erase", param="tenant")
-        if self.tenant is not None and self.subject is not None:
-            raise InvalidRequest(
-                "give a tenant or a subject, not both (a subject is erased in every tenant)",
-                param="subject",
-            )
-        if self.subject is not None and not (self.subject.email or self.subject.id):
-            raise InvalidRequest("subject needs an email or an id", param="subject.email")
-
-
-class RetentionSet(BaseModel):
-    days: int | None = Field(
-        ge=1, le=36_500, description="keep files and datasets this many days; null: forever"
-    )
 
 
 def _upstream(st: GatewayState, request: Request) -> Upstream:
@@ -91,7 +60,7 @@ async def _audit(
     return await anyio.to_thread.run_sync(write)
 
 
-def _subject_details(st: GatewayState, body: ErasureCreate) -> dict[str, Any]:
+def _subject_details(st: GatewayState, body: ErasureRequest) -> dict[str, Any]:
     if body.subject is None:
         return {"scope": "tenant"}
     details: dict[str, Any] = {"scope": "subject"}
@@ -103,7 +72,7 @@ def _subject_details(st: GatewayState, body: ErasureCreate) -> dict[str, Any]:
 
 
 @router.post("/erasure")
-async def erasure(body: ErasureCreate, request: Request, st: State, who: Caller) -> dict[str, Any]:
+async def erasure(body: ErasureRequest, request: Request, st: State, who: Caller) -> dict[str, Any]:
     """Delete a tenant's or a data subject's files and datasets; report the adapter versions
     trained on them (to retrain or retire). Audited whatever the outcome."""
     who.require("admin_write")

@@ -8,40 +8,15 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from services.training.deps import State
 from services.training.domain import erasure, retention
 from shared.auth import TENANT_RE
-from shared.errors import InvalidRequest
+from shared.schemas.erasure import ErasureRequest, RetentionSet
 
 router = APIRouter(prefix="/internal", tags=["erasure"])
-EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
-
-
-class Subject(BaseModel):
-    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_RE)
-    # at least 3 characters: a one-digit "id" would match half the store
-    id: str | None = Field(default=None, min_length=3, max_length=200)
-
-
-class ErasureRequest(BaseModel):
-    """Exactly one of ``tenant`` and ``subject``."""
-
-    tenant: str | None = Field(default=None, pattern=TENANT_RE.pattern)
-    subject: Subject | None = None
-
-    def check(self) -> None:
-        if self.tenant is None and self.subject is None:
-            raise InvalidRequest("give a tenant or a subject to erase", param="tenant")
-        if self.tenant is not None and self.subject is not None:
-            raise InvalidRequest(
-                "give a tenant or a subject, not both (a subject is erased in every tenant)",
-                param="subject",
-            )
-        if self.subject is not None and not self.subject.email and not self.subject.id:
-            raise InvalidRequest("subject needs an email or an id", param="subject.email")
 
 
 class ErasedItem(BaseModel):
@@ -55,12 +30,6 @@ class ErasureOut(BaseModel):
     datasets: list[ErasedItem]
     jobs: list[ErasedItem]
     jobs_cancelled: list[str]
-
-
-class RetentionSet(BaseModel):
-    days: int | None = Field(
-        ge=1, le=36_500, description="keep files and datasets this many days; null: forever"
-    )
 
 
 class RetentionOut(BaseModel):

@@ -1,0 +1,41 @@
+"""Wire models of erasure and retention, shared by the gateway's `/admin` routes and the
+training service's `/internal` routes (the gateway forwards the same bodies)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from shared.auth import TENANT_RE
+from shared.errors import InvalidRequest
+
+EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+
+
+class Subject(BaseModel):
+    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_RE)
+    # at least 3 characters: a one-digit "id" would match half the store
+    id: str | None = Field(default=None, min_length=3, max_length=200)
+
+
+class ErasureRequest(BaseModel):
+    """Exactly one of ``tenant`` (all its data) and ``subject`` (in every tenant)."""
+
+    tenant: str | None = Field(default=None, pattern=TENANT_RE.pattern)
+    subject: Subject | None = None
+
+    def check(self) -> None:
+        if self.tenant is None and self.subject is None:
+            raise InvalidRequest("give a tenant or a subject to erase", param="tenant")
+        if self.tenant is not None and self.subject is not None:
+            raise InvalidRequest(
+                "give a tenant or a subject, not both (a subject is erased in every tenant)",
+                param="subject",
+            )
+        if self.subject is not None and not (self.subject.email or self.subject.id):
+            raise InvalidRequest("subject needs an email or an id", param="subject.email")
+
+
+class RetentionSet(BaseModel):
+    days: int | None = Field(
+        ge=1, le=36_500, description="keep files and datasets this many days; null: forever"
+    )
