@@ -33,7 +33,7 @@ test: install model
 lint: install
 	$(VENV)/bin/ruff check gateway services shared tests benchmarks
 	$(VENV)/bin/ruff format --check gateway services shared tests benchmarks
-	$(VENV)/bin/mypy shared gateway services/registry services/inference services/training/data
+	$(VENV)/bin/mypy shared gateway services
 	bash scripts/audit_deps.sh   # pip-audit; exceptions with reasons in scripts/audit_deps.ignore
 
 # Every fault, security and property test plus the bounded soak (RELIABILITY.md).

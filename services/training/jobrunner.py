@@ -140,7 +140,7 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
             return
-        data = {
+        data: dict[str, Any] = {
             k: m[k] for k in ("step", "train_loss", "valid_loss", "tokens_per_second") if k in m
         }
         rep.event(
@@ -198,8 +198,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     if spec.compare_alias:
         incumbent = _incumbent(rep, spec, work, valid_rows)
         result["incumbent"] = {**incumbent, "version": spec.compare_version}
-    mean_len = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
-    mean_len /= max(1, len(train_rows))
+    n_tokens = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
+    mean_len = n_tokens / max(1, len(train_rows))
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
     if spec.method == "lora" and adapter_dir is not None:

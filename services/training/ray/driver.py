@@ -194,14 +194,17 @@ def run_training(
     import time
 
     import ray
-    from ray.train import (
+
+    # Train V2 modules by name (``ray.train`` re-exports them when V2 is on, as it is in 2.60,
+    # but type checkers only see the V1 names there).
+    from ray.train.v2.api.config import (
         CheckpointConfig,
         FailureConfig,
         LoggingConfig,
         RunConfig,
         ScalingConfig,
     )
-    from ray.train.torch import TorchTrainer
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
     from ray.util.queue import Queue
 
     if spec.method not in METHODS:
@@ -259,8 +262,9 @@ def run_training(
             logger.debug("queue shutdown failed", exc_info=True)
 
     history = [e for e in events if "step" in e]
-    if not history and isinstance(result.return_value, dict):
-        history = list(result.return_value.get("history") or [])
+    returned = getattr(result, "return_value", None)  # not on every Train V2 Result
+    if not history and isinstance(returned, dict):
+        history = list(returned.get("history") or [])
     outcome = TrainOutcome(
         name=name,
         run_path=str(result.path),

@@ -49,7 +49,7 @@ def load_model(
             from peft import PeftModel
 
             base = base_model_path or json.loads(cfg.read_text())["base_model_name_or_path"]
-            model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+            model: Any = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
             model = PeftModel.from_pretrained(model, str(path))
             if merge:
                 model = model.merge_and_unload()
