@@ -42,6 +42,7 @@ def test_health_ready_metrics(stack: TrainingStack) -> None:
     text = stack.http.get("/metrics").text
     assert 'tunefleet_training_http_requests_total{method="GET",route="/v1/files"' in text
     assert 'tunefleet_training_jobs{status="running"}' in text
+    assert 'tunefleet_training_jobs_finished_total{status="failed"}' in text
 
 
 def test_upload_reports_preparation(stack: TrainingStack, sentiment_file: dict) -> None:

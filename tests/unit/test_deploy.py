@@ -30,11 +30,7 @@ METRIC = re.compile(r"\btunefleet_[a-z0-9_]+\b")
 RECORDED = re.compile(r"\btunefleet:[a-zA-Z0-9_:]+\b")
 # Referenced by rules/dashboard but not exported yet, each with the owner who adds it. The
 # test fails once such a name IS exported, so this list only ever shrinks.
-KNOWN_GAPS = {
-    # services/training: a Counter "tunefleet_training_jobs_finished" labelled by final
-    # status (succeeded|failed|cancelled), incremented when a job reaches a final state.
-    "tunefleet_training_jobs_finished_total",
-}
+KNOWN_GAPS: set[str] = set()  # metrics the deploy files use before a service exports them
 
 
 def yaml_files() -> list[Path]:
