@@ -4,7 +4,6 @@ to ``$TUNEFLEET_HOME/logs``, and stop everything cleanly (SIGTERM, reverse order
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -40,14 +39,6 @@ class Running:
     log: str
 
 
-def module_exists(module: str) -> bool:
-    """Whether ``python -m module`` can run (the package has a ``__main__``)."""
-    try:
-        return importlib.util.find_spec(f"{module}.__main__") is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def fleet_specs(env: dict[str, str]) -> list[ServiceSpec]:
     """The fleet in start order; ports from the usual variables (defaults 8001/8003/8002/8000)."""
     reg = int(env.get("TUNEFLEET_REGISTRY_PORT", 8001))
@@ -55,7 +46,7 @@ def fleet_specs(env: dict[str, str]) -> list[ServiceSpec]:
     trn = int(env.get("TUNEFLEET_TRAINING_PORT", 8002))
     gw = int(env.get("TUNEFLEET_GATEWAY_PORT", 8000))
     reg_url, inf_url = f"http://127.0.0.1:{reg}", f"http://127.0.0.1:{inf}"
-    trn_url = f"http://127.0.0.1:{trn}"
+    trn_url, gw_url = f"http://127.0.0.1:{trn}", f"http://127.0.0.1:{gw}"
     return [
         ServiceSpec(
             "registry",
@@ -63,8 +54,10 @@ def fleet_specs(env: dict[str, str]) -> list[ServiceSpec]:
             reg,
             {
                 "TUNEFLEET_REGISTRY_PORT": str(reg),
+                # Alias moves reach inference (hot swap) and the gateway (drops cached
+                # resolutions) at once instead of after their TTLs.
                 "TUNEFLEET_REGISTRY_NOTIFY_URLS": json.dumps(
-                    [f"{inf_url}/internal/registry-events"]
+                    [f"{inf_url}/internal/registry-events", f"{gw_url}/internal/registry-events"]
                 ),
             },
         ),
@@ -135,11 +128,6 @@ class Supervisor:
         started: list[Running] = []
         try:
             for spec in fleet_specs(self.env):
-                if not module_exists(spec.module):
-                    # Only while the training service is being written (issue 7): the rest of
-                    # the fleet still runs; remove this skip once services.training lands.
-                    self.say(f"skipping {spec.name}: {spec.module} has no __main__ yet")
-                    continue
                 if _port_in_use(spec.port):
                     # Otherwise /readyz would be answered by whatever holds the port.
                     raise RuntimeError(f"port {spec.port} for {spec.name} is already in use")
