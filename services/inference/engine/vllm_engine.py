@@ -15,17 +15,13 @@ import asyncio
 import contextlib
 import gc
 import itertools
-import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psutil
-from vllm.config.structured_outputs import StructuredOutputsConfig
-from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.exceptions import GracefulHTTPError, VLLMClientError
 from vllm.inputs import TextPrompt, TokensPrompt
 from vllm.lora.request import LoRARequest
@@ -33,7 +29,6 @@ from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOu
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 from vllm.v1.engine.exceptions import EngineGenerateError
-from vllm.v1.metrics.loggers import StatLoggerBase
 
 from services.inference.engine import cpu_lora
 from services.inference.engine.base import (
@@ -47,100 +42,17 @@ from services.inference.engine.base import (
     GenerationRequest,
     InvalidGenerationRequest,
 )
+from services.inference.engine.vllm_config import (
+    ADAPTER_WEIGHTS,
+    SHUTDOWN_GRACE_S,
+    StatsRecorder,
+    adapter_rank,
+    engine_args,  # looked up at start(): benchmarks patch vllm_engine.engine_args
+    refusal_reason,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
-
-GIB = 1 << 30
-# vLLM accepts only these values for max_lora_rank; a configured limit is rounded up to one
-# of them and the exact limit is enforced by VllmEngine itself.
-_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-SHUTDOWN_GRACE_S = 15.0
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def resolve_device(requested: str) -> str:
-    """``"cuda"`` or ``"cpu"`` for a configured device (``auto``: CUDA when available)."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if requested == "auto":
-        return "cuda" if cuda else "cpu"
-    if requested == "cuda" and not cuda:
-        raise EngineError("device 'cuda' requested but torch sees no CUDA device")
-    return requested
-
-
-def engine_args(config: EngineConfig, device: str) -> AsyncEngineArgs:
-    """The ``AsyncEngineArgs`` for ``config`` on ``device``."""
-    rank = next((r for r in _VLLM_LORA_RANKS if r >= config.max_lora_rank), None)
-    if rank is None:
-        raise EngineError(f"max_lora_rank {config.max_lora_rank} exceeds vLLM's maximum")
-    return AsyncEngineArgs(
-        model=str(config.model_path),
-        tokenizer=str(config.model_path),
-        served_model_name=config.model_id,
-        dtype=config.dtype,  # type: ignore[arg-type]  # validated by vLLM
-        seed=config.seed,
-        max_model_len=config.max_model_len,
-        max_num_seqs=config.max_num_seqs,
-        kv_cache_memory_bytes=int(config.kv_cache_gib * GIB),
-        enable_lora=True,
-        max_loras=config.max_loras,
-        max_cpu_loras=max(config.max_cpu_loras, config.max_loras),
-        max_lora_rank=rank,  # type: ignore[arg-type]
-        # Eager mode on CPU: no torch.compile / inductor warm-up (LoRA disables it anyway).
-        enforce_eager=device == "cpu",
-        # No periodic stats log lines; the recorder below still receives scheduler stats.
-        disable_log_stats=True,
-        enable_log_requests=False,
-        # Compact JSON for json_schema requests: small models otherwise loop on whitespace
-        # (vLLM 0.32 ignores the per-request flag; it is engine-wide, xgrammar/guidance only).
-        structured_outputs_config=StructuredOutputsConfig(
-            backend="xgrammar", disable_any_whitespace=True
-        ),
-    )
-
-
-class _StatsRecorder(StatLoggerBase):
-    """Keeps the latest ``SchedulerStats`` in a dict shared with the engine."""
-
-    def __init__(
-        self, vllm_config: Any, engine_index: int = 0, *, sink: dict[str, Any] | None = None
-    ) -> None:
-        self.sink = sink if sink is not None else {}
-
-    def record(
-        self,
-        scheduler_stats: Any,
-        iteration_stats: Any,
-        mm_cache_stats: Any = None,
-        engine_idx: int = 0,
-    ) -> None:
-        if scheduler_stats is not None:
-            self.sink["scheduler"] = scheduler_stats
-
-    def log_engine_initialized(self) -> None:
-        pass
-
-
-def _adapter_rank(path: Path) -> int:
-    """The largest LoRA rank in a PEFT ``adapter_config.json`` (``r``, ``rank_pattern``)."""
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    ranks = [int(cfg.get("r", 0))]
-    ranks += [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
-    return max(ranks)
-
-
-def _refusal_reason(message: str) -> str:
-    """A short reason code for vLLM's add_lora error text (for metrics/logs only)."""
-    text = message.lower()
-    if "no adapter found" in text or "not found" in text:
-        return "not_found"
-    if "max_lora_rank" in text:
-        return "rank_too_large"
-    if "deserializ" in text or "header" in text or "safetensor" in text:
-        return "corrupt"
-    return "rejected"
 
 
 class VllmEngine:
@@ -186,7 +98,7 @@ class VllmEngine:
         llm = await asyncio.to_thread(
             AsyncLLM.from_engine_args,
             args,
-            stat_loggers=[lambda cfg, idx: _StatsRecorder(cfg, idx, sink=self._stats)],
+            stat_loggers=[lambda cfg, idx: StatsRecorder(cfg, idx, sink=self._stats)],
         )
         # Built off-loop, so start the output handler here (it watches for core failures).
         llm._run_output_handler()
@@ -297,12 +209,12 @@ class VllmEngine:
             raise AdapterLoadError(
                 f"adapter {ref}: no PEFT adapter directory at {path}", ref=ref, reason="not_found"
             )
-        if not any((path / name).is_file() for name in _ADAPTER_WEIGHTS):
+        if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
             raise AdapterLoadError(
                 f"adapter {ref}: no adapter weights in {path}", ref=ref, reason="not_found"
             )
         try:
-            rank = _adapter_rank(path)
+            rank = adapter_rank(path)
         except (OSError, ValueError, TypeError) as e:
             raise AdapterLoadError(
                 f"adapter {ref}: unreadable adapter_config.json: {e}",
@@ -340,7 +252,7 @@ class VllmEngine:
                 raise AdapterLoadError(
                     f"adapter {handle.ref}: vLLM refused it: {e}",
                     ref=handle.ref,
-                    reason=_refusal_reason(str(e)),
+                    reason=refusal_reason(str(e)),
                 ) from e
             if not ok:
                 raise AdapterLoadError(f"adapter {handle.ref}: vLLM refused it", ref=handle.ref)
