@@ -32,6 +32,8 @@ from gateway.routes import (
 )
 from gateway.settings import GatewaySettings
 from shared.app import create_service_app
+from shared.clients.registry import RegistryClient
+from shared.clients.training import TrainingClient
 from shared.db import Database, run_migrations
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,13 @@ def create_app(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
         replicas = ReplicaSet(settings.inference_urls, upstream)
+        timeout = httpx.Timeout(settings.upstream_timeout_s, connect=3.0)
+        training = TrainingClient(
+            settings.training_url, token, transport=upstream_transport, timeout=timeout
+        )
+        registry_client = RegistryClient(
+            settings.registry_url, token, transport=upstream_transport, timeout=timeout
+        )
         usage = UsageRecorder(db)
         app.state.gateway = GatewayState(
             settings=settings,
@@ -93,6 +102,8 @@ def create_app(
             key_secret=key_secret,
             internal_token=token,
             upstream=upstream,
+            training=training,
+            registry=registry_client,
             replicas=replicas,
             quotas=Quotas(db, default_limits(settings)),
             resolver=ModelResolver(
@@ -115,6 +126,8 @@ def create_app(
             await replicas.stop()
             await usage.stop()
             await upstream.aclose()
+            await training.aclose()
+            await registry_client.aclose()
             db.dispose()
 
     app = create_service_app(

@@ -17,6 +17,8 @@ from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
 from gateway.domain.usage import UsageRecorder
 from gateway.settings import GatewaySettings
+from shared.clients.registry import RegistryClient
+from shared.clients.training import TrainingClient
 from shared.db import Database
 from shared.logging import tenant_var
 
@@ -29,7 +31,9 @@ class GatewayState:
     db: Database
     key_secret: str
     internal_token: str
-    upstream: httpx.AsyncClient
+    upstream: httpx.AsyncClient  # inference traffic (streams) and raw proxying
+    training: TrainingClient  # typed calls the gateway makes itself
+    registry: RegistryClient
     replicas: ReplicaSet
     quotas: Quotas
     resolver: ModelResolver

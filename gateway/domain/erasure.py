@@ -19,50 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from gateway.storage.tables import IdempotencyRow
-from shared.errors import ServiceUnavailable, TunefleetError, error_from_envelope
+from shared.clients.registry import RegistryClient
+from shared.clients.training import TrainingClient
+from shared.errors import TunefleetError
+from shared.schemas.erasure import ErasureRequest
 
 LINEAGE_BATCH = 100  # ids per lineage query (the registry takes up to 200 per parameter)
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """How the gateway reaches the internal services for these calls."""
-
-    http: httpx.AsyncClient
-    training_url: str
-    registry_url: str
-    token: str
-    request_id: str | None = None
-
-    def headers(self) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.token}"}
-        if self.request_id:
-            headers["X-Request-Id"] = self.request_id
-        return headers
-
-    async def call(self, service: str, method: str, url: str, **kw: Any) -> Any:
-        """One internal call; the callee's error envelope comes back as the same typed error."""
-        try:
-            resp = await self.http.request(method, url, headers=self.headers(), **kw)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(
-                f"{service} unreachable: {type(exc).__name__}", code=f"{service}_unavailable"
-            ) from exc
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            raise error_from_envelope(resp.status_code, body)
-        return resp.json()
 
 
 def subject_digest(secret: str, kind: str, value: str) -> str:
@@ -72,51 +40,57 @@ def subject_digest(secret: str, kind: str, value: str) -> str:
 
 
 async def versions_trained_on(
-    up: Upstream, *, jobs: list[str], datasets: list[str], files: list[str]
+    registry: RegistryClient, *, jobs: list[str], datasets: list[str], files: list[str]
 ) -> list[dict[str, Any]]:
     """Adapter versions whose lineage names any of these ids (all tenants), deduplicated."""
     found: dict[str, dict[str, Any]] = {}
     pairs = [("job", j) for j in jobs] + [("dataset", d) for d in datasets]
     pairs += [("file", f) for f in files]
     for start in range(0, len(pairs), LINEAGE_BATCH):
-        params = pairs[start : start + LINEAGE_BATCH]
-        body = await up.call("registry", "GET", f"{up.registry_url}/v1/lineage", params=params)
-        for hit in body["data"]:
-            version = hit["version"]
-            ref = version["ref"]
+        batch = pairs[start : start + LINEAGE_BATCH]
+        hits = await registry.lineage(
+            jobs=[i for k, i in batch if k == "job"],
+            datasets=[i for k, i in batch if k == "dataset"],
+            files=[i for k, i in batch if k == "file"],
+        )
+        for hit in hits:
+            version = hit.version
             entry = found.setdefault(
-                ref,
+                version.ref,
                 {
                     "object": "adapter.version.affected",
-                    "ref": ref,
-                    "tenant": hit["tenant"],
-                    "adapter": version["adapter"],
-                    "version": version["version"],
-                    "lineage": version["lineage"],
+                    "ref": version.ref,
+                    "tenant": hit.tenant,
+                    "adapter": version.adapter,
+                    "version": version.version,
+                    "lineage": version.lineage.model_dump(mode="json"),
                     "matched": [],
                 },
             )
-            entry["matched"] = sorted({*entry["matched"], *hit["matched"]})
+            entry["matched"] = sorted({*entry["matched"], *hit.matched})
     return [found[k] for k in sorted(found)]
 
 
-async def erase(up: Upstream, request: dict[str, Any]) -> dict[str, Any]:
+async def erase(
+    training: TrainingClient, registry: RegistryClient, request: ErasureRequest
+) -> dict[str, Any]:
     """Erase in training, then look up the affected versions; returns the report body."""
-    done = await up.call("training", "POST", f"{up.training_url}/internal/erasure", json=request)
-    ids = {k: [x["id"] for x in done[k]] for k in ("files", "datasets", "jobs")}
+    done = await training.erase(request)
+    ids = {
+        "files": [x.id for x in done.files],
+        "datasets": [x.id for x in done.datasets],
+        "jobs": [x.id for x in done.jobs],
+    }
     report: dict[str, Any] = {
         "object": "erasure.report",
-        "files": done["files"],
-        "datasets": done["datasets"],
-        "jobs": done["jobs"],
-        "jobs_cancelled": done["jobs_cancelled"],
+        **done.model_dump(include={"files", "datasets", "jobs", "jobs_cancelled"}),
         "adapter_versions": [],
         "lineage_error": None,
     }
     if any(ids.values()):
         try:
             report["adapter_versions"] = await versions_trained_on(
-                up, jobs=ids["jobs"], datasets=ids["datasets"], files=ids["files"]
+                registry, jobs=ids["jobs"], datasets=ids["datasets"], files=ids["files"]
             )
         except TunefleetError as exc:  # the data is gone either way: report, don't fail
             report["adapter_versions"] = None

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Request
 
 from gateway.deps import Caller, GatewayState, State
 from gateway.domain import audit
-from gateway.domain.erasure import Upstream, erase, forget_replays, subject_digest
+from gateway.domain.erasure import erase, forget_replays, subject_digest
 from gateway.domain.keys import Principal, get_tenant
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
@@ -20,16 +20,6 @@ from shared.schemas.erasure import ErasureRequest, RetentionSet
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
-
-
-def _upstream(st: GatewayState, request: Request) -> Upstream:
-    return Upstream(
-        http=st.upstream,
-        training_url=st.settings.training_url.rstrip("/"),
-        registry_url=st.settings.registry_url.rstrip("/"),
-        token=st.internal_token,
-        request_id=request_id_of(request),
-    )
 
 
 async def _audit(
@@ -83,7 +73,7 @@ async def erasure(body: ErasureRequest, request: Request, st: State, who: Caller
     details = _subject_details(st, body)
     target = f"tenant:{body.tenant}" if body.tenant else "subject"
     try:
-        report = await erase(_upstream(st, request), body.model_dump(exclude_none=True))
+        report = await erase(st.training, st.registry, body)
     except TunefleetError as exc:
         await _audit(
             st,
@@ -138,10 +128,8 @@ async def set_retention(
     who.require("admin_write")
     with st.db.session() as s:
         get_tenant(s, tenant_id)
-    up = _upstream(st, request)
-    url = f"{up.training_url}/internal/retention/{tenant_id}"
     try:
-        out = await up.call("training", "PUT", url, json={"days": body.days})
+        out = await st.training.set_retention(tenant_id, body.days)
     except TunefleetError as exc:
         await _audit(
             st,
@@ -164,7 +152,7 @@ async def set_retention(
         outcome="ok",
         details={"days": body.days},
     )
-    return {"object": "tenant.retention", "tenant": tenant_id, "days": out["days"]}
+    return {"object": "tenant.retention", "tenant": tenant_id, "days": out.days}
 
 
 @router.get("/retention/{tenant_id}")
@@ -174,6 +162,5 @@ async def get_retention(
     who.require("admin_read")
     with st.db.session() as s:
         get_tenant(s, tenant_id)
-    up = _upstream(st, request)
-    out = await up.call("training", "GET", f"{up.training_url}/internal/retention/{tenant_id}")
-    return {"object": "tenant.retention", "tenant": tenant_id, "days": out["days"]}
+    out = await st.training.get_retention(tenant_id)
+    return {"object": "tenant.retention", "tenant": tenant_id, "days": out.days}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from shared.schemas.registry import (
     AliasMoveOut,
     AliasOut,
     BaseModelOut,
+    LineageHit,
+    LineageList,
     Resolution,
     VersionMetadata,
     WebhookOut,
@@ -131,3 +134,18 @@ class RegistryClient(ServiceClient):
             headers={"Content-Type": "application/json"},
         )
         return WebhookOut.model_validate(data)
+
+    async def lineage(
+        self,
+        *,
+        jobs: Sequence[str] = (),
+        datasets: Sequence[str] = (),
+        files: Sequence[str] = (),
+        tenant: str | None = None,
+    ) -> list[LineageHit]:
+        """Versions trained on any of these ids, in every tenant unless ``tenant`` narrows it
+        (at most 200 ids per kind per call)."""
+        params = [("job", j) for j in jobs] + [("dataset", d) for d in datasets]
+        params += [("file", f) for f in files]
+        data = await self.json("GET", "/v1/lineage", tenant=tenant, params=params)
+        return LineageList.model_validate(data).data

@@ -7,6 +7,7 @@ from typing import Any
 
 from shared.clients.base import ServiceClient
 from shared.schemas.common import ListResponse
+from shared.schemas.erasure import ErasureOut, ErasureRequest, RetentionOut
 from shared.schemas.training import (
     CheckpointOut,
     EventOut,
@@ -106,3 +107,19 @@ class TrainingClient(ServiceClient):
             params=_page(after, limit),
         )
         return ListResponse[CheckpointOut].model_validate(body)
+
+    # ---- internal (gateway admin routes): erasure and retention span the request's tenant
+    async def erase(self, request: ErasureRequest) -> ErasureOut:
+        """Delete a tenant's or a data subject's files and datasets (not retried: a second
+        run finds nothing, so the first answer is the report to keep)."""
+        body = await self.json(
+            "POST", "/internal/erasure", json=request.model_dump(exclude_none=True)
+        )
+        return ErasureOut.model_validate(body)
+
+    async def get_retention(self, tenant: str) -> RetentionOut:
+        return RetentionOut.model_validate(await self.json("GET", f"/internal/retention/{tenant}"))
+
+    async def set_retention(self, tenant: str, days: int | None) -> RetentionOut:
+        body = await self.json("PUT", f"/internal/retention/{tenant}", json={"days": days})
+        return RetentionOut.model_validate(body)

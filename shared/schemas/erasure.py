@@ -39,3 +39,24 @@ class RetentionSet(BaseModel):
     days: int | None = Field(
         ge=1, le=36_500, description="keep files and datasets this many days; null: forever"
     )
+
+
+class ErasedItem(BaseModel):
+    id: str
+    tenant: str
+
+
+class ErasureOut(BaseModel):
+    """What the training service erased (``POST /internal/erasure``)."""
+
+    object: str = "training.erasure"
+    files: list[ErasedItem]
+    datasets: list[ErasedItem]
+    jobs: list[ErasedItem]
+    jobs_cancelled: list[str]
+
+
+class RetentionOut(BaseModel):
+    object: str = "training.retention"
+    tenant: str
+    days: int | None

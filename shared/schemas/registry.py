@@ -169,3 +169,18 @@ class EventEnvelope(BaseModel):
 
 
 ALIAS_PATTERN = ALIAS_RE.pattern
+
+
+class LineageHit(BaseModel):
+    """An adapter version trained on some of the asked-for ids (``GET /v1/lineage``)."""
+
+    object: str = "adapter.lineage_match"
+    tenant: str
+    version: AdapterVersionOut
+    matched: list[str]
+
+
+class LineageList(BaseModel):
+    object: str = "list"
+    data: list[LineageHit]
+    has_more: bool = False

@@ -7,31 +7,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
-from pydantic import BaseModel
 
 from services.registry.deps import State
 from services.registry.domain.lineage import versions_using
 from services.registry.domain.views import version_out
 from shared.auth import tenant_header
 from shared.errors import InvalidRequest
-from shared.schemas.registry import AdapterVersionOut
+from shared.schemas.registry import LineageHit, LineageList
 
 router = APIRouter(tags=["lineage"])
 MAX_IDS = 200  # per query parameter; the gateway asks in batches
 Ids = Annotated[list[str], Query(max_length=MAX_IDS)]
-
-
-class LineageHit(BaseModel):
-    object: str = "adapter.lineage_match"
-    tenant: str
-    version: AdapterVersionOut
-    matched: list[str]
-
-
-class LineageList(BaseModel):
-    object: str = "list"
-    data: list[LineageHit]
-    has_more: bool = False
 
 
 @router.get("/v1/lineage", response_model=LineageList)

@@ -8,34 +8,20 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Path
-from pydantic import BaseModel
 
 from services.training.deps import State
 from services.training.domain import erasure, retention
 from shared.auth import TENANT_RE
-from shared.schemas.erasure import ErasureRequest, RetentionSet
+from shared.schemas.erasure import (
+    ErasedItem,
+    ErasureOut,
+    ErasureRequest,
+    RetentionOut,
+    RetentionSet,
+)
 
 router = APIRouter(prefix="/internal", tags=["erasure"])
 TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
-
-
-class ErasedItem(BaseModel):
-    id: str
-    tenant: str
-
-
-class ErasureOut(BaseModel):
-    object: str = "training.erasure"
-    files: list[ErasedItem]
-    datasets: list[ErasedItem]
-    jobs: list[ErasedItem]
-    jobs_cancelled: list[str]
-
-
-class RetentionOut(BaseModel):
-    object: str = "training.retention"
-    tenant: str
-    days: int | None
 
 
 @router.post("/erasure", response_model=ErasureOut)
