@@ -18,7 +18,7 @@ timeout "${PYTEST_BUDGET_S:-2700}" $PY -m pytest -p no:cacheprovider -q -s -rfEs
   --timeout=1200 --durations=20 tests/fault tests/security tests/property \
   tests/service/test_registry_webhooks.py 2>&1 | tee "$OUT/pytest.log"
 tests_rc=${PIPESTATUS[0]}
-grep -h '^RESULT ' "$OUT/pytest.log" > "$OUT/results.txt" || true
+grep -ho 'RESULT [a-z_]* .*' "$OUT/pytest.log" > "$OUT/results.txt" || true
 
 timeout "${SOAK_BUDGET_S:-1500}" $PY benchmarks/soak.py --requests "${SOAK_REQUESTS:-300}" \
   --out "$OUT/soak.json" 2> "$OUT/soak.log"

@@ -58,7 +58,8 @@ class JobLifecycle:
         self.max_len = max_len
         self.poll_s = poll_s
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tokenizers: dict[str, Any] = {}
+        self._tokenizers: dict[tuple[str, str], Any] = {}
+        self._tokenizer_lock = asyncio.Lock()
         self._tokens: dict[str, str] = {}  # job id -> runner token, until submitted
 
     # --- base models and tokenizers -------------------------------------------------
@@ -75,16 +76,22 @@ class JobLifecycle:
         )
 
     async def tokenizer(self, tenant: str, model_id: str) -> Any:
-        if model_id not in self._tokenizers:
-            info = await self.base_model(tenant, model_id)
+        """The base model's tokenizer, loaded once per (tenant, model): tenants may own base
+        models of the same name. Loads are serialized: after a restart, re-launched jobs and
+        the first upload load at once, and two threads importing ``transformers`` for the
+        first time make its lazy module raise ``cannot import name 'AutoTokenizer'``."""
+        key = (tenant, model_id)
+        async with self._tokenizer_lock:
+            if key not in self._tokenizers:
+                info = await self.base_model(tenant, model_id)
 
-            def load() -> Any:
-                from transformers import AutoTokenizer
+                def load() -> Any:
+                    from transformers import AutoTokenizer
 
-                return AutoTokenizer.from_pretrained(info.path)
+                    return AutoTokenizer.from_pretrained(info.path)
 
-            self._tokenizers[model_id] = await anyio.to_thread.run_sync(load)
-        return self._tokenizers[model_id]
+                self._tokenizers[key] = await anyio.to_thread.run_sync(load)
+        return self._tokenizers[key]
 
     # --- launching ------------------------------------------------------------------
 
