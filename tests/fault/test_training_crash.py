@@ -12,12 +12,16 @@ until the service is killed, then restarts it on the same home and port and chec
 * every acknowledged job is listed;
 * a retried upload and a retried job creation succeed.
 
+Then SIGTERM under load: uploads in flight complete (200), a later one is refused, the
+process exits on its own.
+
 Ray is pointed at an address where nothing listens: submission is not what is tested, and
 jobs that reach it fail cleanly (``ray_unavailable``) without starting a Ray head per trial.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -214,3 +218,51 @@ def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) 
     stats["data_lost"] = 0  # every acknowledged upload and job verified above
     stats["max_recover_s"] = round(max(recover_s), 2)
     print("RESULT training_crash " + json.dumps(stats))
+
+
+async def test_sigterm_under_uploads_finishes_in_flight_work(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    reg_home, home = tmp_path / "registry", tmp_path / "training"
+    reg_home.mkdir()
+    home.mkdir()
+    common = {"TUNEFLEET_INTERNAL_TOKEN": TOKEN, "TUNEFLEET_DATA_KEYS": KEY}
+    reg_env = {**common, "TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)}
+    port_var = "TUNEFLEET_REGISTRY_PORT"
+    with service("registry", "services.registry", reg_home, reg_env, port_var) as reg:
+        env = {**common, "TUNEFLEET_TRAINING_REGISTRY_URL": reg.url}
+        proc = start_at(
+            "training", "services.training", home, env, "TUNEFLEET_TRAINING_PORT", free_port()
+        )
+        proc.wait_ready(120)
+        data = dataset(1500, seed=5)
+        assert upload(proc.url, data, "warm.jsonl").status_code == 200  # tokenizer loaded
+        async with httpx.AsyncClient(base_url=proc.url, headers=H, timeout=120) as c:
+
+            async def one(i: int) -> int:
+                r = await c.post(
+                    "/v1/files",
+                    files={"file": (f"f{i}.jsonl", data)},
+                    data={"purpose": "fine-tune"},
+                )
+                return r.status_code
+
+            inflight = [asyncio.create_task(one(i)) for i in range(3)]
+            await asyncio.sleep(0.3)
+            proc.proc.terminate()
+            await asyncio.sleep(0.3)
+            try:
+                late: object = (await c.get("/v1/files")).status_code
+            except httpx.TransportError as exc:
+                late = type(exc).__name__
+            results = await asyncio.gather(*inflight, return_exceptions=True)
+        t0 = time.monotonic()
+        code = proc.proc.wait(60)
+        exit_s = round(time.monotonic() - t0, 2)
+    outcome = {"in_flight": [str(r) for r in results], "late": late, "exit_code": code}
+    print("RESULT training_sigterm " + json.dumps({**outcome, "exit_after_s": exit_s}))
+    assert all(r == 200 for r in results), outcome
+    assert late in (503, "ConnectError", "RemoteProtocolError", "ReadError"), outcome
+    # uvicorn re-raises the captured SIGTERM once its graceful shutdown is complete
+    assert code in (0, -15), outcome
+    assert "Application shutdown complete." in proc.log_text(), outcome
