@@ -12,11 +12,13 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
 from shared.errors import NotFound
 
+TMP_PREFIX = ".tmp-"
 _KEY_RE = re.compile(r"^[a-z]+(/[A-Za-z0-9._-]+)+$")
 
 
@@ -44,10 +46,29 @@ class BlobStore:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = self.cipher.encrypt(data) if self.cipher else data
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def sweep_partial(self, older_than_s: float = 3600.0) -> int:
+        """Remove temp files of writes a crash (kill -9, power loss) cut short; they are never
+        read (a blob appears only by rename). Only old ones: another process sharing the store
+        may be writing right now. Returns how many went."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for tmp in self.root.rglob(f"{TMP_PREFIX}*"):
+            try:
+                if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
