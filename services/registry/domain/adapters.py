@@ -55,6 +55,11 @@ def get_adapter(s: Session, tenant: str, name: str, *, lock: bool = False) -> Ad
 def create_adapter(s: Session, tenant: str, name: str, description: str = "") -> AdapterRow:
     if find_adapter(s, tenant, name) is not None:
         raise Conflict(f"adapter {name!r} already exists", param="name", code="adapter_exists")
+    return _insert_adapter(s, tenant, name, description)
+
+
+def _insert_adapter(s: Session, tenant: str, name: str, description: str = "") -> AdapterRow:
+    """Insert without looking first: a concurrent insert surfaces as IntegrityError."""
     row = AdapterRow(id=new_adapter_id(), tenant=tenant, name=name, description=description)
     s.add(row)
     s.flush()
@@ -128,7 +133,10 @@ def push_version(
     for _ in range(PUSH_RETRIES):
         try:
             with db.session(write=True) as s:
-                adapter = find_adapter(s, tenant, name) or create_adapter(s, tenant, name)
+                # Not create_adapter: between our lookup and its own, a concurrent first push
+                # may commit the adapter, and its 409 would end this push; the insert's
+                # IntegrityError instead sends us round again to find it.
+                adapter = find_adapter(s, tenant, name) or _insert_adapter(s, tenant, name)
                 number = (
                     s.scalar(
                         select(func.max(VersionRow.number)).where(
