@@ -30,7 +30,7 @@ from shared.clients.training import TrainingClient
 from shared.errors import TunefleetError
 from shared.schemas.erasure import ErasureRequest
 
-LINEAGE_BATCH = 100  # ids per lineage query (the registry takes up to 200 per parameter)
+LINEAGE_BATCH = 100  # ids of each kind per lineage query (the registry takes up to 200)
 
 
 def subject_digest(secret: str, kind: str, value: str) -> str:
@@ -44,14 +44,10 @@ async def versions_trained_on(
 ) -> list[dict[str, Any]]:
     """Adapter versions whose lineage names any of these ids (all tenants), deduplicated."""
     found: dict[str, dict[str, Any]] = {}
-    pairs = [("job", j) for j in jobs] + [("dataset", d) for d in datasets]
-    pairs += [("file", f) for f in files]
-    for start in range(0, len(pairs), LINEAGE_BATCH):
-        batch = pairs[start : start + LINEAGE_BATCH]
+    for start in range(0, max(len(jobs), len(datasets), len(files)), LINEAGE_BATCH):
+        window = slice(start, start + LINEAGE_BATCH)
         hits = await registry.lineage(
-            jobs=[i for k, i in batch if k == "job"],
-            datasets=[i for k, i in batch if k == "dataset"],
-            files=[i for k, i in batch if k == "file"],
+            jobs=jobs[window], datasets=datasets[window], files=files[window]
         )
         for hit in hits:
             version = hit.version

@@ -45,6 +45,8 @@ class ModelResolver:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
+        # expired but recent: served instead of a 503 if the registry cannot answer
+        stale = hit[0] if hit is not None and now - hit[1] < self.stale_max_s else None
         headers = {"Authorization": f"Bearer {self.token}", "X-Tenant-Id": tenant}
         rid = request_id_var.get()
         if rid:
@@ -54,13 +56,13 @@ class ModelResolver:
                 self.url, params={"model": model}, headers=headers, timeout=self.timeout_s
             )
         except httpx.TransportError as exc:
-            if hit is not None and now - hit[1] < self.stale_max_s:
-                return hit[0]  # registry down: the last known version keeps serving
+            if stale is not None:
+                return stale  # registry down: the last known version keeps serving
             raise ServiceUnavailable(
                 "registry is unreachable", code="registry_unavailable", retry_after=2
             ) from exc
-        if resp.status_code >= 500 and hit is not None and now - hit[1] < self.stale_max_s:
-            return hit[0]
+        if resp.status_code >= 500 and stale is not None:
+            return stale
         if resp.status_code != 200:
             body: Any = resp.json() if resp.content else {}
             raise error_from_envelope(resp.status_code, body)

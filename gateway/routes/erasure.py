@@ -156,9 +156,7 @@ async def set_retention(
 
 
 @router.get("/retention/{tenant_id}")
-async def get_retention(
-    tenant_id: TenantPath, request: Request, st: State, who: Caller
-) -> dict[str, Any]:
+async def get_retention(tenant_id: TenantPath, st: State, who: Caller) -> dict[str, Any]:
     who.require("admin_read")
     with st.db.session() as s:
         get_tenant(s, tenant_id)

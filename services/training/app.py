@@ -3,7 +3,6 @@ routes. Files and jobs are SQL rows; the job lifecycle runs as background tasks.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,7 +26,6 @@ from shared.db import Database, run_migrations
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_training"
-log = logging.getLogger(__name__)
 
 
 def _cipher(settings: TrainingSettings) -> Cipher | None:
@@ -58,8 +56,6 @@ def create_app(
         db = Database(url)
         root = settings.data_root()
         store = BlobStore(root / "blobs", _cipher(settings))
-        if swept := await anyio.to_thread.run_sync(store.sweep_partial):
-            log.info("removed partial blob writes left by a crash", extra={"count": swept})
         ray_backend = backend or RayBackend(
             settings.ray_temp_dir or Path(f"/tmp/tf-ray-{settings.port}"),
             address=settings.ray_address,

@@ -141,11 +141,20 @@ class RetentionPurger:
             )
         return purged
 
+    async def sweep_partial_writes(self) -> int:
+        """Storage housekeeping on the same schedule: temp files of blob writes a crash cut
+        short (never read; see ``BlobStore.sweep_partial``)."""
+        swept = await anyio.to_thread.run_sync(self.store.sweep_partial)
+        if swept:
+            log.info("removed partial blob writes left by a crash", extra={"count": swept})
+        return swept
+
     def start(self) -> None:
         async def loop() -> None:
             while True:
                 try:
                     await self.run_once()
+                    await self.sweep_partial_writes()
                 except Exception:  # a failed pass is retried next interval, never fatal
                     log.exception("retention purge failed")
                 await asyncio.sleep(self.interval_s)
