@@ -8,7 +8,9 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -43,6 +45,25 @@ def kill_hard(sp: ServiceProcess) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
     psutil.wait_procs(children, timeout=30)
+
+
+def kill_during(
+    sp: ServiceProcess, workers: Sequence[Callable[[threading.Event], None]], after_s: float
+) -> None:
+    """Run ``workers`` in threads (each loops until the event is set or the kill cuts its
+    connection), kill -9 ``sp`` after ``after_s``, stop and join the workers, and wait until
+    the port is free for the restart."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=w, args=(stop,), daemon=True) for w in workers]
+    for t in threads:
+        t.start()
+    time.sleep(after_s)
+    kill_hard(sp)
+    stop.set()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a worker hung after the kill"
+    wait_port_free(sp.url)
 
 
 def wait_port_free(url: str, timeout: float = 30.0) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fault.procs import kill_hard, sha256_bytes, start_at, wait_port_free
+from tests.fault.procs import kill_during, sha256_bytes, start_at
 from tests.support.adapters import make_adapter, pack
 from tests.support.postgres import free_port
 
@@ -90,9 +90,8 @@ def test_kill_9_during_pushes_never_serves_partial_data(
         )
         reg.wait_ready(90)
         check_invariants(reg.url, "crash", acked, tmp_path / "artifacts")
-        stop = threading.Event()
 
-        def pusher(url: str = reg.url, stop: threading.Event = stop) -> None:
+        def pusher(stop: threading.Event, url: str = reg.url) -> None:
             i = 0
             while not stop.is_set():
                 stats["pushes_sent"] += 1
@@ -106,14 +105,8 @@ def test_kill_9_during_pushes_never_serves_partial_data(
                 stats["acked"] += 1
                 i += 1
 
-        thread = threading.Thread(target=pusher, daemon=True)
-        thread.start()
-        time.sleep(rng.uniform(0.05, 2.0))  # anywhere: upload, validation, blob write, commit
-        kill_hard(reg)
-        stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
-        wait_port_free(reg.url)
+        # killed anywhere: upload, validation, blob write, commit
+        kill_during(reg, [pusher], rng.uniform(0.05, 2.0))
 
         t0 = time.monotonic()
         reg = start_at(

@@ -30,15 +30,17 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from services.training.samples import ticket_examples
-from services.training.storage.files import BlobStore
+from services.training.storage.files import TMP_PREFIX, BlobStore
 from shared.crypto import DataCipher
-from tests.fault.procs import kill_hard, start_at, wait_port_free
+from tests.fault.procs import kill_during, kill_hard, start_at
 from tests.support.postgres import free_port
 from tests.support.procs import ServiceProcess, service
 
@@ -118,24 +120,27 @@ def check_invariants(
 
     job_ids = list_ids(url, "/v1/fine_tuning/jobs")
     assert set(acked_jobs) <= job_ids, f"acknowledged jobs lost: {set(acked_jobs) - job_ids}"
-    partial = sum(1 for p in (root / "blobs").rglob(".tmp-*") if p.is_file())
+    partial = sum(1 for p in (root / "blobs").rglob(f"{TMP_PREFIX}*") if p.is_file())
     return {"file_rows": len(files), "dataset_rows": len(datasets), "tmp_files": partial}
 
 
-def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) -> None:
+@contextmanager
+def training_home(model_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A registry process (seeded with tiny-llama) and the training service's home and
+    environment that point at it; encryption at rest on."""
     reg_home, home = tmp_path / "registry", tmp_path / "training"
     reg_home.mkdir()
     home.mkdir()
     common = {"TUNEFLEET_INTERNAL_TOKEN": TOKEN, "TUNEFLEET_DATA_KEYS": KEY}
     reg_env = {**common, "TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)}
-    with service(
-        "registry", "services.registry", reg_home, reg_env, "TUNEFLEET_REGISTRY_PORT"
-    ) as reg:
-        env = {
-            **common,
-            "TUNEFLEET_TRAINING_REGISTRY_URL": reg.url,
-            "TUNEFLEET_TRAINING_RAY_ADDRESS": f"127.0.0.1:{free_port()}",  # nothing there
-        }
+    port_var = "TUNEFLEET_REGISTRY_PORT"
+    with service("registry", "services.registry", reg_home, reg_env, port_var) as reg:
+        yield home, {**common, "TUNEFLEET_TRAINING_REGISTRY_URL": reg.url}
+
+
+def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) -> None:
+    with training_home(model_dir, tmp_path) as (home, env):
+        env["TUNEFLEET_TRAINING_RAY_ADDRESS"] = f"127.0.0.1:{free_port()}"  # nothing there
         port = free_port()
         rng = random.Random(11)
         uploads = [dataset(1500, seed=i) for i in range(3)]
@@ -162,9 +167,8 @@ def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) 
         acked_files[base_file] = hashlib.sha256(uploads[0]).hexdigest()
         for trial in range(TRIALS):
             url = proc.url
-            stop = threading.Event()
 
-            def uploader(url: str = url, stop: threading.Event = stop, trial: int = trial) -> None:
+            def uploader(stop: threading.Event, url: str = url, trial: int = trial) -> None:
                 i = 0
                 while not stop.is_set():
                     data = uploads[i % len(uploads)]
@@ -179,7 +183,7 @@ def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) 
                     stats["uploads_acked"] += 1
                     i += 1
 
-            def job_maker(url: str = url, stop: threading.Event = stop) -> None:
+            def job_maker(stop: threading.Event, url: str = url) -> None:
                 while not stop.is_set():
                     try:
                         r = create_job(url, base_file, next(seeds))
@@ -191,23 +195,16 @@ def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) 
                     stats["jobs_acked"] += 1
                     time.sleep(0.3)  # let the background preparation run into the kill
 
-            threads = [threading.Thread(target=f, daemon=True) for f in (uploader, job_maker)]
-            for t in threads:
-                t.start()
-            time.sleep(rng.uniform(0.3, 3.0))  # anywhere: parse, check, blob write, commit
-            kill_hard(proc)
-            stop.set()
-            for t in threads:
-                t.join(60)
-                assert not t.is_alive()
-            wait_port_free(url)
+            # killed anywhere: parse, check, blob write, commit, background preparation
+            kill_during(proc, [uploader, job_maker], rng.uniform(0.3, 3.0))
 
             proc = start()
             url = proc.url
             found = check_invariants(url, home, acked_files, acked_jobs)
-            retry = upload(url, uploads[trial % len(uploads)], f"retry-{trial}.jsonl")
+            again = uploads[trial % len(uploads)]
+            retry = upload(url, again, f"retry-{trial}.jsonl")
             assert retry.status_code == 200, retry.text
-            acked_files[retry.json()["id"]] = hashlib.sha256(uploads[trial % 3]).hexdigest()
+            acked_files[retry.json()["id"]] = hashlib.sha256(again).hexdigest()
             job = create_job(url, retry.json()["id"], next(seeds))
             assert job.status_code == 200, job.text
             acked_jobs.append(job.json()["id"])
@@ -223,14 +220,7 @@ def test_kill_9_during_uploads_and_preparation(model_dir: Path, tmp_path: Path) 
 async def test_sigterm_under_uploads_finishes_in_flight_work(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    reg_home, home = tmp_path / "registry", tmp_path / "training"
-    reg_home.mkdir()
-    home.mkdir()
-    common = {"TUNEFLEET_INTERNAL_TOKEN": TOKEN, "TUNEFLEET_DATA_KEYS": KEY}
-    reg_env = {**common, "TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)}
-    port_var = "TUNEFLEET_REGISTRY_PORT"
-    with service("registry", "services.registry", reg_home, reg_env, port_var) as reg:
-        env = {**common, "TUNEFLEET_TRAINING_REGISTRY_URL": reg.url}
+    with training_home(model_dir, tmp_path) as (home, env):
         proc = start_at(
             "training", "services.training", home, env, "TUNEFLEET_TRAINING_PORT", free_port()
         )
