@@ -99,7 +99,7 @@ def encoded_rows(args: argparse.Namespace, train_path: Path) -> list[tuple[list[
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
     return [
-        encode_example(tok, r["prompt"], r["completion"], args.max_len)
+        encode_example(tok, r, args.max_len)
         for r in read_jsonl(train_path)
     ]
 

@@ -124,13 +124,12 @@ def prompt_for(spec: IntegrationSpec, record: Any, where: str) -> str:
 
 
 def completion_body(spec: IntegrationSpec, prompt: str) -> dict[str, Any]:
-    """A plain completion of the rendered template: adapters are trained on the raw prompt
-    (no chat template), so a chat call would wrap it in text the adapter never saw.
+    """A plain completion of the rendered template: connectors' adapters are trained on
+    prompt/completion rows (the raw prompt, no chat template), and ``/v1/completions`` renders
+    it exactly so (:mod:`shared.rendering`).
 
-    Labels are constrained as training shaped them: a label after a prompt that does not end in
-    whitespace is learned as a new word (``" billing"``; see ``services.training.domain.rows``),
-    and byte-level BPE spells ``"billing"`` with different tokens, which the adapter never
-    learned to prefer. :func:`mapped` strips the space from the answer."""
+    Labels go as the user wrote them: inference holds the engine to each label as training
+    spelled it after this prompt (``" billing"``, a new word) and answers ``"billing"``."""
     body: dict[str, Any] = {
         "model": spec.model,
         "prompt": prompt,
@@ -138,8 +137,7 @@ def completion_body(spec: IntegrationSpec, prompt: str) -> dict[str, Any]:
         "temperature": 0,
     }
     if spec.output.labels:
-        sep = "" if not prompt or prompt[-1].isspace() else " "
-        body["choices_allowed"] = [sep + label for label in spec.output.labels]
+        body["choices_allowed"] = list(spec.output.labels)
     return body
 
 

@@ -2,7 +2,8 @@
 
 This is the entrypoint the training service submits through the Ray Jobs API. It reads its
 spec and prepared data from the service (per-job token in ``TUNEFLEET_RUNNER_TOKEN``),
-evaluates the base model, trains with :func:`services.training.ray.driver.run_training`
+evaluates the base model on the test split (the reported numbers; validation drives sweeps,
+pruning and ``auto_promote``), trains with :func:`services.training.ray.driver.run_training`
 (events and checkpoints stream back as they happen), evaluates the result, and sends it:
 an adapter archive (``lora``) or the path of a full model directory (``full``, ``transfer``,
 ``hybrid`` merged into its base). Reports are retried with backoff so a training-service
@@ -25,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from services.training.domain.rows import row_pair
+from shared.rendering import encode_training_row
 from shared.schemas.training import RunnerSpec
 
 log = logging.getLogger("tunefleet.jobrunner")
@@ -71,9 +72,11 @@ class Reporter:
             log.warning("dropped an event report")
 
 
-def _read_split(rep: Reporter, split: str, dest: Path) -> list[dict[str, str]]:
+def _read_split(rep: Reporter, split: str, dest: Path) -> list[dict[str, Any]]:
+    """A prepared split as rows (chat or prompt/completion, rendered later by the one
+    renderer in :mod:`shared.rendering`), also written to ``dest`` for the workers."""
     text = rep.call("GET", f"/data/{split}").text
-    rows = [row_pair(json.loads(line)) for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return rows
 
@@ -82,7 +85,7 @@ def _scores(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in ("predictions", "labels")}
 
 
-def _evaluate(model: Any, tok: Any, spec: RunnerSpec, rows: list[dict[str, str]]) -> dict:
+def _evaluate(model: Any, tok: Any, spec: RunnerSpec, rows: list[dict[str, Any]]) -> dict:
     from services.training.ray.evaluate import evaluate
 
     if not rows or spec.task not in EVAL_TASKS:
@@ -99,7 +102,7 @@ def _plan(spec: RunnerSpec, n_train: int) -> tuple[int, int, int]:
     return total, ckpt, max(1, min(20, total // 20))  # ~20 reports, at least every 20 steps
 
 
-def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, str]]) -> dict:
+def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, Any]]) -> dict:
     """Evaluate the version behind the auto_promote alias on this job's validation set."""
     import tarfile
 
@@ -125,6 +128,9 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
 
     train_rows = _read_split(rep, "train", work / "train.jsonl")
     valid_rows = _read_split(rep, "validation", work / "validation.jsonl")
+    # the reported numbers come from held-out rows nothing was selected on (datasets prepared
+    # before the test split existed fall back to validation)
+    test_rows = _read_split(rep, "test", work / "test.jsonl") or valid_rows
     total, ckpt_every, report_every = _plan(spec, len(train_rows))
     ensure_ray(work / "ray", log_to_driver=os.environ.get("TF_RAY_LOG_TO_DRIVER", "1") != "0")
     rep.event(
@@ -133,9 +139,9 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         data={"total_steps": total, "num_workers": spec.num_workers},
     )
     tok = load_tokenizer(spec.base_model_path)
-    base_eval = _evaluate(load_model(spec.base_model_path), tok, spec, valid_rows)
+    base_eval = _evaluate(load_model(spec.base_model_path), tok, spec, test_rows)
     if base_eval:
-        rep.event("Evaluated the base model", data={"base": base_eval})
+        rep.event("Evaluated the base model on the test split", data={"base": base_eval})
 
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
@@ -194,11 +200,16 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         rep.event("Pruned the adapter", data={"prune": result["prune"]})
     tuned_dir = adapter_dir or model_dir
     assert tuned_dir is not None, "training produced no weights"
-    result["tuned"] = _evaluate(load_model(tuned_dir, merge=True), tok, spec, valid_rows)
+    tuned_model = load_model(tuned_dir, merge=True)
+    result["tuned"] = _evaluate(tuned_model, tok, spec, test_rows)
+    result["eval_split"] = "test" if test_rows is not valid_rows else "validation"
     if spec.compare_alias:
+        # promotion decides on validation: the test numbers stay untouched by any choice
+        result["gate_tuned"] = _evaluate(tuned_model, tok, spec, valid_rows)
         incumbent = _incumbent(rep, spec, work, valid_rows)
         result["incumbent"] = {**incumbent, "version": spec.compare_version}
-    n_tokens = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
+    max_len = int(hp.get("max_len", 256))
+    n_tokens = sum(len(encode_training_row(tok, r, max_len)[0]) for r in train_rows)
     mean_len = n_tokens / max(1, len(train_rows))
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
