@@ -55,21 +55,24 @@ def adapter_cards(a: AdapterOut) -> list[ModelCard]:
     return cards
 
 
-async def all_adapters(registry: RegistryClient, tenant: str) -> list[AdapterOut]:
+async def all_adapters(registry: RegistryClient, tenant: str, page: int = 100) -> list[AdapterOut]:
+    """Every adapter of ``tenant``, following the registry's cursor ``page`` at a time."""
     adapters: list[AdapterOut] = []
     after: str | None = None
-    for _ in range(10_000):  # a hard stop on a misbehaving cursor
-        page = await registry.list_adapters(tenant, after=after, limit=100)
-        adapters += page.data
-        if not page.has_more or not page.data:
+    for _ in range(100_000):  # a hard stop on a misbehaving cursor
+        chunk = await registry.list_adapters(tenant, after=after, limit=page)
+        adapters += chunk.data
+        if not chunk.has_more or not chunk.data:
             break
-        after = page.data[-1].name
+        after = chunk.data[-1].name
     return adapters
 
 
-async def list_models(registry: RegistryClient, tenant: str, served: str) -> list[ModelCard]:
+async def list_models(
+    registry: RegistryClient, tenant: str, served: str, *, page: int = 100
+) -> list[ModelCard]:
     cards = _listed_bases(await registry.list_base_models(tenant), tenant, served)
-    for a in await all_adapters(registry, tenant):
+    for a in await all_adapters(registry, tenant, page):
         cards += adapter_cards(a)
     return cards
 
