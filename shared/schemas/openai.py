@@ -67,6 +67,8 @@ class SamplingFields(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_silent_drops(cls, data: Any) -> Any:
+        # Raises InvalidRequest, not ValueError: pydantic lets it through, so the envelope
+        # carries code unsupported_parameter/unknown_parameter and param = the field's name.
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         return refuse_unsupported(data, known)
 
