@@ -271,6 +271,7 @@ def test_job_fine_tuned_model_is_a_listed_retrievable_model(fleet: UpFleet) -> N
     file = integrator.files.create(
         file=("reviews.jsonl", io.BytesIO(data.encode())), purpose="fine-tune"
     )
+    t0 = time.perf_counter()
     job = integrator.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=file.id,
@@ -287,7 +288,9 @@ def test_job_fine_tuned_model_is_a_listed_retrievable_model(fleet: UpFleet) -> N
         assert time.monotonic() < deadline, f"job still {job.status}"
         time.sleep(2)
         job = integrator.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "succeeded", job.error
+    events = [e.message for e in integrator.fine_tuning.jobs.list_events(job.id)]
+    assert job.status == "succeeded", (job.error, events[:5])
+    print(f"\n[openai job] succeeded in {time.perf_counter() - t0:.1f}s")
     model = job.fine_tuned_model
     assert model == "oai-sentiment@v1"
     client = fleet.sdk()
