@@ -211,3 +211,39 @@ def test_translation_through_chat(front: Front) -> None:
     tuned = sacrebleu.corpus_chrf([translate(job.fine_tuned_model, c.text) for c in held], refs)
     print(f"translation chat: chrF base {base:.1f} tuned {tuned.score:.1f}")
     assert tuned.score >= base + 20
+
+
+def test_files_and_jobs_stay_inside_the_tenant(front: Front) -> None:
+    """What the jobs above left behind: the tenant's own, invisible (404) to another tenant,
+    out of reach of an app key, and audited."""
+    sdk = front.integrator
+    files = list(sdk.files.list())
+    jobs = list(sdk.fine_tuning.jobs.list())
+    assert files and jobs
+    job = jobs[0]
+    assert [e.object for e in sdk.fine_tuning.jobs.list_events(job.id)][:1] == [
+        "fine_tuning.job.event"
+    ]
+    assert all(c.fine_tuned_model_checkpoint for c in sdk.fine_tuning.jobs.checkpoints.list(job.id))
+    assert sdk.fine_tuning.jobs.cancel(job.id).id == job.id  # idempotent on a finished job
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    httpx.post(f"{front.url}/admin/tenants", json={"id": "globex"}, headers=admin)
+    r = httpx.post(
+        f"{front.url}/admin/keys", json={"tenant": "globex", "role": "integrator"}, headers=admin
+    )
+    other = openai.OpenAI(base_url=f"{front.url}/v1", api_key=r.json()["key"], max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(files[0].id)
+    with pytest.raises(openai.NotFoundError):
+        other.files.content(files[0].id)
+    with pytest.raises(openai.NotFoundError):
+        other.fine_tuning.jobs.retrieve(job.id)
+    with pytest.raises(openai.NotFoundError):
+        other.models.retrieve(str(job.fine_tuned_model))
+    assert list(other.files.list()) == []
+    with pytest.raises(openai.PermissionDeniedError):
+        front.app.files.list()
+    with pytest.raises(openai.PermissionDeniedError):
+        front.app.fine_tuning.jobs.create(model="tiny-llama", training_file=files[0].id)
+    entries = httpx.get(f"{front.url}/admin/audit?tenant=acme", headers=admin).json()["data"]
+    assert {"post /v1/files", "post /v1/fine_tuning/jobs"} <= {e["action"] for e in entries}
