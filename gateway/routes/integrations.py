@@ -168,14 +168,8 @@ async def _run(
     await st.quotas.admit(who)
     headers = upstream_headers(request, who, st.internal_token)
     headers["content-type"] = "application/json"
-    status, _, raw = await generate(
-        st,
-        who,
-        "/v1/completions",
-        integ.completion_body(spec, prompt),
-        headers,
-        request_id=None,
-    )
+    path, body = integ.model_call(spec, prompt)
+    status, _, raw = await generate(st, who, path, body, headers, request_id=None)
     data = json.loads(raw or b"{}")
     if status != 200:
         raise error_from_envelope(status, data)
