@@ -11,7 +11,7 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
-from gateway.deps import GatewayState
+from gateway.deps import GatewayState, authenticate_before_body
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.keys import bootstrap_admin
 from gateway.domain.quotas import Limits, Quotas
@@ -131,7 +131,13 @@ def create_app(
             db.dispose()
 
     app = create_service_app(
-        "gateway", internal_token=token, lifespan=lifespan, title="tunefleet gateway"
+        "gateway",
+        internal_token=token,
+        lifespan=lifespan,
+        title="tunefleet gateway",
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        before_body=authenticate_before_body,
     )
     for module in (
         inference,

@@ -161,11 +161,17 @@ def create_key(
     return row, key
 
 
-def authenticate(s: Session, secret: str, authorization: str | None) -> Principal:
-    scheme, _, key = (authorization or "").partition(" ")
+def bearer_key(authorization: str | None) -> str:
+    """The API key of an ``Authorization: Bearer tf-…`` header (401 when there is none)."""
+    scheme, _, key = (authorization or "").strip().partition(" ")
     key = key.strip()
-    if scheme.lower() != "bearer" or not key.startswith("tf-"):
+    if scheme.lower() != "bearer" or not key.startswith("tf-") or len(key) > 200:
         raise Unauthorized("missing API key: send 'Authorization: Bearer tf-…'")
+    return key
+
+
+def authenticate(s: Session, secret: str, authorization: str | None) -> Principal:
+    key = bearer_key(authorization)
     row = s.scalars(select(ApiKeyRow).where(ApiKeyRow.hash == hash_key(secret, key))).first()
     if row is None or row.revoked_at is not None:
         raise Unauthorized("invalid or revoked API key")

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from gateway.deps import Caller, State
 from gateway.routes import proxy
+from shared.bodylimit import UPLOAD_ROUTE
 from shared.errors import RateLimited
 
 router = APIRouter(tags=["adapters"])
@@ -86,4 +87,7 @@ for _path in READS:
 for _method, _path in WRITES:
     router.add_api_route(_path, write, methods=[_method])
 for _path in CREATES:
-    router.add_api_route(_path, create, methods=["POST"])
+    extra = (
+        UPLOAD_ROUTE if _path == "/v1/adapters/{name}/versions" else None
+    )  # multipart, streamed through
+    router.add_api_route(_path, create, methods=["POST"], openapi_extra=extra)
