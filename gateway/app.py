@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from gateway.deps import GatewayState, authenticate_before_body
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.keys import bootstrap_admin
+from gateway.domain.pii_guard import PiiGuard
 from gateway.domain.quotas import Limits, Quotas
 from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
@@ -111,6 +112,7 @@ def create_app(
             ),
             feedback=FeedbackBook(app.state.metrics_registry),
             usage=usage,
+            pii=PiiGuard(max_chars=settings.pii_max_chars, workers=settings.pii_workers),
         )
         await replicas.check_once()
         replicas.start()

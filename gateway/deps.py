@@ -14,6 +14,7 @@ from starlette.types import Scope
 
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.keys import Principal, authenticate, bearer_key, hash_key
+from gateway.domain.pii_guard import PiiGuard
 from gateway.domain.quotas import Quotas
 from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
@@ -42,6 +43,7 @@ class GatewayState:
     resolver: ModelResolver
     feedback: FeedbackBook
     usage: UsageRecorder
+    pii: PiiGuard
     auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
 

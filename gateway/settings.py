@@ -41,6 +41,12 @@ class GatewaySettings(ServiceSettings):
     max_upload_bytes: int = Field(
         default=512 * 2**20, ge=1024, description="multipart uploads (files, adapter archives)"
     )
+    pii_max_chars: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="text one request may carry while its tenant's PII guard is on (413 above)",
+    )
+    pii_workers: int = Field(default=2, ge=1, description="PII scans running at once")
     upstream_timeout_s: float = Field(default=120.0, gt=0, description="each downstream call")
     resolve_ttl_s: float = Field(
         default=5.0, ge=0, description="model resolution cache; alias webhooks drop it at once"
