@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway.deps import GatewayState, authenticate_before_body
 from gateway.domain.feedback import FeedbackBook
+from gateway.domain.idempotency import ExpiredPurger
 from gateway.domain.keys import bootstrap_admin
 from gateway.domain.pii_guard import PiiGuard
 from gateway.domain.quotas import Limits, Quotas
@@ -122,9 +123,12 @@ def create_app(
 
         app.state.readiness_checks.append(inference_ready)
         usage.start()
+        purger = ExpiredPurger(db, settings.idempotency_purge_s)
+        purger.start()
         try:
             yield
         finally:
+            await purger.stop()
             await replicas.stop()
             await usage.stop()
             await upstream.aclose()

@@ -52,6 +52,9 @@ class GatewaySettings(ServiceSettings):
         default=5.0, ge=0, description="model resolution cache; alias webhooks drop it at once"
     )
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    idempotency_purge_s: float = Field(
+        default=600, ge=0.1, description="how often expired idempotency records are deleted"
+    )
 
     def db_url(self) -> str:
         if self.database_url:

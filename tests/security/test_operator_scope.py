@@ -42,7 +42,8 @@ class Unreachable(httpx.AsyncBaseTransport):
         raise httpx.ConnectError(f"nothing at {request.url.host}", request=request)
 
 
-def gateway_app(home: Path) -> FastAPI:
+def gateway_app(home: Path, **overrides: Any) -> FastAPI:
+    """The gateway in-process with its downstream services unreachable."""
     settings = GatewaySettings(
         home=home,
         internal_token=TOKEN,
@@ -50,6 +51,7 @@ def gateway_app(home: Path) -> FastAPI:
         registry_url="http://registry",
         training_url="http://training",
         inference_urls=["http://inference"],
+        **overrides,
     )
     return create_app(settings, upstream_transport=Unreachable())
 
