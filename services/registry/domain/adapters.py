@@ -181,7 +181,14 @@ def push_version(
     raise InternalError("could not allocate a version number under contention")
 
 
-def delete_adapter(db: Database, store: FileArtifactStore, tenant: str, name: str) -> None:
+def delete_adapter(
+    db: Database,
+    store: FileArtifactStore,
+    tenant: str,
+    name: str,
+    *,
+    system_urls: list[str] | None = None,
+) -> None:
     """Remove an adapter with its versions and aliases; blobs no version uses any more go too.
 
     Inference replicas keep their own verified copies, so nothing they may still load is
@@ -197,8 +204,13 @@ def delete_adapter(db: Database, store: FileArtifactStore, tenant: str, name: st
                 code="adapter_has_aliases",
             )
         digests = {v.sha256 for v in adapter.versions}
+        numbers = sorted(v.number for v in adapter.versions)
         s.delete(adapter)
         s.flush()
+        # replicas drop its cached resolutions and metric series; tenants may subscribe
+        enqueue_event(
+            s, tenant, "adapter.deleted", {"adapter": name, "versions": numbers}, system_urls or []
+        )
         still_used = set(s.scalars(select(VersionRow.sha256).where(VersionRow.sha256.in_(digests))))
     for digest in digests - still_used:
         store.delete(digest)
