@@ -12,6 +12,7 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.deps import GatewayState, authenticate_before_body
+from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.idempotency import ExpiredPurger
 from gateway.domain.keys import bootstrap_admin
@@ -68,13 +69,19 @@ def create_app(
     settings: GatewaySettings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
     token = settings.resolved_token()
-    key_secret = settings.key_hash_secret.get_secret_value() if settings.key_hash_secret else token
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.db_url()
         await anyio.to_thread.run_sync(run_migrations, url, MIGRATIONS, VERSION_TABLE)
         db = Database(url)
+        key_secret = await anyio.to_thread.run_sync(
+            key_hash_secret,
+            settings.key_hash_secret.get_secret_value() if settings.key_hash_secret else None,
+            settings.home / KEY_HASH_SECRET_FILE,
+            db,
+            token,
+        )
         with db.session(write=True) as s:
             written = bootstrap_admin(
                 s,

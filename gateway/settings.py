@@ -28,7 +28,9 @@ class GatewaySettings(ServiceSettings):
         description="bootstrap admin key; generated into $TUNEFLEET_HOME/admin_key if unset",
     )
     key_hash_secret: SecretStr | None = Field(
-        default=None, description="HMAC key for API-key hashes; defaults to the internal token"
+        default=None,
+        description="HMAC key of API-key hashes (never the internal token); unset: "
+        "$TUNEFLEET_HOME/key_hash_secret. Gateways sharing a database must share it",
     )
     training_url: str = "http://127.0.0.1:8002"
     # Defaults for tenants and keys without their own row in /admin/quotas.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
@@ -27,6 +28,7 @@ from gateway.storage.tables import ApiKeyRow, TenantRow
 from shared.auth import TENANT_RE
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 
+log = logging.getLogger(__name__)
 ROLES = ("app", "integrator", "sre", "admin")
 SYSTEM_TENANT = "system"
 # api_keys.scope: what a key's role reaches. "tenant": its own tenant; "platform": the whole
@@ -220,10 +222,12 @@ def bootstrap_admin(s: Session, secret: str, configured: str | None, key_file: P
     if any(row.hash == digest for row in active):
         return None
     if s.scalars(select(ApiKeyRow).where(ApiKeyRow.hash == digest)).first() is not None:
-        raise ValueError(
-            "TUNEFLEET_ADMIN_KEY is the value of a revoked or non-bootstrap API key; "
-            "choose a new value"
+        # never re-activate a revoked key or promote another one; start without it
+        log.error(
+            "TUNEFLEET_ADMIN_KEY is the value of a revoked or non-bootstrap API key: it is "
+            "not made the bootstrap key; set a new value"
         )
+        return None
     revoked_at = int(time.time())
     for row in active:
         row.revoked_at = revoked_at

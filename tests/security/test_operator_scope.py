@@ -44,15 +44,14 @@ class Unreachable(httpx.AsyncBaseTransport):
 
 def gateway_app(home: Path, **overrides: Any) -> FastAPI:
     """The gateway in-process with its downstream services unreachable."""
-    settings = GatewaySettings(
-        home=home,
-        internal_token=TOKEN,
-        admin_key=BOOTSTRAP,
-        registry_url="http://registry",
-        training_url="http://training",
-        inference_urls=["http://inference"],
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "internal_token": TOKEN,
+        "admin_key": BOOTSTRAP,
+        "registry_url": "http://registry",
+        "training_url": "http://training",
+        "inference_urls": ["http://inference"],
+    }
+    settings = GatewaySettings(home=home, **(values | overrides))
     return create_app(settings, upstream_transport=Unreachable())
 
 
