@@ -8,6 +8,7 @@ and ``/healthz``, ``/readyz``, ``/metrics``. Services add their routers and life
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,18 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 _QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
 def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex[:24]
+
+
+def client_request_id(raw: bytes) -> str | None:
+    """A client's ``X-Request-Id`` when it is 1-128 printable ASCII characters; None otherwise
+    (a new id is made: non-ASCII ids broke the headers sent on to other services)."""
+    return raw.decode("ascii") if _REQUEST_ID.fullmatch(raw) else None
 
 
 class RequestContextMiddleware:
@@ -57,7 +68,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or new_request_id()
+        rid = client_request_id(headers.get(b"x-request-id", b"")) or new_request_id()
         tenant = headers.get(b"x-tenant-id", b"").decode("latin-1")[:64] or None
         rid_token = request_id_var.set(rid)
         tenant_token = tenant_var.set(tenant)
@@ -78,6 +89,13 @@ class RequestContextMiddleware:
 
         self.metrics.in_flight.inc()
         try:
+            if _DOT_SEGMENT.search(scope["path"]):
+                # "%2e%2e" arrives decoded: passed on, it would re-target the upstream path
+                err = InvalidRequest(
+                    "path segments '.' and '..' are not allowed", code="invalid_path"
+                )
+                await error_response(err, rid)(scope, receive, send_wrapper)
+                return
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
