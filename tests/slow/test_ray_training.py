@@ -44,11 +44,6 @@ def base_tok(model_dir: Path):
     return load_tokenizer(model_dir)
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def _short(metrics: dict) -> dict:
     keys = ("step", "train_loss", "valid_loss", "tokens_per_second", "resumed_from")
     return {
@@ -91,9 +86,8 @@ def test_embedded_head_is_local_and_token_protected(ray_head) -> None:
 def test_lora_sentiment_reaches_high_accuracy(
     ray_head, base_tok, model_dir: Path, tmp_path: Path
 ) -> None:
-    train = _write(tmp_path / "train.jsonl", samples.sentiment_examples(300, seed=1))
+    train = samples.sentiment_examples(300, seed=1)
     held_out = samples.sentiment_examples(60, seed=2)
-    valid = _write(tmp_path / "valid.jsonl", held_out)
     labels = samples.labels_for("sentiment")
 
     t0 = time.perf_counter()
@@ -103,8 +97,7 @@ def test_lora_sentiment_reaches_high_accuracy(
     arrivals: list[tuple[float, dict]] = []
     spec = TrainSpec(
         base_model_path=model_dir,
-        train_path=train,
-        valid_path=valid,
+        datasets={"train": train, "validation": held_out},
         task="sentiment",
         method="lora",
         lora={"r": 8, "alpha": 16, "dropout": 0.0},
@@ -166,17 +159,15 @@ def test_lora_sentiment_reaches_high_accuracy(
 def test_lora_translation_improves_chrf(
     ray_head, base_tok, model_dir: Path, tmp_path: Path
 ) -> None:
-    train = _write(tmp_path / "train.jsonl", samples.translation_pairs(200, seed=1))
+    train = samples.translation_pairs(200, seed=1)
     held_out = samples.translation_pairs(40, seed=2)
-    valid = _write(tmp_path / "valid.jsonl", held_out)
 
     t0 = time.perf_counter()
     base = evaluate(load_model(model_dir), base_tok, held_out, "translation")
     t_base = time.perf_counter() - t0
     spec = TrainSpec(
         base_model_path=model_dir,
-        train_path=train,
-        valid_path=valid,
+        datasets={"train": train, "validation": held_out},
         task="translation",
         method="hybrid",  # LoRA + trainable embed_tokens/lm_head: copies names/nouns better
         lora={"r": 16, "alpha": 32, "dropout": 0.0},
@@ -216,12 +207,12 @@ def test_lora_translation_improves_chrf(
 
 
 def test_worker_failure_resumes_from_checkpoint(ray_head, model_dir: Path, tmp_path: Path) -> None:
-    train = _write(tmp_path / "train.jsonl", samples.ticket_examples(120, seed=3))
+    train = samples.ticket_examples(120, seed=3)
     marker = tmp_path / "killed-once"
     events: list[dict] = []
     spec = TrainSpec(
         base_model_path=model_dir,
-        train_path=train,
+        datasets={"train": train},
         task="ticket",
         hyperparameters={"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "max_len": 96},
         checkpoint_every=4,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,11 +38,12 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("data")
     return {
-        "train": _write(d / "train.jsonl", samples.sentiment_examples(160, seed=1)),
-        "valid": _write(d / "valid.jsonl", samples.sentiment_examples(45, seed=2)),
+        "train": samples.sentiment_examples(160, seed=1),
+        "validation": samples.sentiment_examples(45, seed=2),
+        "valid_path": _write(d / "valid.jsonl", samples.sentiment_examples(45, seed=2)),
     }
 
 
@@ -65,8 +67,7 @@ def sweep_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, m
     events: list[dict] = []
     base = TrainSpec(
         base_model_path=model_dir,
-        train_path=data["train"],
-        valid_path=data["valid"],
+        datasets={"train": data["train"], "validation": data["validation"]},
         task="sentiment",
         lora={"r": 8, "alpha": 16, "dropout": 0.0},
         hyperparameters={"max_steps": 16, "batch_size": 8, "max_len": 96},
@@ -201,7 +202,7 @@ def test_model_selection_ranks_a_tuned_base_first(
     t0 = time.perf_counter()
     ranking = rank_base_models(
         {"tiny-llama": model_dir, "tiny-llama-sentiment": merged},
-        data["valid"],
+        data["valid_path"],
         "sentiment",
         few_shot=2,
         max_examples=20,

@@ -28,6 +28,7 @@ from shared.errors import InvalidRequest, NotFound
 from shared.schemas.training import FileOut
 
 PURPOSE = "fine-tune"
+SPLITS = ("train", "validation")  # a prepared dataset's splits, in this order
 TokenizerFor = Callable[[str], Any]  # base model id -> tokenizer
 
 
@@ -253,7 +254,12 @@ def prepare_dataset(
     return row
 
 
+def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:
+    """The splits a prepared dataset has (the job runner fetches each one)."""
+    return [name for name in SPLITS if store.exists(dataset_key(dataset_id, name))]
+
+
 def dataset_split(store: BlobStore, dataset_id: str, split: str) -> bytes:
-    if split not in ("train", "validation"):
+    if split not in SPLITS:
         raise NotFound(f"no split {split!r}", param="split")
     return store.get(dataset_key(dataset_id, split))
