@@ -146,9 +146,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
             return
-        data: dict[str, Any] = {
-            k: m[k] for k in ("step", "train_loss", "valid_loss", "tokens_per_second") if k in m
-        }
+        keep = ("step", "train_loss", "valid_loss", "tokens_per_second", "resumed_from")
+        data: dict[str, Any] = {k: m[k] for k in keep if k in m}
         rep.event(
             f"Step {m['step']}/{m.get('total_steps', total)}: "
             f"training loss={m.get('train_loss', float('nan')):.4f}",

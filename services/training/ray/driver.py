@@ -214,6 +214,7 @@ def run_training(
     )
     from ray.train.v2.torch.torch_trainer import TorchTrainer
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; expected one of {METHODS}")
@@ -230,7 +231,10 @@ def run_training(
     storage = storage_root(storage_path)
     refs = put_splits(spec.datasets)  # once per run; every worker (any node) reads them
 
-    queue = Queue(maxsize=0, actor_options={"num_cpus": 0})
+    # on the driver's node (as Train V2 puts its controller): a queue on a worker node
+    # would die with that node and silence every later report
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    queue = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
     events: list[dict[str, Any]] = []
     stop = threading.Event()
     drainer = threading.Thread(target=_drain, args=(queue, events, on_report, stop), daemon=True)
