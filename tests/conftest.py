@@ -21,10 +21,10 @@ TOKEN = "test-internal-token"
 
 @pytest.fixture(scope="session")
 def home_root() -> Path:
-    """``TUNEFLEET_HOME`` as every service reads it (the settings' default when unset)."""
-    from shared.settings import ServiceSettings
-
-    return ServiceSettings().home.resolve()
+    """``TUNEFLEET_HOME`` as every service reads it (``./var`` when unset). Read from the
+    environment, not through the bare ``ServiceSettings`` base class: without a service's
+    env prefix its ``home`` field also matches ``HOME`` (/root), which put the model there."""
+    return Path(os.environ.get("TUNEFLEET_HOME") or "var").resolve()
 
 
 @pytest.fixture(scope="session")
