@@ -416,10 +416,11 @@ async def test_feedback_accuracy_metric(f: Fleet, archives: list[Path]) -> None:
     )
     assert fb.json()["match"] is False and fb.json()["accuracy"] == 0.5
     metrics = (await f.gateway.get("/metrics")).text
-    assert 'tunefleet_gateway_feedback_accuracy{adapter="support-router@v1"} 0.5' in metrics
+    labels = 'adapter="support-router@v1",tenant="acme"'
+    assert f"tunefleet_gateway_feedback_accuracy{{{labels}}} 0.5" in metrics
     assert (
-        'tunefleet_gateway_feedback_total{adapter="support-router@v1",outcome="wrong"} 1.0'
-        in metrics
+        'tunefleet_gateway_feedback_total{adapter="support-router@v1",outcome="wrong",'
+        'tenant="acme"} 1.0' in metrics
     )
     r = await f.gateway.post(
         "/v1/feedback", json={"request_id": rid, "correct": "x"}, headers=auth(globex["app"])
