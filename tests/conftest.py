@@ -21,7 +21,10 @@ TOKEN = "test-internal-token"
 
 @pytest.fixture(scope="session")
 def home_root() -> Path:
-    return Path(os.environ.get("TUNEFLEET_HOME", "var")).resolve()
+    """``TUNEFLEET_HOME`` as every service reads it (the settings' default when unset)."""
+    from shared.settings import ServiceSettings
+
+    return ServiceSettings().home.resolve()
 
 
 @pytest.fixture(scope="session")

@@ -168,12 +168,12 @@ async def _run(
     """(answer, completion id) of the model call for one record; the prompt goes through the
     tenant's PII guard like any other completion."""
     prompt = render(spec.template, integ.extract(spec, record, where))
-    body = integ.completion_body(spec, prompt)
+    path, body = integ.model_call(spec, prompt)
     await st.pii.enforce(who.pii_mode, body)
     await st.quotas.admit(who)
     headers = upstream_headers(request, who, st.internal_token)
     headers["content-type"] = "application/json"
-    status, _, raw = await generate(st, who, "/v1/completions", body, headers, request_id=None)
+    status, _, raw = await generate(st, who, path, body, headers, request_id=None)
     data = json.loads(raw or b"{}")
     if status != 200:
         raise error_from_envelope(status, data)

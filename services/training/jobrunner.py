@@ -1,12 +1,15 @@
 """``python -m services.training.jobrunner --job-id … --service-url …``: one job on Ray.
 
 This is the entrypoint the training service submits through the Ray Jobs API. It reads its
-spec and prepared data from the service (per-job token in ``TUNEFLEET_RUNNER_TOKEN``),
-evaluates the base model, trains with :func:`services.training.ray.driver.run_training`
-(events and checkpoints stream back as they happen), evaluates the result, and sends it:
-an adapter archive (``lora``) or the path of a full model directory (``full``, ``transfer``,
-``hybrid`` merged into its base). Reports are retried with backoff so a training-service
-restart in the middle of a run loses nothing but a few metric events.
+spec and every split of its prepared dataset from the service (per-job token in
+``TUNEFLEET_RUNNER_TOKEN``; the splits reach the Ray Train workers through the object
+store, never a local path), evaluates the base model on the test split (the reported
+numbers; validation drives sweeps, pruning and ``auto_promote``), trains with
+:func:`services.training.ray.driver.run_training` (events and checkpoints stream back as
+they happen; checkpoints live on the spec's ``storage_path``), evaluates the result, and
+sends it: an adapter archive (``lora``) or the path of a full model directory (``full``,
+``transfer``, ``hybrid`` merged into its base). Reports are retried with backoff so a
+training-service restart in the middle of a run loses nothing but a few metric events.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from services.training.domain.rows import row_pair
+from shared.rendering import encode_training_row
 from shared.schemas.training import RunnerSpec
 
 log = logging.getLogger("tunefleet.jobrunner")
@@ -71,18 +74,23 @@ class Reporter:
             log.warning("dropped an event report")
 
 
-def _read_split(rep: Reporter, split: str, dest: Path) -> list[dict[str, str]]:
-    text = rep.call("GET", f"/data/{split}").text
-    rows = [row_pair(json.loads(line)) for line in text.splitlines() if line.strip()]
-    dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return rows
+def _read_splits(rep: Reporter) -> dict[str, list[dict[str, Any]]]:
+    """Every non-empty split of the job's dataset (``train``, ``validation``, ``test``) as
+    prepared rows (chat or prompt/completion, rendered later by :mod:`shared.rendering`)."""
+    splits = {}
+    for name in rep.call("GET", "/data").json()["splits"]:
+        text = rep.call("GET", f"/data/{name}").text
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if rows:
+            splits[name] = rows
+    return splits
 
 
 def _scores(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k not in ("predictions", "labels")}
 
 
-def _evaluate(model: Any, tok: Any, spec: RunnerSpec, rows: list[dict[str, str]]) -> dict:
+def _evaluate(model: Any, tok: Any, spec: RunnerSpec, rows: list[dict[str, Any]]) -> dict:
     from services.training.ray.evaluate import evaluate
 
     if not rows or spec.task not in EVAL_TASKS:
@@ -99,7 +107,7 @@ def _plan(spec: RunnerSpec, n_train: int) -> tuple[int, int, int]:
     return total, ckpt, max(1, min(20, total // 20))  # ~20 reports, at least every 20 steps
 
 
-def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, str]]) -> dict:
+def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, Any]]) -> dict:
     """Evaluate the version behind the auto_promote alias on this job's validation set."""
     import tarfile
 
@@ -123,8 +131,11 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     from services.training.ray.driver import TrainSpec, run_training
     from services.training.ray.evaluate import load_model, load_tokenizer
 
-    train_rows = _read_split(rep, "train", work / "train.jsonl")
-    valid_rows = _read_split(rep, "validation", work / "validation.jsonl")
+    splits = _read_splits(rep)
+    train_rows, valid_rows = splits.get("train", []), splits.get("validation", [])
+    # the reported numbers come from held-out rows nothing was selected on (datasets prepared
+    # before the test split existed fall back to validation)
+    test_rows = splits.get("test") or valid_rows
     total, ckpt_every, report_every = _plan(spec, len(train_rows))
     ensure_ray(work / "ray", log_to_driver=os.environ.get("TF_RAY_LOG_TO_DRIVER", "1") != "0")
     rep.event(
@@ -133,16 +144,15 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         data={"total_steps": total, "num_workers": spec.num_workers},
     )
     tok = load_tokenizer(spec.base_model_path)
-    base_eval = _evaluate(load_model(spec.base_model_path), tok, spec, valid_rows)
+    base_eval = _evaluate(load_model(spec.base_model_path), tok, spec, test_rows)
     if base_eval:
-        rep.event("Evaluated the base model", data={"base": base_eval})
+        rep.event("Evaluated the base model on the test split", data={"base": base_eval})
 
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
             return
-        data: dict[str, Any] = {
-            k: m[k] for k in ("step", "train_loss", "valid_loss", "tokens_per_second") if k in m
-        }
+        keep = ("step", "train_loss", "valid_loss", "tokens_per_second", "resumed_from")
+        data: dict[str, Any] = {k: m[k] for k in keep if k in m}
         rep.event(
             f"Step {m['step']}/{m.get('total_steps', total)}: "
             f"training loss={m.get('train_loss', float('nan')):.4f}",
@@ -162,8 +172,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     hp = dict(spec.hyperparameters)
     train_spec = TrainSpec(
         base_model_path=Path(spec.base_model_path),
-        train_path=work / "train.jsonl",
-        valid_path=(work / "validation.jsonl") if valid_rows else None,
+        # the workers see what they train and validate on; the test split stays here
+        datasets={name: rows for name, rows in splits.items() if name != "test"},
         method=spec.method,
         task=spec.task,
         lora={"r": 8, "alpha": 16, "dropout": 0.05, **spec.lora},
@@ -178,12 +188,12 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     )
     result: dict[str, Any] = {"base": base_eval}
     if spec.sweep:
-        adapter_dir, model_dir, result["sweep"] = _sweep(rep, spec, train_spec)
+        adapter_dir, model_dir, result["sweep"] = _sweep(rep, spec, train_spec, work)
         result["final_metrics"] = result["sweep"]["best"]["metrics"]
     else:
         outcome = run_training(
             train_spec,
-            storage_path=Path(spec.storage_path),
+            storage_path=spec.storage_path,
             on_report=on_report,
             export_dir=work / "export",
         )
@@ -194,11 +204,16 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         rep.event("Pruned the adapter", data={"prune": result["prune"]})
     tuned_dir = adapter_dir or model_dir
     assert tuned_dir is not None, "training produced no weights"
-    result["tuned"] = _evaluate(load_model(tuned_dir, merge=True), tok, spec, valid_rows)
+    tuned_model = load_model(tuned_dir, merge=True)
+    result["tuned"] = _evaluate(tuned_model, tok, spec, test_rows)
+    result["eval_split"] = "test" if test_rows is not valid_rows else "validation"
     if spec.compare_alias:
+        # promotion decides on validation: the test numbers stay untouched by any choice
+        result["gate_tuned"] = _evaluate(tuned_model, tok, spec, valid_rows)
         incumbent = _incumbent(rep, spec, work, valid_rows)
         result["incumbent"] = {**incumbent, "version": spec.compare_version}
-    n_tokens = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
+    max_len = int(hp.get("max_len", 256))
+    n_tokens = sum(len(encode_training_row(tok, r, max_len)[0]) for r in train_rows)
     mean_len = n_tokens / max(1, len(train_rows))
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
@@ -243,15 +258,19 @@ def _forward_trial(e: dict[str, Any]) -> None:
     _trial_reporter.event(f"Sweep {e.get('event', 'event')}: trial {e.get('trial_id')}", data=data)
 
 
-def _sweep(rep: Reporter, spec: RunnerSpec, base: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _sweep(
+    rep: Reporter, spec: RunnerSpec, base: Any, work: Path
+) -> tuple[Any, Any, dict[str, Any]]:
     """Ray Tune over ``base``; every trial event is reported; returns the best weights."""
     from services.training.ray.sweep import parse_sweep, run_sweep
 
-    sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.valid_path is not None)
+    sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.has_split("validation"))
 
     global _trial_reporter
     _trial_reporter = rep
-    out = run_sweep(base, sweep, Path(spec.storage_path), on_trial=_forward_trial)
+    out = run_sweep(
+        base, sweep, spec.storage_path, on_trial=_forward_trial, export_dir=work / "sweep"
+    )
     if out.best is None:
         raise RuntimeError("no sweep trial finished")
 
