@@ -148,8 +148,8 @@ def create_app(
         internal_token=token,
         lifespan=lifespan,
         title="tunefleet gateway",
-        max_body_bytes=settings.max_body_bytes,
-        max_upload_bytes=settings.max_upload_bytes,
+        max_body_bytes=lambda: settings.max_body_bytes,  # read per request: may change live
+        max_upload_bytes=lambda: settings.max_upload_bytes,
         before_body=authenticate_before_body,
     )
     for module in (

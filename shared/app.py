@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.bodylimit import BeforeBody, BodyLimitMiddleware
+from shared.bodylimit import BeforeBody, BodyLimitMiddleware, Limit
 from shared.errors import (
     STATUS_TO_ERROR,
     Forbidden,
@@ -202,8 +202,8 @@ def create_service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     title: str | None = None,
     registry: CollectorRegistry | None = None,
-    max_body_bytes: int = 32 * 2**20,
-    max_upload_bytes: int = 2**30,
+    max_body_bytes: Limit = 32 * 2**20,
+    max_upload_bytes: Limit = 2**30,
     before_body: BeforeBody | None = None,
 ) -> FastAPI:
     """A FastAPI app with the fleet's middleware, error envelope and health endpoints.

@@ -26,6 +26,8 @@ UPLOAD_ROUTE: dict[str, Any] = {"x-tunefleet-body": "upload"}
 """``openapi_extra`` of a route that streams a multipart upload itself (no ``File()``)."""
 
 BeforeBody = Callable[[Scope], Awaitable[None]]
+Limit = int | Callable[[], int]
+"""A byte limit, or a function returning it (read per request: settings may change live)."""
 """Runs before any body byte is read; raises a TunefleetError to refuse the request."""
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -52,8 +54,8 @@ class BodyLimitMiddleware:
         self,
         app: ASGIApp,
         *,
-        max_body_bytes: int,
-        max_upload_bytes: int,
+        max_body_bytes: Limit,
+        max_upload_bytes: Limit,
         before_body: BeforeBody | None = None,
         render: Callable[[TunefleetError, Scope], ASGIApp],
     ) -> None:
@@ -67,10 +69,9 @@ class BodyLimitMiddleware:
     def limit_for(self, scope: Scope) -> int:
         if self._uploads is None:  # routes are all added before the first request
             self._uploads = [r for r in scope["app"].router.routes if is_upload_route(r)]
-        for route in self._uploads:
-            if route.matches(scope)[0] == Match.FULL:
-                return self.max_upload
-        return self.max_body
+        upload = any(route.matches(scope)[0] == Match.FULL for route in self._uploads)
+        limit = self.max_upload if upload else self.max_body
+        return limit if isinstance(limit, int) else limit()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

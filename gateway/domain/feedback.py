@@ -32,17 +32,18 @@ class FeedbackBook:
     def __init__(self, registry: CollectorRegistry, *, capacity: int = 100_000) -> None:
         self.capacity = capacity
         self._seen: OrderedDict[str, Prediction] = OrderedDict()
-        self._tally: dict[str, list[int]] = {}  # adapter -> [correct, total]
+        # (tenant, adapter) -> [correct, total]: two tenants' "router@v1" are different adapters
+        self._tally: dict[tuple[str, str], list[int]] = {}
         self.total = Counter(
             "tunefleet_gateway_feedback",
             "Feedback received on served predictions",
-            ["adapter", "outcome"],
+            ["tenant", "adapter", "outcome"],
             registry=registry,
         )
         self.accuracy = Gauge(
             "tunefleet_gateway_feedback_accuracy",
             "Share of fed-back predictions that were correct, per adapter version",
-            ["adapter"],
+            ["tenant", "adapter"],
             registry=registry,
         )
 
@@ -60,11 +61,11 @@ class FeedbackBook:
         if p is None or p.tenant != tenant:
             raise NotFound(f"no recent prediction with id {request_id!r}", param="request_id")
         ok = _norm(p.predicted) == _norm(correct)
-        tally = self._tally.setdefault(p.adapter, [0, 0])
+        tally = self._tally.setdefault((p.tenant, p.adapter), [0, 0])
         tally[0] += int(ok)
         tally[1] += 1
-        self.total.labels(p.adapter, "correct" if ok else "wrong").inc()
-        self.accuracy.labels(p.adapter).set(tally[0] / tally[1])
+        self.total.labels(p.tenant, p.adapter, "correct" if ok else "wrong").inc()
+        self.accuracy.labels(p.tenant, p.adapter).set(tally[0] / tally[1])
         return {
             "object": "feedback",
             "request_id": request_id,

@@ -19,6 +19,6 @@ class FeedbackIn(BaseModel):
 
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackIn, st: State, who: Caller) -> dict[str, Any]:
-    """Scores the prediction and updates ``tunefleet_gateway_feedback_accuracy{adapter}``."""
+    """Scores the prediction and updates ``tunefleet_gateway_feedback_accuracy{tenant,adapter}``."""
     who.require("infer")
     return st.feedback.record(who.tenant, body.request_id, body.correct)

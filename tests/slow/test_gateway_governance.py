@@ -71,11 +71,13 @@ async def test_idempotency_key_replays_and_conflicts(f: Fleet, archives: list[Pa
         headers={**auth(globex["integrator"]), "Idempotency-Key": "create-1"},
     )
     assert r.status_code == 201 and "idempotent-replayed" not in r.headers
-    # admin creates: a retried key creation returns the same key, not a second one
+    # admin creates: a retried key creation returns the same key record, not a second key;
+    # the secret itself is shown once and never stored for replays (issue 18, item 7)
     ha = {**ADMIN, "Idempotency-Key": "key-1"}
     k1 = await f.gateway.post("/admin/keys", json={"tenant": "acme", "role": "app"}, headers=ha)
     k2 = await f.gateway.post("/admin/keys", json={"tenant": "acme", "role": "app"}, headers=ha)
-    assert k1.status_code == k2.status_code == 201 and k1.json()["key"] == k2.json()["key"]
+    assert k1.status_code == k2.status_code == 201 and k1.json()["id"] == k2.json()["id"]
+    assert k1.json()["key"] and k2.json()["key"] is None
     # an error answer is replayed too (nothing was created the first time either)
     hb = {**ADMIN, "Idempotency-Key": "dup-tenant"}
     d1 = await f.gateway.post("/admin/tenants", json={"id": "acme"}, headers=hb)
@@ -414,10 +416,11 @@ async def test_feedback_accuracy_metric(f: Fleet, archives: list[Path]) -> None:
     )
     assert fb.json()["match"] is False and fb.json()["accuracy"] == 0.5
     metrics = (await f.gateway.get("/metrics")).text
-    assert 'tunefleet_gateway_feedback_accuracy{adapter="support-router@v1"} 0.5' in metrics
+    labels = 'adapter="support-router@v1",tenant="acme"'
+    assert f"tunefleet_gateway_feedback_accuracy{{{labels}}} 0.5" in metrics
     assert (
-        'tunefleet_gateway_feedback_total{adapter="support-router@v1",outcome="wrong"} 1.0'
-        in metrics
+        'tunefleet_gateway_feedback_total{adapter="support-router@v1",outcome="wrong",'
+        'tenant="acme"} 1.0' in metrics
     )
     r = await f.gateway.post(
         "/v1/feedback", json={"request_id": rid, "correct": "x"}, headers=auth(globex["app"])
