@@ -98,7 +98,7 @@ def encoded_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[A
     from services.training.ray.train_loop import encode_example
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
-    return [encode_example(tok, r["prompt"], r["completion"], args.max_len) for r in rows]
+    return [encode_example(tok, r, args.max_len) for r in rows]
 
 
 def planned_tokens(encoded: list, steps: int, bs: int, world: int) -> int:

@@ -71,6 +71,7 @@ def create_app(
             callback_url=settings.runner_callback_url(),
             data_root=root,
             max_len=settings.max_len,
+            test_fraction=settings.test_fraction,
             poll_s=settings.monitor_poll_s,
         )
         app.state.training = TrainingState(

@@ -3,7 +3,8 @@
 This is the entrypoint the training service submits through the Ray Jobs API. It reads its
 spec and every split of its prepared dataset from the service (per-job token in
 ``TUNEFLEET_RUNNER_TOKEN``; the splits reach the Ray Train workers through the object
-store, never a local path), evaluates the base model, trains with
+store, never a local path), evaluates the base model on the test split (the reported
+numbers; validation drives sweeps, pruning and ``auto_promote``), trains with
 :func:`services.training.ray.driver.run_training` (events and checkpoints stream back as
 they happen; checkpoints live on the spec's ``storage_path``), evaluates the result
 (evaluations and pruning are Ray tasks with one worker's resources,
@@ -29,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from services.training.domain.rows import row_pair
+from shared.rendering import encode_training_row
 from shared.schemas.training import RunnerSpec
 
 log = logging.getLogger("tunefleet.jobrunner")
@@ -75,18 +76,19 @@ class Reporter:
             log.warning("dropped an event report")
 
 
-def _read_splits(rep: Reporter) -> dict[str, list[dict[str, str]]]:
-    """Every non-empty split of the job's dataset (``train``, ``validation``, ...)."""
+def _read_splits(rep: Reporter) -> dict[str, list[dict[str, Any]]]:
+    """Every non-empty split of the job's dataset (``train``, ``validation``, ``test``) as
+    prepared rows (chat or prompt/completion, rendered later by :mod:`shared.rendering`)."""
     splits = {}
     for name in rep.call("GET", "/data").json()["splits"]:
         text = rep.call("GET", f"/data/{name}").text
-        rows = [row_pair(json.loads(line)) for line in text.splitlines() if line.strip()]
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         if rows:
             splits[name] = rows
     return splits
 
 
-def _evaluate_on(source: Any, spec: RunnerSpec, rows: list[dict[str, str]]) -> dict:
+def _evaluate_on(source: Any, spec: RunnerSpec, rows: list[dict[str, Any]]) -> dict:
     """Score ``source`` (a :class:`~services.training.ray.worker_tasks.ModelSource`) as a Ray
     task with one worker's resources (1 CPU, or 1 GPU): not in this driver on the head."""
     from services.training.ray.worker_tasks import evaluate_remote
@@ -105,7 +107,7 @@ def _plan(spec: RunnerSpec, n_train: int) -> tuple[int, int, int]:
     return total, ckpt, max(1, min(20, total // 20))  # ~20 reports, at least every 20 steps
 
 
-def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, str]]) -> dict:
+def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str, Any]]) -> dict:
     """Evaluate the version behind the auto_promote alias on this job's validation set."""
     import tarfile
 
@@ -131,6 +133,9 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
 
     splits = _read_splits(rep)
     train_rows, valid_rows = splits.get("train", []), splits.get("validation", [])
+    # the reported numbers come from held-out rows nothing was selected on (datasets prepared
+    # before the test split existed fall back to validation)
+    test_rows = splits.get("test") or valid_rows
     total, ckpt_every, report_every = _plan(spec, len(train_rows))
     ensure_ray(work / "ray", log_to_driver=os.environ.get("TF_RAY_LOG_TO_DRIVER", "1") != "0")
     rep.event(
@@ -139,9 +144,9 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         data={"total_steps": total, "num_workers": spec.num_workers},
     )
     tok = load_tokenizer(spec.base_model_path)
-    base_eval = _evaluate_on(ModelSource(spec.base_model_path), spec, valid_rows)
+    base_eval = _evaluate_on(ModelSource(spec.base_model_path), spec, test_rows)
     if base_eval:
-        rep.event("Evaluated the base model", data={"base": base_eval})
+        rep.event("Evaluated the base model on the test split", data={"base": base_eval})
 
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
@@ -167,7 +172,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     hp = dict(spec.hyperparameters)
     train_spec = TrainSpec(
         base_model_path=Path(spec.base_model_path),
-        datasets=splits,
+        # the workers see what they train and validate on; the test split stays here
+        datasets={name: rows for name, rows in splits.items() if name != "test"},
         method=spec.method,
         task=spec.task,
         lora={"r": 8, "alpha": 16, "dropout": 0.05, **spec.lora},
@@ -204,11 +210,15 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         if adapter_dir is not None
         else ModelSource(spec.base_model_path, checkpoint=checkpoint)
     )
-    result["tuned"] = _evaluate_on(tuned, spec, valid_rows)
+    result["tuned"] = _evaluate_on(tuned, spec, test_rows)
+    result["eval_split"] = "test" if test_rows is not valid_rows else "validation"
     if spec.compare_alias:
+        # promotion decides on validation: the test numbers stay untouched by any choice
+        result["gate_tuned"] = _evaluate_on(tuned, spec, valid_rows)
         incumbent = _incumbent(rep, spec, work, valid_rows)
         result["incumbent"] = {**incumbent, "version": spec.compare_version}
-    n_tokens = sum(len(tok(r["prompt"] + r["completion"])["input_ids"]) for r in train_rows)
+    max_len = int(hp.get("max_len", 256))
+    n_tokens = sum(len(encode_training_row(tok, r, max_len)[0]) for r in train_rows)
     mean_len = n_tokens / max(1, len(train_rows))
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
@@ -284,7 +294,7 @@ def _sweep(
 
 
 def _prune(
-    spec: RunnerSpec, adapter_dir: Path, work: Path, rows: list[dict[str, str]]
+    spec: RunnerSpec, adapter_dir: Path, work: Path, rows: list[dict[str, Any]]
 ) -> tuple[Path, dict[str, Any]]:
     """SVD rank reduction (+ magnitude pruning) within the job's quality tolerance, as a
     Ray task (it scores every candidate rank) with one worker's resources."""

@@ -2,12 +2,13 @@
 
 ``rank_base_models(model_dirs, valid_path, task, ...) -> list[dict]`` (for
 ``POST /v1/fine_tuning/model_selection``). For each base model (a HF model dir), the first
-``few_shot`` rows of the file become an in-context prefix (``prompt + completion`` pairs
-separated by a blank line) and the next ``max_examples`` rows are scored with
-:func:`services.training.ray.evaluate.evaluate` on ``prefix + prompt``:
+``few_shot`` rows of the file become in-context examples (earlier user/assistant turns for
+chat rows; ``prompt + completion`` pairs separated by a blank line for prompt rows) and the
+next ``max_examples`` rows are scored with :func:`services.training.ray.evaluate.evaluate`,
+which renders them as inference would (:mod:`shared.rendering`):
 
 * classification tasks (``sentiment``, ``ticket``, ``classification``): ``accuracy`` and
-  ``macro_f1`` (label log-likelihood scoring), then ``eval_loss``;
+  ``macro_f1`` (constrained decoding over the labels, as served), then ``eval_loss``;
 * ``translation``: ``chrf`` (greedy decoding), then ``eval_loss``;
 * ``generation``: ``eval_loss`` only (mean completion-token cross-entropy).
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import InvalidRequest
+from shared.rendering import completion_text
 
 TASK_METRIC = {
     "sentiment": "accuracy",
@@ -39,9 +41,23 @@ TASK_METRIC = {
 MAX_MODELS = 16
 
 
-def read_examples(valid_path: Path, limit: int) -> list[dict[str, str]]:
-    """Up to ``limit`` ``{"prompt", "completion", "label"?}`` rows; errors name the line."""
-    rows: list[dict[str, str]] = []
+def _usable(row: Any) -> bool:
+    if not isinstance(row, dict):
+        return False
+    if "messages" in row:
+        msgs = row["messages"]
+        return (
+            isinstance(msgs, list)
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+            and any(m.get("role") == "assistant" for m in msgs)
+        )
+    return isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str)
+
+
+def read_examples(valid_path: Path, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` prepared rows (chat ``messages`` or ``prompt``/``completion``, with an
+    optional ``label``); errors name the line."""
+    rows: list[dict[str, Any]] = []
     with open(valid_path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -52,13 +68,10 @@ def read_examples(valid_path: Path, limit: int) -> list[dict[str, str]]:
                 raise InvalidRequest(
                     f"validation_file line {lineno}: not valid JSON", param="validation_file"
                 ) from None
-            if not (
-                isinstance(row, dict)
-                and isinstance(row.get("prompt"), str)
-                and isinstance(row.get("completion"), str)
-            ):
+            if not _usable(row):
                 raise InvalidRequest(
-                    f"validation_file line {lineno}: needs string prompt and completion",
+                    f"validation_file line {lineno}: needs messages with an assistant turn, "
+                    "or string prompt and completion",
                     param="validation_file",
                 )
             rows.append(row)
@@ -67,14 +80,32 @@ def read_examples(valid_path: Path, limit: int) -> list[dict[str, str]]:
     return rows
 
 
-def few_shot_prefix(shots: Sequence[Mapping[str, str]]) -> str:
-    """In-context examples in the training format, one blank line after each."""
-    return "".join(f"{s['prompt']}{s['completion'].rstrip()}\n\n" for s in shots)
+def few_shot_prefix(shots: Sequence[Mapping[str, Any]]) -> str:
+    """In-context prompt/completion examples in the training format, a blank line after each."""
+    return "".join(
+        f"{s['prompt']}{completion_text(s['prompt'], s['completion']).rstrip()}\n\n"
+        for s in shots
+        if "prompt" in s
+    )
+
+
+def with_shots(row: Mapping[str, Any], shots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``row`` with the in-context examples in front, in the row's own format: earlier
+    user/assistant turns for a chat row (after its system message), a text prefix else."""
+    if "messages" not in row:
+        return {**row, "prompt": few_shot_prefix(shots) + row["prompt"]}
+    turns = [
+        dict(m) for s in shots if "messages" in s for m in s["messages"] if m["role"] != "system"
+    ]
+    msgs = list(row["messages"])
+    system = [dict(m) for m in msgs if m["role"] == "system"]
+    rest = [dict(m) for m in msgs if m["role"] != "system"]
+    return {**row, "messages": system + turns + rest}
 
 
 def _score_model(
     model_dir: Path,
-    examples: list[dict[str, str]],
+    examples: list[dict[str, Any]],
     task: str,
     labels: Sequence[str] | None,
     batch_size: int,
@@ -83,7 +114,7 @@ def _score_model(
 
     from services.training.ray.evaluate import (
         _completion_logprobs,
-        _encode_pair,
+        _gold_pair,
         evaluate,
         load_model,
         load_tokenizer,
@@ -95,7 +126,7 @@ def _score_model(
         result.pop("predictions", None)
         return result
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pairs = [_encode_pair(tokenizer, ex["prompt"], ex["completion"]) for ex in examples]
+    pairs = [_gold_pair(tokenizer, ex) for ex in examples]
     with torch.inference_mode():
         scored = _completion_logprobs(model, pairs, pad_id, batch_size)
     loss = -sum(lp for lp, _ in scored) / max(1, sum(n for _, n in scored))
@@ -133,8 +164,7 @@ def rank_base_models(
             f"validation_file needs more than {few_shot} rows (few-shot examples + scored rows)",
             param="validation_file",
         )
-    prefix = few_shot_prefix(rows[:few_shot])
-    examples = [{**r, "prompt": prefix + r["prompt"]} for r in rows[few_shot:]]
+    examples = [with_shots(r, rows[:few_shot]) for r in rows[few_shot:]]
     if labels is None and task in ("sentiment", "ticket"):
         from services.training.samples import labels_for
 

@@ -54,6 +54,9 @@ class TrainingSettings(ServiceSettings):
     max_upload_bytes: int = Field(default=64 * 2**20, ge=1024)
     default_base_model: str = Field(default="tiny-llama")
     max_len: int = Field(default=256, ge=16, le=32768)
+    # Held-out share of a training upload when a job names no test_file: the job's base and
+    # tuned metrics are reported on it (validation drives sweeps, pruning, auto_promote).
+    test_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
     max_workers: int = Field(default=8, ge=1)
     monitor_poll_s: float = Field(default=1.0, gt=0)
     retention_interval_s: float = Field(

@@ -94,6 +94,12 @@ class JobCreate(_Strict):
     model: str = Field(pattern=NAME_RE.pattern, max_length=64)
     training_file: str = Field(max_length=64)
     validation_file: str | None = Field(default=None, max_length=64)
+    test_file: str | None = Field(
+        default=None,
+        max_length=64,
+        description="tunefleet: held-out file the job's base/tuned metrics are reported on; "
+        "drawn deterministically from training_file when absent",
+    )
     suffix: str | None = Field(default=None, pattern=NAME_RE.pattern, max_length=40)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     hyperparameters: Hyperparameters | None = None
@@ -132,6 +138,7 @@ class JobOut(BaseModel):
     status: JobStatus
     training_file: str
     validation_file: str | None
+    test_file: str | None = None
     hyperparameters: dict[str, Any]
     method: dict[str, Any]
     trained_tokens: int | None

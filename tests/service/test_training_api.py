@@ -116,7 +116,9 @@ def test_pii_never_reaches_the_prepared_dataset(stack: TrainingStack) -> None:
     ds = job["dataset_id"]
     assert ds and ds.startswith("ds-")
     store = stack.store()
-    stored = store.get(f"datasets/{ds}/train.jsonl") + store.get(f"datasets/{ds}/validation.jsonl")
+    stored = b"".join(
+        store.get(f"datasets/{ds}/{split}.jsonl") for split in ("train", "validation", "test")
+    )
     assert stored.count(b"\n") == f["prep_report"]["rows_out"] >= 10
     for s in secrets_:
         assert s.encode() not in stored

@@ -130,6 +130,7 @@ class RayNodes:
             f"--temp-dir={self.temp_dir}",
         ]
         head = self._start("head", args, private_tmp=False)
+
         def ready() -> bool:
             return self.api("GET", "/api/jobs/").status_code == 200 and bool(
                 self._alive_node_ids(head=True)

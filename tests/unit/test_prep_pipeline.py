@@ -114,7 +114,15 @@ def test_salesforce_case_export_report_is_exact(tokenizer: Tokenizer) -> None:
             "max_len": 12,
             "truncated_lines": [e.line for e in everything if _tokens(e) > 12],
         },
-        "split": {"train": 7, "validation": 3, "source": "split", "validation_fraction": 0.25},
+        "split": {
+            "train": 7,
+            "validation": 3,
+            "source": "split",
+            "validation_fraction": 0.25,
+            "test": 0,
+            "test_source": "split",
+            "test_fraction": 0.0,
+        },
         "seed": 7,
     }
     assert report.lengths.truncated > 0
@@ -204,6 +212,9 @@ def test_validation_upload_is_used_and_deduplicated_against_training(tokenizer: 
         "validation": 1,
         "source": "upload",
         "validation_fraction": None,
+        "test": 0,
+        "test_source": "split",
+        "test_fraction": 0.0,
     }
     assert [e.prompt for e in prepared.validation] == ["Wrong size\nThe shoes are too small"]
     assert (report.rows_in, report.rows_out) == (16, 11)
@@ -321,3 +332,68 @@ def test_invalid_validation_upload_names_the_validation_file(tokenizer: Tokenize
 def test_bad_arguments(kw: dict[str, object], param: str) -> None:
     error = _error(b'{"prompt": "a", "completion": "b"}\n', **kw)
     assert (error.code, error.param) == ("invalid_request", param)
+
+
+def _review_rows(n: int, offset: int = 0) -> bytes:
+    """Distinct reviews (random words: near-duplicate detection keeps them all)."""
+    import random
+
+    labels = ("positive", "negative", "neutral")
+    words = [f"{a}{b}" for a in ("ka", "lo", "mi", "nu", "pe", "ro") for b in "aeiouxyz"]
+    rows = []
+    for i in range(offset, offset + n):
+        text = " ".join(random.Random(i).choices(words, k=8))
+        rows.append({"prompt": f"Review: {text}", "completion": labels[i % 3]})
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_test_split_is_drawn_deterministically_and_apart(tokenizer: Tokenizer) -> None:
+    kwargs = {"task": "sentiment", "tokenizer": tokenizer, "max_len": 64, "seed": 3}
+    a = prepare(_review_rows(60), "r.jsonl", test_fraction=0.2, **kwargs)
+    b = prepare(_review_rows(60), "r.jsonl", test_fraction=0.2, **kwargs)
+    split_report = a.report.split
+    assert (split_report.test, split_report.test_source, split_report.test_fraction) == (
+        12,
+        "split",
+        0.2,
+    )
+    assert split_report.train + split_report.validation + split_report.test == 60
+    assert [e.prompt for e in a.test] == [e.prompt for e in b.test]
+    seen = {e.prompt for e in a.train} | {e.prompt for e in a.validation}
+    assert not seen & {e.prompt for e in a.test}
+    # an uploaded validation file leaves the drawn test set where it was
+    c = prepare(
+        _review_rows(60),
+        "r.jsonl",
+        test_fraction=0.2,
+        validation=_review_rows(6, offset=100),
+        validation_filename="v.jsonl",
+        **kwargs,
+    )
+    assert [e.prompt for e in c.test] == [e.prompt for e in a.test]
+
+
+def test_test_upload_is_used_and_deduplicated_against_training(tokenizer: Tokenizer) -> None:
+    kwargs = {"task": "sentiment", "tokenizer": tokenizer, "max_len": 64}
+    test = _review_rows(3, offset=0) + _review_rows(5, offset=200)  # 3 repeat training rows
+    prepared = prepare(
+        _review_rows(30), "r.jsonl", test=test, test_filename="t.jsonl", test_fraction=0.3, **kwargs
+    )
+    assert prepared.report.split.test_source == "upload"
+    assert prepared.report.split.test_fraction is None
+    assert len(prepared.test) == 5
+
+
+def test_bad_test_fraction_and_bad_test_file_name_their_field(tokenizer: Tokenizer) -> None:
+    kwargs = {"task": "sentiment", "tokenizer": tokenizer, "max_len": 64}
+    with pytest.raises(InvalidRequest) as err:
+        prepare(_review_rows(10), "r.jsonl", test_fraction=1.5, **kwargs)
+    assert err.value.param == "test_fraction"
+    with pytest.raises(InvalidRequest) as err:
+        prepare(_review_rows(10), "r.jsonl", validation_fraction=0.6, test_fraction=0.4, **kwargs)
+    assert err.value.param == "test_fraction"
+    with pytest.raises(InvalidRequest) as err:
+        prepare(
+            _review_rows(10), "r.jsonl", test=b'{"prompt": 1}\n', test_filename="t.jsonl", **kwargs
+        )
+    assert err.value.param == "test_file" and "line 1" in err.value.message

@@ -1,8 +1,10 @@
 """Turning OpenAI-shaped requests into engine work, with accounting.
 
 Routes hand a validated request here; this module resolves the model to an immutable
-identity, holds its adapter for the request's duration, builds the token prompt (chat
-template), bounds it by the context, and yields engine chunks while recording metrics.
+identity, holds its adapter for the request's duration, builds the token prompt with the
+one renderer training uses too (:mod:`shared.rendering`), bounds it by the context, and
+yields engine chunks while recording metrics. Labels (``choices_allowed``, a JSON-schema
+``enum``) are offered to the engine as the model learnt them and answered as written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from services.inference.engine.base import (
 from services.inference.engine.resolver import ModelResolver
 from services.inference.metrics import InferenceMetrics
 from shared.errors import InvalidRequest, NotFound, ServiceUnavailable, TunefleetError
+from shared.rendering import LabelConstraint, label_constraint, render_chat, render_prompt
 from shared.schemas.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
 from shared.schemas.registry import Resolution
 
@@ -40,6 +43,8 @@ class Prepared:
     request_id: str
     metric_labels: tuple[str, str]
     created: int = field(default_factory=lambda: int(time.time()))
+    # per prompt: the label constraint of the request (None: free text or a general schema)
+    constraints: list[LabelConstraint | None] = field(default_factory=list)
 
     @property
     def served_ref(self) -> str:
@@ -87,12 +92,15 @@ class Server:
                 param="model",
                 code="model_not_found",
             )
+        schema = body.json_schema()
         if isinstance(body, ChatCompletionRequest):
             prompts = [self._chat_tokens(body)]
+            constraints = [label_constraint(None, body.choices_allowed, schema)]
             param = "messages"
         else:
             raw = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-            prompts = [self.engine.tokenizer(p, add_special_tokens=True)["input_ids"] for p in raw]
+            prompts = [render_prompt(self.engine.tokenizer, p) for p in raw]
+            constraints = [label_constraint(p, body.choices_allowed, schema) for p in raw]
             param = "prompt"
         longest = max(len(p) for p in prompts)
         room = self.max_model_len - longest
@@ -106,10 +114,12 @@ class Server:
         if body.max_tokens is None:
             max_tokens = min(self.default_max_tokens, room)
         elif body.max_tokens > room:
+            # (max_completion_tokens, when sent, has been copied into max_tokens)
+            cap = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
             raise InvalidRequest(
-                f"max_tokens {body.max_tokens} + prompt {longest} tokens exceeds the context "
+                f"{cap} {body.max_tokens} + prompt {longest} tokens exceeds the context "
                 f"of {self.max_model_len} tokens (at most {room} here)",
-                param="max_tokens",
+                param=cap,
                 code="context_length_exceeded",
             )
         else:
@@ -122,6 +132,7 @@ class Server:
             max_tokens=max_tokens,
             request_id=request_id,
             metric_labels=(tenant, adapter),
+            constraints=constraints,
         )
 
     def _chat_tokens(self, body: ChatCompletionRequest) -> list[int]:
@@ -132,12 +143,7 @@ class Server:
             ]
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="messages") from exc
-        ids = self.engine.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True
-        )
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return render_chat(self.engine.tokenizer, messages)
 
     # ------------------------------------------------------------------ run
     async def stream(self, p: Prepared) -> AsyncIterator[GenerationChunk]:
@@ -203,6 +209,10 @@ class Server:
         first_token_time: dict[int, float] = {}
 
         async def one(prompt_index: int, ids: list[int]) -> None:
+            constraint = p.constraints[prompt_index] if p.constraints else None
+            choices = constraint.engine_choices if constraint else p.body.choices_allowed
+            reshape = constraint is not None and constraint.reshapes
+            held: dict[int, str] = {}  # reshaped answers are short labels: sent whole
             req = GenerationRequest(
                 request_id=f"{p.request_id}-{prompt_index}-{uuid.uuid4().hex[:6]}",
                 prompt_token_ids=ids,
@@ -212,8 +222,8 @@ class Server:
                 stop=p.body.stop,
                 seed=p.body.seed,
                 n=n,
-                choices=p.body.choices_allowed,
-                json_schema=p.body.json_schema(),
+                choices=choices,
+                json_schema=None if constraint else p.body.json_schema(),
                 adapter=handle,
             )
             try:
@@ -222,14 +232,20 @@ class Server:
                     if chunk.first_token:
                         first_token_time[idx] = time.perf_counter()
                     totals[idx] = chunk.completion_tokens
+                    text = chunk.text_delta
+                    if reshape and constraint is not None:
+                        held[idx] = held.get(idx, "") + text
+                        if chunk.finish_reason is None:
+                            continue
+                        text = constraint.answer(held.pop(idx))
                     await queue.put(
                         GenerationChunk(
                             index=idx,
-                            text_delta=chunk.text_delta,
+                            text_delta=text,
                             finish_reason=chunk.finish_reason,
                             prompt_tokens=chunk.prompt_tokens,
                             completion_tokens=chunk.completion_tokens,
-                            first_token=chunk.first_token,
+                            first_token=chunk.first_token or reshape,
                         )
                     )
             except BaseException as exc:  # surfaced to the consumer below

@@ -1,6 +1,8 @@
-"""The preparation pipeline: upload bytes → prepared train/validation examples + a report.
+"""The preparation pipeline: upload bytes → prepared train/validation/test examples + a report.
 
-parse → normalize → redact PII → dedup → split (or the validation upload) → label report
+parse → normalize → redact PII → dedup → split (test and validation drawn deterministically
+from the training upload unless uploaded: the test set first, so adding a validation upload
+never changes it) → label report
 (classification, sentiment) → length report. Invalid uploads raise ``InvalidRequest`` with
 code ``invalid_training_file`` and the first line-numbered errors in the message.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -32,7 +34,9 @@ INVALID_FILE = "invalid_training_file"
 
 
 class SplitReport(BaseModel):
-    """Sizes of the two sets; ``source`` says whether validation was split off or uploaded."""
+    """Sizes of the three sets; ``source``/``test_source`` say whether validation and test
+    were split off the training upload or uploaded. Sweeps, pruning and ``auto_promote``
+    decide on validation; the job's reported base and tuned metrics are on test."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -40,6 +44,9 @@ class SplitReport(BaseModel):
     validation: int
     source: Literal["split", "upload"]
     validation_fraction: float | None = None
+    test: int = 0
+    test_source: Literal["split", "upload"] = "split"
+    test_fraction: float | None = None
 
 
 class PrepReport(BaseModel):
@@ -67,6 +74,7 @@ class Prepared:
     train: list[Example]
     validation: list[Example]
     report: PrepReport
+    test: list[Example] = field(default_factory=list)
 
 
 def prepare(
@@ -82,15 +90,28 @@ def prepare(
     seed: int = 0,
     validation_fraction: float = 0.1,
     max_errors: int = 10,
+    test: bytes | None = None,
+    test_filename: str | None = None,
+    test_fraction: float = 0.0,
 ) -> Prepared:
-    """Prepare an upload (and optionally a validation upload) for fine-tuning on ``task``."""
+    """Prepare an upload (and optionally validation and test uploads) for ``task``."""
     _check_arguments(task, max_len, validation_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if validation_fraction + test_fraction >= 1:
+        raise InvalidRequest(
+            "validation_fraction + test_fraction must leave training examples",
+            param="test_fraction",
+        )
     fmt, examples = _parse(data, filename, mapping, task, "training_file", max_errors)
     held: list[Example] = []
     if validation is not None:
         name = validation_filename or filename
         held = _parse(validation, name, mapping, task, "validation_file", max_errors)[1]
-    rows_in = len(examples) + len(held)
+    tested: list[Example] = []
+    if test is not None:
+        name = test_filename or filename
+        tested = _parse(test, name, mapping, task, "test_file", max_errors)[1]
+    rows_in = len(examples) + len(held) + len(tested)
 
     pii: Counter[str] = Counter()
 
@@ -101,36 +122,45 @@ def prepare(
 
     examples = [ex.map_text(scrub) for ex in examples]
     held = [ex.map_text(scrub) for ex in held]
+    tested = [ex.map_text(scrub) for ex in tested]
 
-    # Validation rows are deduplicated after (and against) the training rows: no leakage.
-    kept, dedup_report = dedup(examples + held)
-    from_train = {id(ex) for ex in examples}
-    if validation is None:
-        train, val = split(kept, validation_fraction, seed)
-        split_report = SplitReport(
-            train=len(train),
-            validation=len(val),
-            source="split",
-            validation_fraction=validation_fraction,
-        )
+    # Validation and test rows are deduplicated after (and against) the training rows, test
+    # last: no example is in two sets, and nothing trained on is scored.
+    kept, dedup_report = dedup(examples + held + tested)
+    from_held, from_test = {id(ex) for ex in held}, {id(ex) for ex in tested}
+    train = [ex for ex in kept if id(ex) not in from_held and id(ex) not in from_test]
+    if test is None:
+        # its own seed stream, so the test set does not move when validation does
+        train, test_set = split(train, test_fraction, seed + 7_919)
     else:
-        train = [ex for ex in kept if id(ex) in from_train]
-        val = [ex for ex in kept if id(ex) not in from_train]
-        split_report = SplitReport(train=len(train), validation=len(val), source="upload")
+        test_set = [ex for ex in kept if id(ex) in from_test]
+    if validation is None:
+        train, val = split(train, validation_fraction, seed)
+    else:
+        val = [ex for ex in kept if id(ex) in from_held]
+    split_report = SplitReport(
+        train=len(train),
+        validation=len(val),
+        source="split" if validation is None else "upload",
+        validation_fraction=validation_fraction if validation is None else None,
+        test=len(test_set),
+        test_source="split" if test is None else "upload",
+        test_fraction=test_fraction if test is None else None,
+    )
 
     report = PrepReport(
         format=fmt,
         task=task,
         rows_in=rows_in,
-        rows_out=len(train) + len(val),
+        rows_out=len(train) + len(val) + len(test_set),
         pii_redacted=dict(sorted(pii.items())),
         dedup=dedup_report,
         labels=label_report(train, val) if task in LABEL_TASKS else None,
-        lengths=length_report(train + val, tokenizer, max_len),
+        lengths=length_report(train + val + test_set, tokenizer, max_len),
         split=split_report,
         seed=seed,
     )
-    return Prepared(train, val, report)
+    return Prepared(train, val, report, test_set)
 
 
 def _check_arguments(task: str, max_len: int, validation_fraction: float) -> None:
@@ -138,11 +168,12 @@ def _check_arguments(task: str, max_len: int, validation_fraction: float) -> Non
         raise InvalidRequest(f"task must be one of {', '.join(TASKS)}, got {task!r}", param="task")
     if max_len < 1:
         raise InvalidRequest(f"max_len must be positive, got {max_len}", param="max_len")
-    if not 0 <= validation_fraction < 1:
-        raise InvalidRequest(
-            f"validation_fraction must be in [0, 1), got {validation_fraction}",
-            param="validation_fraction",
-        )
+    _check_fraction("validation_fraction", validation_fraction)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise InvalidRequest(f"{name} must be in [0, 1), got {value}", param=name)
 
 
 def _parse(

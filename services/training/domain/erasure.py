@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import or_, select, update
 
-from services.training.domain.files import dataset_key, delete_file, file_key
+from services.training.domain.files import SPLITS, dataset_key, delete_file, file_key
 from services.training.storage.files import BlobStore
 from services.training.storage.tables import DatasetRow, FileRow, JobRow
 from shared.db import Database
@@ -31,7 +31,6 @@ from shared.errors import NotFound
 ERASED = "erased"  # what a job's training_file/validation_file reads after erasure
 ACTIVE = ("validating_files", "queued", "running")
 _PAGE = 200
-SPLITS = ("train", "validation")
 # with letters and digits, what continues an id; "." and "@" do not ("id CUST-1." matches)
 _TOKEN_CHARS = "_-"
 
@@ -99,14 +98,19 @@ def _file_ids(db: Database) -> Iterator[str]:
         after = ids[-1]
 
 
-def _datasets(db: Database) -> Iterator[tuple[str, str, str | None]]:
-    """Every dataset as (id, training file, validation file), paged like ``_file_ids``."""
+def _datasets(db: Database) -> Iterator[tuple[str, str, str | None, str | None]]:
+    """Every dataset as (id, training, validation and test files), paged like ``_file_ids``."""
     after = ""
     while True:
         with db.session() as s:
-            q = select(DatasetRow.id, DatasetRow.file_id, DatasetRow.validation_file_id)
+            q = select(
+                DatasetRow.id,
+                DatasetRow.file_id,
+                DatasetRow.validation_file_id,
+                DatasetRow.test_file_id,
+            )
             q = q.where(DatasetRow.id > after).order_by(DatasetRow.id).limit(_PAGE)
-            rows = [(r[0], r[1], r[2]) for r in s.execute(q)]
+            rows = [(r[0], r[1], r[2], r[3]) for r in s.execute(q)]
         if not rows:
             return
         yield from rows
@@ -116,11 +120,12 @@ def _datasets(db: Database) -> Iterator[tuple[str, str, str | None]]:
 def _scan(db: Database, store: BlobStore, match: Matcher) -> set[str]:
     """Ids of files whose raw bytes, or a dataset derived from them, mention the subject."""
     hits = {f for f in _file_ids(db) if _blob_matches(store, file_key(f), match)}
-    for ds_id, train_id, valid_id in _datasets(db):
-        if any(_blob_matches(store, dataset_key(ds_id, sp), match) for sp in SPLITS):
-            # which of its two sources carried the subject is unknown after redaction:
-            # erase both rather than keep personal data
-            hits.update(x for x in (train_id, valid_id) if x)
+    for ds_id, *sources in _datasets(db):
+        keys = [dataset_key(ds_id, sp) for sp in SPLITS]
+        if any(store.exists(k) and _blob_matches(store, k, match) for k in keys):
+            # which of its sources carried the subject is unknown after redaction:
+            # erase them all rather than keep personal data
+            hits.update(x for x in sources if x)
     return hits
 
 
@@ -152,7 +157,11 @@ def erase_files(db: Database, store: BlobStore, file_ids: Iterable[str]) -> Eras
             derived = list(
                 s.scalars(
                     select(DatasetRow.id).where(
-                        or_(DatasetRow.file_id == file_id, DatasetRow.validation_file_id == file_id)
+                        or_(
+                            DatasetRow.file_id == file_id,
+                            DatasetRow.validation_file_id == file_id,
+                            DatasetRow.test_file_id == file_id,
+                        )
                     )
                 )
             )

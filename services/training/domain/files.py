@@ -28,12 +28,14 @@ from shared.errors import InvalidRequest, NotFound
 from shared.schemas.training import FileOut
 
 PURPOSE = "fine-tune"
-SPLITS = ("train", "validation")  # a prepared dataset's splits, in this order
 TokenizerFor = Callable[[str], Any]  # base model id -> tokenizer
 
 
 def file_key(file_id: str) -> str:
     return f"files/{file_id}"
+
+
+SPLITS = ("train", "validation", "test")  # a prepared dataset's splits, in this order
 
 
 def dataset_key(dataset_id: str, split: str) -> str:
@@ -154,7 +156,11 @@ def list_files(
 
 def datasets_of(s: Session, file_id: str) -> list[str]:
     q = select(DatasetRow.id).where(
-        or_(DatasetRow.file_id == file_id, DatasetRow.validation_file_id == file_id)
+        or_(
+            DatasetRow.file_id == file_id,
+            DatasetRow.validation_file_id == file_id,
+            DatasetRow.test_file_id == file_id,
+        )
     )
     return list(s.scalars(q.order_by(DatasetRow.id)))
 
@@ -200,6 +206,8 @@ def prepare_dataset(
     seed: int,
     tokenizer: Any,
     max_len: int,
+    test_file: str | None = None,
+    test_fraction: float = 0.1,
 ) -> DatasetRow:
     """Prepare (or reuse) the immutable dataset of a job; ``InvalidRequest`` on bad data."""
     with db.session() as s:
@@ -209,10 +217,12 @@ def prepare_dataset(
             if validation_file
             else None
         )
+        held = get_file(s, tenant, test_file, param="test_file") if test_file else None
         existing = s.scalars(
             select(DatasetRow).where(
                 DatasetRow.file_id == train.id,
                 DatasetRow.validation_file_id == (valid.id if valid else None),
+                DatasetRow.test_file_id == (held.id if held else None),
                 DatasetRow.task == task,
                 DatasetRow.base_model == base_model,
                 DatasetRow.seed == seed,
@@ -230,6 +240,9 @@ def prepare_dataset(
         validation=store.get(file_key(valid.id)) if valid else None,
         validation_filename=valid.filename if valid else None,
         seed=seed,
+        test=store.get(file_key(held.id)) if held else None,
+        test_filename=held.filename if held else None,
+        test_fraction=test_fraction,
     )
     if not prepared.train:
         raise InvalidRequest(
@@ -242,6 +255,7 @@ def prepare_dataset(
         tenant=tenant,
         file_id=train.id,
         validation_file_id=valid.id if valid else None,
+        test_file_id=held.id if held else None,
         task=task,
         base_model=base_model,
         seed=seed,
@@ -249,6 +263,7 @@ def prepare_dataset(
     )
     store.put(dataset_key(row.id, "train"), to_jsonl(prepared.train))
     store.put(dataset_key(row.id, "validation"), to_jsonl(prepared.validation))
+    store.put(dataset_key(row.id, "test"), to_jsonl(prepared.test))
     with db.session(write=True) as s:
         s.add(row)
     return row
@@ -262,4 +277,7 @@ def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:
 def dataset_split(store: BlobStore, dataset_id: str, split: str) -> bytes:
     if split not in SPLITS:
         raise NotFound(f"no split {split!r}", param="split")
-    return store.get(dataset_key(dataset_id, split))
+    key = dataset_key(dataset_id, split)
+    if split == "test" and not store.exists(key):
+        return b""  # a dataset prepared before the test split existed
+    return store.get(key)

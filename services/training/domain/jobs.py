@@ -176,6 +176,7 @@ def job_out(row: JobRow) -> JobOut:
         status=row.status,  # type: ignore[arg-type]
         training_file=row.training_file,
         validation_file=row.validation_file,
+        test_file=req.get("test_file"),
         hyperparameters=hp,
         method={"type": "supervised", "supervised": {"hyperparameters": hp}},
         trained_tokens=row.trained_tokens,

@@ -48,6 +48,7 @@ class JobLifecycle:
         data_root: Path,
         max_len: int,
         poll_s: float,
+        test_fraction: float = 0.1,
     ) -> None:
         self.db = db
         self.store = store
@@ -56,6 +57,7 @@ class JobLifecycle:
         self.callback_url = callback_url
         self.data_root = data_root
         self.max_len = max_len
+        self.test_fraction = test_fraction
         self.poll_s = poll_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._tokenizers: dict[tuple[str, str], Any] = {}
@@ -133,6 +135,8 @@ class JobLifecycle:
                 tenant=tenant,
                 training_file=body.training_file,
                 validation_file=body.validation_file,
+                test_file=body.test_file,
+                test_fraction=self.test_fraction,
                 task=body.task,
                 base_model=body.model,
                 seed=seed,

@@ -7,8 +7,9 @@
   runner: vLLM refuses LoRAs with ``modules_to_save``), registered in the registry's catalog
   as a new tenant-owned *base* model ``<name>-<job>``; that id is ``fine_tuned_model``.
 * ``auto_promote {alias, gate}`` moves the alias to the new version only if the tuned metric
-  beats the version currently behind the alias, evaluated by the runner on this job's own
-  validation set (no version behind the alias: promote).
+  beats the version currently behind the alias, both evaluated by the runner on this job's
+  own validation set (no version behind the alias: promote). The job's reported base and
+  tuned metrics are on the test split, which no decision looks at.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ async def _promote(
     assert body.auto_promote is not None
     alias = body.auto_promote.alias
     metric = task_metric(body.task, body.auto_promote.gate)
-    tuned = (result.get("tuned") or {}).get(metric)
+    # decided on validation (``gate_tuned``), like the incumbent; test stays for reporting
+    tuned = (result.get("gate_tuned") or result.get("tuned") or {}).get(metric)
     incumbent = result.get("incumbent") or {}
     old = incumbent.get(metric)
     out: dict[str, Any] = {

@@ -104,7 +104,7 @@ def purge_expired(db: Database, store: BlobStore, now: Clock) -> Purged:
             ]
             s.execute(delete(DatasetRow).where(DatasetRow.id.in_(old_ds)))
         for ds in old_ds:
-            store.delete(f"datasets/{ds}")  # the folder of both splits
+            store.delete(f"datasets/{ds}")  # the folder of every split
         out.datasets += old_ds
     return out
 

@@ -1,12 +1,16 @@
-"""Held-out evaluation of a base model or a PEFT adapter on prompt/completion examples.
+"""Held-out evaluation of a base model or a PEFT adapter on prepared rows, the serving way.
 
-* Classification (``sentiment``, ``ticket``, ``classification``): every candidate label is
-  scored by the model's summed log-likelihood of ``" <label>"`` right after the prompt;
-  the argmax is the prediction → ``accuracy`` and ``macro_f1``.
+Every row is rendered by :mod:`shared.rendering` exactly as inference renders the request it
+stands for (chat template for ``messages``, raw prompt for ``prompt``), so the numbers a job
+reports are the numbers its callers get.
+
+* Classification (``sentiment``, ``ticket``, ``classification``): constrained greedy
+  decoding over the labels, as ``choices_allowed`` does in the engine (:func:`classify`)
+  → ``accuracy`` and ``macro_f1``.
 * Translation: greedy decoding (``max_new_tokens``, stops at the first newline) →
   corpus ``chrf`` (sacrebleu).
 * Generation: the same greedy decoding → ``exact_match`` of the first line.
-* Always: ``eval_loss`` = mean token cross-entropy of the gold completion given the prompt
+* Always: ``eval_loss`` = mean token cross-entropy of the gold answer given the prompt
   (the same quantity the train loop minimises).
 
 ``model_or_path`` may be a loaded model (plain or ``PeftModel``), a model directory, or an
@@ -18,11 +22,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from shared.rendering import (
+    encode_training_row,
+    label_constraint,
+    render_row,
+    row_answer,
+    row_request,
+)
 
 CLASSIFICATION_TASKS = ("sentiment", "ticket", "classification")
 TRANSLATION_TASKS = ("translation",)
@@ -72,18 +84,18 @@ def load_tokenizer(path: str | Path) -> Any:
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def _encode_pair(tokenizer: Any, prompt: str, completion: str) -> tuple[list[int], int]:
-    """Token ids of prompt (+bos) and completion, and the index where the completion starts."""
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return p + c, len(p)
+def _gold_pair(tokenizer: Any, row: Mapping[str, Any]) -> tuple[list[int], int]:
+    """Token ids of a row as training encodes it, and where its (last) answer starts."""
+    ids, _ = encode_training_row(tokenizer, row, max_len=1 << 30, append_eos=True)
+    start = len(render_row(tokenizer, row))
+    return ids, start
 
 
-def _completion_logprobs(
+def _token_logprobs(
     model: Any, pairs: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int
-) -> list[tuple[float, int]]:
-    """(summed log-prob, n tokens) of each completion given its prompt."""
-    out: list[tuple[float, int]] = []
+) -> list[list[float]]:
+    """Log-prob of every answer token given what precedes it (teacher forcing)."""
+    out: list[list[float]] = []
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i : i + batch_size]
         width = max(len(ids) for ids, _ in chunk)
@@ -96,10 +108,42 @@ def _completion_logprobs(
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         for row, (seq, start) in enumerate(chunk):
-            # completion tokens are seq[start:], predicted at positions start-1 .. len-2
-            span = tok_lp[row, start - 1 : len(seq) - 1]
-            out.append((float(span.sum()), int(span.numel())))
+            # answer tokens are seq[start:], predicted at positions start-1 .. len-2
+            out.append(tok_lp[row, start - 1 : len(seq) - 1].tolist())
     return out
+
+
+def _completion_logprobs(
+    model: Any, pairs: Sequence[tuple[list[int], int]], pad_id: int, batch_size: int
+) -> list[tuple[float, int]]:
+    """(summed log-prob, n tokens) of each answer given its prompt."""
+    return [(sum(lp), len(lp)) for lp in _token_logprobs(model, pairs, pad_id, batch_size)]
+
+
+def constrained_pick(
+    candidates: Sequence[Sequence[int]], logprobs: Sequence[Sequence[float]]
+) -> int:
+    """Which candidate greedy decoding held to the candidates picks, token by token.
+
+    ``candidates`` are token sequences (a label as the model learnt it, then eos) and
+    ``logprobs`` their teacher-forced token log-probs. At each step the allowed next tokens
+    are those that continue a candidate still alive; the likeliest one is taken, exactly as
+    the engine's constrained decoding (``choices_allowed``) does. Ties go to the earlier one.
+    """
+    alive = list(range(len(candidates)))
+    pos = 0
+    while len(alive) > 1:
+        best: dict[int, float] = {}
+        for c in alive:
+            if pos < len(candidates[c]):
+                tok = candidates[c][pos]
+                best.setdefault(tok, logprobs[c][pos])
+        if not best:
+            break
+        chosen = max(best, key=lambda t: best[t])
+        alive = [c for c in alive if pos < len(candidates[c]) and candidates[c][pos] == chosen]
+        pos += 1
+    return alive[0]
 
 
 def _macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> float:
@@ -120,17 +164,16 @@ def _newline_token_ids(tokenizer: Any) -> list[int]:
 
 @torch.inference_mode()
 def _greedy(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int, batch_size: int
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int
 ) -> list[str]:
+    """Greedy answers to rendered prompts (first line, as the fleet's callers read them)."""
     stop_ids = _newline_token_ids(tokenizer)
     if tokenizer.eos_token_id is not None:
         stop_ids.append(tokenizer.eos_token_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[-1]
     outs: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        enc = [
-            tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts[i : i + batch_size]
-        ]
+        enc = prompts[i : i + batch_size]
         width = max(len(e) for e in enc)
         ids = torch.full((len(enc), width), pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -147,22 +190,57 @@ def _greedy(
         )
         for row in gen[:, width:]:
             text = tokenizer.decode(row.tolist(), skip_special_tokens=True)
-            outs.append(text.split("\n", 1)[0].strip())
+            outs.append(text.strip().split("\n", 1)[0].strip())
     return outs
+
+
+def classify(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    labels: Sequence[str],
+    *,
+    batch_size: int = 32,
+) -> list[str]:
+    """The label the serving path answers for each row with ``choices_allowed=labels``:
+    rendered as inference renders the row's request, each label offered as the model learnt
+    it (:func:`shared.rendering.label_constraint`), greedy constrained decoding."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos = tokenizer.eos_token_id
+    pairs: list[tuple[list[int], int]] = []
+    cands: list[list[list[int]]] = []
+    for row in rows:
+        prompt = render_row(tokenizer, row)
+        messages, raw = row_request(row)
+        constraint = label_constraint(raw if messages is None else None, labels)
+        assert constraint is not None
+        options = []
+        for choice in constraint.engine_choices:
+            ids = list(tokenizer(choice, add_special_tokens=False)["input_ids"])
+            ids = [*ids, eos] if eos is not None else ids
+            options.append(ids)
+            pairs.append((prompt + ids, len(prompt)))
+        cands.append(options)
+    scores = _token_logprobs(model, pairs, pad_id, batch_size)
+    preds, k = [], len(labels)
+    for i, options in enumerate(cands):
+        preds.append(labels[constrained_pick(options, scores[i * k : (i + 1) * k])])
+    return preds
 
 
 @torch.inference_mode()
 def evaluate(
     model_or_path: Any,
     tokenizer: Any,
-    examples: Sequence[dict[str, str]],
+    examples: Sequence[Mapping[str, Any]],
     task: str,
     labels: Sequence[str] | None = None,
     *,
     batch_size: int = 32,
     max_new_tokens: int = 40,
 ) -> dict[str, Any]:
-    """Score ``examples`` (``prompt``/``completion``/``label`` dicts) for ``task``.
+    """Score prepared rows (chat ``messages`` or ``prompt``/``completion``, ``label``?) for
+    ``task``, through the serving path's rendering (:mod:`shared.rendering`).
 
     Returns ``{"task", "n", "eval_loss", "predictions", ...}`` plus ``accuracy`` and
     ``macro_f1`` (classification) or ``chrf`` (translation).
@@ -174,20 +252,13 @@ def evaluate(
             tokenizer = load_tokenizer(model_or_path)
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    gold_pairs = [_encode_pair(tokenizer, ex["prompt"], ex["completion"]) for ex in examples]
+    gold_pairs = [_gold_pair(tokenizer, ex) for ex in examples]
     result: dict[str, Any] = {"task": task, "n": len(examples)}
 
     if task in CLASSIFICATION_TASKS:
-        gold = [ex.get("label") or ex["completion"].strip() for ex in examples]
+        gold = [str(ex.get("label") or row_answer(ex)) for ex in examples]
         labels = list(labels) if labels is not None else sorted(set(gold))
-        cand = [
-            _encode_pair(tokenizer, ex["prompt"], f" {lab}") for ex in examples for lab in labels
-        ]
-        scores = _completion_logprobs(model, cand, pad_id, batch_size)
-        preds = []
-        for i in range(len(examples)):
-            row = [lp for lp, _ in scores[i * len(labels) : (i + 1) * len(labels)]]
-            preds.append(labels[max(range(len(labels)), key=row.__getitem__)])
+        preds = classify(model, tokenizer, examples, labels, batch_size=batch_size)
         result["accuracy"] = sum(g == p for g, p in zip(gold, preds, strict=True)) / max(
             1, len(gold)
         )
@@ -196,18 +267,16 @@ def evaluate(
     elif task in TRANSLATION_TASKS:
         import sacrebleu
 
-        preds = _greedy(
-            model, tokenizer, [ex["prompt"] for ex in examples], max_new_tokens, batch_size
-        )
-        refs = [ex.get("label") or ex["completion"].strip() for ex in examples]
+        prompts = [render_row(tokenizer, ex) for ex in examples]
+        preds = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+        refs = [str(ex.get("label") or row_answer(ex)) for ex in examples]
         result["chrf"] = float(sacrebleu.corpus_chrf(preds, [refs]).score)
     elif task in GENERATION_TASKS:
         # free text: exact match of the first generated line (the held-out loss below is
         # the main signal)
-        preds = _greedy(
-            model, tokenizer, [ex["prompt"] for ex in examples], max_new_tokens, batch_size
-        )
-        refs = [ex["completion"].strip().split("\n", 1)[0] for ex in examples]
+        prompts = [render_row(tokenizer, ex) for ex in examples]
+        preds = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+        refs = [row_answer(ex).split("\n", 1)[0] for ex in examples]
         result["exact_match"] = sum(p == r for p, r in zip(preds, refs, strict=True)) / max(
             1, len(refs)
         )

@@ -1,10 +1,11 @@
-"""Ray Train (V2) per-worker fine-tuning loop for causal LMs on prompt/completion JSONL.
+"""Ray Train (V2) per-worker fine-tuning loop for causal LMs on prepared JSONL rows.
 
 ``train_loop_per_worker(config)`` is handed to ``ray.train.torch.TorchTrainer``. Config::
 
     base_model_path   model dir (HF format)
     datasets          {split: rows or ObjectRef} (:mod:`services.training.ray.datasets`):
-                      "train" rows {"prompt", "completion"}; "validation" likewise (optional)
+                      "train" prepared rows ({"messages"} or {"prompt", "completion"});
+                      "validation" likewise (optional)
     method            "lora" | "hybrid" | "full" | "transfer"
     lora              {r, alpha, dropout, target_modules, use_rslora, use_dora}
     hyperparameters   {n_epochs, batch_size (per worker), learning_rate, max_len,
@@ -18,8 +19,10 @@ Methods: ``lora`` = PEFT LoRA on q/k/v/o/gate/up/down; ``hybrid`` = LoRA +
 PEFT; ``transfer`` = base frozen, only ``lm_head`` trained (exported as a full model dir,
 since PEFT has no "modules_to_save only" adapter).
 
-Loss is on completion tokens only (prompt and padding labels are -100); with
-``append_eos`` the eos token follows the completion so served models stop by themselves.
+Rows are encoded by the one renderer inference uses (:mod:`shared.rendering`): chat rows
+through the base's chat template with the loss on assistant turns only, prompt rows raw with
+the loss on the completion. With ``append_eos`` the eos (end-of-turn) token follows the
+answer so served models stop by themselves.
 Sharding: each epoch every rank shuffles the full row list with ``seed + epoch`` and takes
 ``rows[rank::world]`` padded by wrap-around, so all ranks run the same number of steps
 (DDP and ``ray.train.report`` are collective) and a resumed run replays the same order.
@@ -56,18 +59,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def encode_example(
-    tokenizer: Any, prompt: str, completion: str, max_len: int, append_eos: bool = True
+    tokenizer: Any, row: dict[str, Any], max_len: int, append_eos: bool = True
 ) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) with labels -100 on the prompt; prompt is left-truncated."""
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if append_eos and tokenizer.eos_token_id is not None:
-        c = [*c, tokenizer.eos_token_id]
-    c = c[:max_len]
-    keep = max(0, max_len - len(c))
-    if len(p) > keep:  # keep bos + the end of the prompt (closest to the answer)
-        p = p[:1] + p[len(p) - keep + 1 :] if keep > 1 else p[:keep]
-    return p + c, [-100] * len(p) + c
+    """(input_ids, labels) of a prepared row, through the one renderer inference uses
+    (:func:`shared.rendering.encode_training_row`: chat template for ``messages`` with the
+    loss on assistant turns only, raw prompt + completion otherwise)."""
+    from shared.rendering import encode_training_row
+
+    return encode_training_row(tokenizer, row, max_len, append_eos)
 
 
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, Any]:
@@ -240,15 +239,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     tokenizer = AutoTokenizer.from_pretrained(config["base_model_path"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = split_rows(config, "train")
-    encoded = [
-        encode_example(tokenizer, r["prompt"], r["completion"], max_len, append_eos) for r in rows
-    ]
+    encoded = [encode_example(tokenizer, r, max_len, append_eos) for r in rows]
     valid = []
     if vrows := split_rows(config, "validation", int(config.get("max_valid", 256))):
-        valid = [
-            encode_example(tokenizer, r["prompt"], r["completion"], max_len, append_eos)
-            for r in vrows
-        ]
+        valid = [encode_example(tokenizer, r, max_len, append_eos) for r in vrows]
 
     steps_per_epoch = max(1, math.ceil(len(encoded) / (world * bs)))
     total = int(hp.get("max_steps") or steps_per_epoch * int(hp.get("n_epochs", 1)))

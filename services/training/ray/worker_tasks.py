@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Row = dict[str, str]
+Row = dict[str, Any]  # a prepared row (chat or prompt/completion)
 
 
 @dataclass(frozen=True)

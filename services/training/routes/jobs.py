@@ -31,6 +31,8 @@ async def create_job(
         files.get_file(s, tenant, body.training_file, param="training_file")
         if body.validation_file:
             files.get_file(s, tenant, body.validation_file, param="validation_file")
+        if body.test_file:
+            files.get_file(s, tenant, body.test_file, param="test_file")
     if body.resources.num_workers > st.settings.max_workers:
         raise InvalidRequest(
             f"resources.num_workers must be <= {st.settings.max_workers}",

@@ -7,7 +7,6 @@ The file goes through the same preparation as training data (PII redacted, norma
 from __future__ import annotations
 
 import importlib
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ import anyio
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.training.data.pipeline import prepare
+from services.training.data.pipeline import prepare, to_jsonl
 from services.training.deps import State
 from services.training.domain import files
-from services.training.domain.rows import row_pair
 from shared.auth import TenantId
 from shared.errors import InvalidRequest, Unprocessable
 from shared.modelref import NAME_RE
@@ -76,8 +74,7 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
         )
         with tempfile.TemporaryDirectory(prefix="tf-select-") as tmp:
             path = Path(tmp) / "rows.jsonl"
-            lines = [json.dumps(row_pair(_plain(ex))) + "\n" for ex in prepared.train]
-            path.write_text("".join(lines), encoding="utf-8")
+            path.write_bytes(to_jsonl(prepared.train))  # rendered by the scorer, as served
             labels = sorted(prepared.report.labels.counts if prepared.report.labels else {})
             return list(
                 rank(
@@ -92,10 +89,3 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
 
     ranked = await anyio.to_thread.run_sync(run)
     return {"object": "fine_tuning.model_selection", "task": body.task, "data": ranked}
-
-
-def _plain(ex: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"prompt": ex.prompt, "completion": ex.completion}
-    if ex.label is not None:
-        out["label"] = ex.label
-    return out

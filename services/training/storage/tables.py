@@ -38,7 +38,7 @@ class FileRow(Base):
 
 
 class DatasetRow(Base):
-    """An immutable prepared dataset (``ds-…``): train/validation JSONL + its PrepReport."""
+    """An immutable prepared dataset (``ds-…``): train/validation/test JSONL + its PrepReport."""
 
     __tablename__ = "training_datasets"
 
@@ -48,6 +48,7 @@ class DatasetRow(Base):
         ForeignKey("training_files.id", ondelete="CASCADE"), index=True
     )
     validation_file_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    test_file_id: Mapped[str | None] = mapped_column(String(40), index=True)
     task: Mapped[str] = mapped_column(String(32))
     base_model: Mapped[str] = mapped_column(String(64))
     seed: Mapped[int] = mapped_column(Integer)

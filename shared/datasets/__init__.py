@@ -1,0 +1,1 @@
+"""Deterministic data sets for measuring fine-tuning quality (see :mod:`.quality`)."""
