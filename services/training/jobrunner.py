@@ -6,7 +6,9 @@ spec and every split of its prepared dataset from the service (per-job token in
 store, never a local path), evaluates the base model on the test split (the reported
 numbers; validation drives sweeps, pruning and ``auto_promote``), trains with
 :func:`services.training.ray.driver.run_training` (events and checkpoints stream back as
-they happen; checkpoints live on the spec's ``storage_path``), evaluates the result, and
+they happen; checkpoints live on the spec's ``storage_path``), evaluates the result
+(evaluations and pruning are Ray tasks with one worker's resources,
+:mod:`services.training.ray.worker_tasks`, not work for this driver on the head), and
 sends it: an adapter archive (``lora``) or the path of a full model directory (``full``,
 ``transfer``, ``hybrid`` merged into its base). Reports are retried with backoff so a
 training-service restart in the middle of a run loses nothing but a few metric events.
@@ -86,16 +88,14 @@ def _read_splits(rep: Reporter) -> dict[str, list[dict[str, Any]]]:
     return splits
 
 
-def _scores(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in ("predictions", "labels")}
-
-
-def _evaluate(model: Any, tok: Any, spec: RunnerSpec, rows: list[dict[str, Any]]) -> dict:
-    from services.training.ray.evaluate import evaluate
+def _evaluate_on(source: Any, spec: RunnerSpec, rows: list[dict[str, Any]]) -> dict:
+    """Score ``source`` (a :class:`~services.training.ray.worker_tasks.ModelSource`) as a Ray
+    task with one worker's resources (1 CPU, or 1 GPU): not in this driver on the head."""
+    from services.training.ray.worker_tasks import evaluate_remote
 
     if not rows or spec.task not in EVAL_TASKS:
         return {}
-    return _scores(evaluate(model, tok, rows[:MAX_EVAL], spec.task, spec.labels))
+    return evaluate_remote(source, rows[:MAX_EVAL], spec.task, spec.labels, use_gpu=spec.use_gpu)
 
 
 def _plan(spec: RunnerSpec, n_train: int) -> tuple[int, int, int]:
@@ -111,7 +111,7 @@ def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str,
     """Evaluate the version behind the auto_promote alias on this job's validation set."""
     import tarfile
 
-    from services.training.ray.evaluate import load_model, load_tokenizer
+    from services.training.ray.worker_tasks import ModelSource
 
     resp = rep.call("GET", "/incumbent")
     archive = work / "incumbent.tar.gz"
@@ -122,14 +122,14 @@ def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str,
     cfg = json.loads((dest / "adapter_config.json").read_text())
     cfg["base_model_name_or_path"] = spec.base_model_path
     (dest / "adapter_config.json").write_text(json.dumps(cfg))
-    model = load_model(dest, merge=True)
-    return _evaluate(model, load_tokenizer(spec.base_model_path), spec, rows)
+    return _evaluate_on(ModelSource.adapter(spec.base_model_path, dest), spec, rows)
 
 
 def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     from services.training.ray.cluster import ensure_ray
     from services.training.ray.driver import TrainSpec, run_training
     from services.training.ray.evaluate import load_model, load_tokenizer
+    from services.training.ray.worker_tasks import ModelSource
 
     splits = _read_splits(rep)
     train_rows, valid_rows = splits.get("train", []), splits.get("validation", [])
@@ -144,7 +144,7 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         data={"total_steps": total, "num_workers": spec.num_workers},
     )
     tok = load_tokenizer(spec.base_model_path)
-    base_eval = _evaluate(load_model(spec.base_model_path), tok, spec, test_rows)
+    base_eval = _evaluate_on(ModelSource(spec.base_model_path), spec, test_rows)
     if base_eval:
         rep.event("Evaluated the base model on the test split", data={"base": base_eval})
 
@@ -188,7 +188,7 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     )
     result: dict[str, Any] = {"base": base_eval}
     if spec.sweep:
-        adapter_dir, model_dir, result["sweep"] = _sweep(rep, spec, train_spec, work)
+        adapter_dir, model_dir, checkpoint, result["sweep"] = _sweep(rep, spec, train_spec, work)
         result["final_metrics"] = result["sweep"]["best"]["metrics"]
     else:
         outcome = run_training(
@@ -198,18 +198,23 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
             export_dir=work / "export",
         )
         adapter_dir, model_dir = outcome.adapter_dir, outcome.model_dir
+        checkpoint = outcome.checkpoint_path
         result["final_metrics"] = _final(outcome.final_metrics)
     if spec.prune and adapter_dir is not None:
-        adapter_dir, result["prune"] = _prune(spec, adapter_dir, work, tok, valid_rows)
+        adapter_dir, result["prune"] = _prune(spec, adapter_dir, work, valid_rows)
         rep.event("Pruned the adapter", data={"prune": result["prune"]})
     tuned_dir = adapter_dir or model_dir
     assert tuned_dir is not None, "training produced no weights"
-    tuned_model = load_model(tuned_dir, merge=True)
-    result["tuned"] = _evaluate(tuned_model, tok, spec, test_rows)
+    tuned = (  # an adapter's few MB travel with the task; a full model stays on the storage
+        ModelSource.adapter(spec.base_model_path, adapter_dir)
+        if adapter_dir is not None
+        else ModelSource(spec.base_model_path, checkpoint=checkpoint)
+    )
+    result["tuned"] = _evaluate_on(tuned, spec, test_rows)
     result["eval_split"] = "test" if test_rows is not valid_rows else "validation"
     if spec.compare_alias:
         # promotion decides on validation: the test numbers stay untouched by any choice
-        result["gate_tuned"] = _evaluate(tuned_model, tok, spec, valid_rows)
+        result["gate_tuned"] = _evaluate_on(tuned, spec, valid_rows)
         incumbent = _incumbent(rep, spec, work, valid_rows)
         result["incumbent"] = {**incumbent, "version": spec.compare_version}
     max_len = int(hp.get("max_len", 256))
@@ -260,8 +265,9 @@ def _forward_trial(e: dict[str, Any]) -> None:
 
 def _sweep(
     rep: Reporter, spec: RunnerSpec, base: Any, work: Path
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Ray Tune over ``base``; every trial event is reported; returns the best weights."""
+) -> tuple[Any, Any, str | None, dict[str, Any]]:
+    """Ray Tune over ``base``; every trial event is reported; returns the best weights
+    (adapter dir, model dir, its checkpoint on the storage) and a summary."""
     from services.training.ray.sweep import parse_sweep, run_sweep
 
     sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.has_split("validation"))
@@ -284,36 +290,34 @@ def _sweep(
         "best": trial(out.best),
         "trials": [trial(t) for t in out.trials],
     }
-    return out.adapter_dir, out.model_dir, summary
+    return out.adapter_dir, out.model_dir, out.best.checkpoint_path, summary
 
 
 def _prune(
-    spec: RunnerSpec, adapter_dir: Path, work: Path, tok: Any, rows: list[dict[str, str]]
+    spec: RunnerSpec, adapter_dir: Path, work: Path, rows: list[dict[str, Any]]
 ) -> tuple[Path, dict[str, Any]]:
-    """SVD rank reduction (+ magnitude pruning) within the job's quality tolerance."""
-    from services.training.ray.evaluate import load_model
-    from services.training.ray.prune import parse_prune, prune_adapter
+    """SVD rank reduction (+ magnitude pruning) within the job's quality tolerance, as a
+    Ray task (it scores every candidate rank) with one worker's resources."""
+    from services.training.ray.prune import parse_prune
+    from services.training.ray.worker_tasks import ModelSource, prune_remote
 
     if not rows:
         raise RuntimeError("prune needs a validation set to measure quality")
     prune = parse_prune(spec.prune)
     metric = {"translation": "chrf", "generation": "eval_loss"}.get(spec.task, "accuracy")
-
-    def score(path: Path) -> float:
-        return float(_evaluate(load_model(path, merge=True), tok, spec, rows)[metric])
-
-    report = prune_adapter(
-        adapter_dir,
+    out_dir, out = prune_remote(
+        ModelSource.adapter(spec.base_model_path, adapter_dir),
+        rows[:MAX_EVAL],
+        spec.task,
+        spec.labels,
         work / "pruned",
-        score,
-        prune.max_quality_drop,
-        higher_is_better=metric != "eval_loss",
+        use_gpu=spec.use_gpu,
+        metric=metric,
+        max_quality_drop=prune.max_quality_drop,
         magnitude_sparsity=prune.magnitude_sparsity,
     )
-    out = report.to_dict()
-    out.pop("out_dir", None)
     out["metric"] = metric
-    return report.out_dir, out
+    return out_dir, out
 
 
 def _final(metrics: dict[str, Any] | None) -> dict[str, Any]:

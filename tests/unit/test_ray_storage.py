@@ -1,5 +1,6 @@
-"""Where Ray Train runs keep their checkpoints (``storage_path``: a path or a URI) and how a
-train loop reads its splits (object refs, or plain rows without Ray)."""
+"""Nothing node-local between Ray nodes: where Ray Train runs keep their checkpoints
+(``storage_path``: a path or a URI), how a train loop reads its splits (object refs, or plain
+rows without Ray), how a model reaches an evaluation task."""
 
 from __future__ import annotations
 
@@ -63,3 +64,18 @@ def test_splits_are_read_by_name_from_rows() -> None:
     assert rows_of(config["datasets"], "test") == rows[:2]
     assert count_rows(config["datasets"], "train") == 5
     assert count_rows(config["datasets"], "validation") == 0
+
+
+def test_an_adapter_travels_to_an_evaluation_task_as_its_files(tmp_path: Path) -> None:
+    from services.training.ray.worker_tasks import ModelSource
+
+    adapter = tmp_path / "adapter-src"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0weights")
+    source = ModelSource.adapter("/models/base", adapter)
+    assert set(source.adapter_files or {}) == {"adapter_config.json", "adapter_model.safetensors"}
+    there = source.materialize(tmp_path / "elsewhere")  # what the task does on its node
+    assert (there / "adapter_model.safetensors").read_bytes() == b"\0weights"
+    assert (there / "adapter_config.json").read_text() == '{"r": 4}'
+    assert ModelSource("/models/base").materialize(tmp_path) == Path("/models/base")
