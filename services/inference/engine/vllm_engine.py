@@ -298,6 +298,8 @@ class VllmEngine:
                 temperature=req.temperature,
                 top_p=req.top_p,
                 max_tokens=req.max_tokens,
+                min_tokens=req.min_tokens,
+                ignore_eos=req.ignore_eos,
                 stop=list(req.stop) if req.stop else None,
                 seed=req.seed,
                 structured_outputs=structured,
