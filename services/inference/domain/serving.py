@@ -215,6 +215,8 @@ class Server:
                 choices=p.body.choices_allowed,
                 json_schema=p.body.json_schema(),
                 adapter=handle,
+                ignore_eos=p.body.ignore_eos,
+                min_tokens=p.body.min_tokens,
             )
             try:
                 async for chunk in self.engine.generate(req):
