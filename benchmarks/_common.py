@@ -196,18 +196,35 @@ def versions() -> dict[str, str]:
     }
 
 
-def make_adapters(model_dir: Path, out_dir: Path, ranks: list[int]) -> list[tuple[str, Path]]:
-    """Real PEFT adapters (random non-zero weights, q/k/v/o) with the given ranks, cached."""
-    from tests.support.adapters import make_adapter
+def make_adapters(
+    model_dir: Path, out_dir: Path, ranks: list[int], *, first: int = 0
+) -> list[tuple[str, Path]]:
+    """PEFT LoRA adapters (seeded random non-zero weights, q/k/v/o) with the given ranks for
+    the base at ``model_dir``, cached in ``out_dir``; ``first`` numbers them from there."""
+    from perf_model import write_adapter
 
     made = []
-    for i, r in enumerate(ranks):
-        name = f"bench-{i:02d}-r{r}"
+    for i, r in enumerate(ranks, start=first):
+        name = f"bench-{i:03d}-r{r}"
         path = out_dir / name
         if not (path / "adapter_config.json").is_file():
-            make_adapter(model_dir, path, r=r, targets=LORA_TARGETS, seed=1000 + i, scale=0.05)
+            write_adapter(model_dir, path, r=r, targets=LORA_TARGETS, seed=1000 + i, scale=0.05)
         made.append((name, path))
     return made
+
+
+def make_archives(adapters: list[tuple[str, Path]], out_dir: Path) -> list[Path]:
+    """The registry upload archive (``.tar.gz``) of each adapter directory, cached."""
+    from shared.archives import pack_adapter_dir
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    archives = []
+    for name, path in adapters:
+        archive = out_dir / f"{name}.tar.gz"
+        if not archive.is_file():
+            pack_adapter_dir(path, archive)
+        archives.append(archive)
+    return archives
 
 
 @contextlib.contextmanager
@@ -247,6 +264,45 @@ def ratio(
     if not a or not b or not a.get(key) or not b.get(key):
         return None
     return round(a[key] / b[key], 3)
+
+
+CPU_S = "output_tokens_per_cpu_s"
+
+
+def scenario_ratios(
+    by_path: dict[str, dict[str, Any]],
+    scenarios: list[str],
+    reference: dict[str, Any] | None,
+    naive: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Every ratio of one model's run: each scenario over base (same engine, same LoRA
+    path), over the LoRA-off engine and the naive baseline, and fast over stock."""
+    naive_mixed = naive and naive["mixed_8"]
+    ratios: dict[str, Any] = {}
+    for lora_path, res in by_path.items():
+        base = res.get("base")
+        ratios[lora_path] = {f"{n}_over_base": ratio(res.get(n), base) for n in scenarios[1:]}
+        ratios[lora_path] |= {
+            f"{n}_over_base_per_cpu_s": ratio(res.get(n), base, CPU_S) for n in scenarios[1:]
+        }
+        ratios[lora_path] |= {
+            "mixed_8_over_base_lora_off": ratio(res.get("mixed_8"), reference),
+            "mixed_8_over_naive_mixed_8": ratio(res.get("mixed_8"), naive_mixed),
+            "base_over_naive_base": ratio(base, naive and naive["base"]),
+        }
+        zipf = res.get("zipf_256")
+        if zipf:
+            ratios[lora_path]["zipf_256_failed_requests"] = zipf["failed_requests"]
+            ratios[lora_path]["zipf_256_cold_extra_ttft_p99_ms"] = zipf.get(
+                "cold_extra_ttft_p99_ms"
+            )
+    if {"stock", "fast"} <= set(by_path):
+        fast, stock = by_path["fast"], by_path["stock"]
+        for suffix, key in (("", "output_tokens_per_s"), ("_per_cpu_s", CPU_S)):
+            ratios[f"fast_over_stock{suffix}"] = {
+                n: ratio(fast.get(n), stock.get(n), key) for n in scenarios
+            }
+    return ratios
 
 
 def parse_value(text: str) -> Any:

@@ -1,14 +1,24 @@
 """Multi-LoRA serving throughput of the inference engine vs. base model and a naive baseline.
 
-    python benchmarks/inference_multilora.py [--requests N] [--concurrency C] [--out FILE]
+    python benchmarks/inference_multilora.py [--models tiny-llama,perf-llama] [--out FILE]
 
-Scenarios (same prompts, greedy, exactly ``max_tokens`` output tokens, C in flight, N
-requests, ``--rounds`` interleaved rounds, median kept), all on ONE VllmEngine (device auto):
+Every scenario runs on each model of ``--models``: ``tiny-llama`` (5.6 M params, the fleet's
+default base) and ``perf-llama`` (a 91 M-param random-weight Llama with tiny-llama's
+tokenizer, built in seconds by ``perf_model.py``: big enough that batching and LoRA cost
+show). Scenarios (same prompts, greedy, ``ignore_eos`` so every request yields exactly
+``max_tokens`` tokens, C in flight, N requests, ``--rounds`` interleaved rounds, median
+kept), all on ONE VllmEngine per model (device auto):
 
   base       the base model only
+  base_c8    the base model with at most 8 requests in flight: the bound for a scenario
+             whose batches can hold only 8 distinct adapters (max_loras 8)
   adapter_1  every request on one rank-8 adapter
   mixed_8    8 adapters round-robin (ranks mixed 8/16), max_loras=8: all fit in the slots
-  mixed_32   32 adapters round-robin with max_loras=8, max_cpu_loras>=32: slot swapping
+  mixed_32   32 adapters round-robin with max_loras=8: slot swapping
+  zipf_256   256 tenants' adapters, Zipf-distributed traffic, pushed to a real registry
+             (in-process) and served through the inference service's AdapterCache with
+             capacity ``--max-cpu-loras`` (64): a miss downloads, verifies and loads on
+             demand; TTFT is split into cold (adapter not loaded at arrival) and warm
 
 On CPU every scenario runs twice per round on the same engine, once per LoRA path
 (``--lora-paths``): ``stock`` (vLLM's own CPU punica ops) and ``fast`` (tunefleet's packed
@@ -39,25 +49,34 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is the JSON
 
 from _common import (
+    CPU_S,
     PROMPTS,
     ROOT,
-    CpuMonitor,
     engine_arg_overrides,
     host_label,
-    latency_stats,
     log,
     machine_info,
     make_adapters,
+    make_archives,
     median_round,
     naive_baseline,
     parse_value,
     ratio,
+    scenario_ratios,
     versions,
     wait_quiet,
 )
+from _load import run_load
+from _tenants import Tenants, zipf_sample
+from perf_model import NAME as PERF_MODEL
+from perf_model import bench_models_root, build_perf_model
 
-SCENARIOS = ("base", "adapter_1", "mixed_8", "mixed_32")
-CPU_S = "output_tokens_per_cpu_s"
+SCENARIOS = ("base", "base_c8", "adapter_1", "mixed_8", "mixed_32", "zipf_256")
+MODELS = ("tiny-llama", PERF_MODEL)
+# stock: vLLM's CPU punica ops; fast: tunefleet's packed path; fast_repack: the same without
+# the per-adapter piece cache (every slot swap re-cuts every slot, as the first version did).
+LORA_PATHS = ("stock", "fast_repack", "fast")
+HOME = Path(os.environ.get("TUNEFLEET_HOME", ROOT / "var"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,14 +87,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     p.add_argument("--out", type=Path, help="JSON file (default results/...-<host>.json)")
     p.add_argument("--no-out", action="store_true", help="print only, write no file")
-    p.add_argument("--model", type=Path, default=ROOT / "var/models/tiny-llama")
-    p.add_argument("--adapter-dir", type=Path, default=ROOT / "var/bench/adapters")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated; {MODELS}")
+    p.add_argument("--models-dir", type=Path, default=HOME / "models", help="has tiny-llama")
+    p.add_argument("--adapter-dir", type=Path, default=HOME / "bench/adapters")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
-    p.add_argument("--ranks", default="8,8,8,16", help="adapter ranks, cycled over adapters 0..31")
+    p.add_argument("--ranks", default="8,8,8,16", help="adapter ranks, cycled over adapters")
+    p.add_argument("--zipf-adapters", type=int, default=256, help="zipf_256: tenants' adapters")
+    p.add_argument("--zipf-s", type=float, default=1.0, help="zipf_256: Zipf exponent")
     # Engine settings (EngineConfig); the defaults are the tuned CPU settings.
     p.add_argument("--max-lora-rank", type=int, help="default: the largest served rank")
     p.add_argument("--max-loras", type=int, default=8)
-    p.add_argument("--max-cpu-loras", type=int, default=32)
+    p.add_argument(
+        "--max-cpu-loras", type=int, default=64, help="vLLM CPU cache = zipf AdapterCache size"
+    )
     p.add_argument("--max-num-seqs", type=int, default=None, help="default: concurrency")
     p.add_argument(
         "--dtype", help="default: float32 on CPU (bf16 is slow without AVX512-BF16), auto on GPU"
@@ -94,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--lora-paths",
         default="stock,fast",
-        help="CPU LoRA paths to measure, each on the same engine (GPU: stock only)",
+        help=f"CPU LoRA paths to measure ({', '.join(LORA_PATHS)}), each on the same engine "
+        "(GPU: stock only)",
     )
     p.add_argument("--no-reference", action="store_true", help="skip the LoRA-off engine")
     p.add_argument("--no-naive", action="store_true", help="skip transformers + PEFT")
@@ -109,107 +134,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def bench_engine_class() -> type:
-    from services.inference.engine.base import GenerationRequest
-    from services.inference.engine.vllm_engine import VllmEngine
-
-    class BenchEngine(VllmEngine):
-        """VllmEngine whose requests ignore EOS, so each yields exactly max_tokens tokens."""
-
-        @staticmethod
-        def sampling_params(req: GenerationRequest) -> Any:
-            params = VllmEngine.sampling_params(req)
-            params.ignore_eos = True
-            return params
-
-    return BenchEngine
-
-
-async def run_load(
-    engine: Any,
-    adapters: list[Any],
-    n: int,
-    concurrency: int,
-    max_tokens: int,
-    tag: str,
-) -> dict[str, Any]:
-    """N requests, ``concurrency`` in flight (closed loop); request i uses
-    ``adapters[i % len(adapters)]`` (``None`` = base) and prompt ``i % len(PROMPTS)``."""
-    from services.inference.engine.base import GenerationRequest
-
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(n):
-        queue.put_nowait(i)
-    ttft: list[float] = []
-    e2e: list[float] = []
-    tokens: list[int] = []
-
-    async def one(i: int) -> None:
-        req = GenerationRequest(
-            request_id=f"{tag}-{i}",
-            prompt=PROMPTS[i % len(PROMPTS)],
-            max_tokens=max_tokens,
-            temperature=0.0,
-            adapter=adapters[i % len(adapters)],
-        )
-        t0 = time.perf_counter()
-        first = None
-        done = 0
-        async for chunk in engine.generate(req):
-            if first is None and chunk.completion_tokens > 0:
-                first = time.perf_counter()
-            done = max(done, chunk.completion_tokens)
-        end = time.perf_counter()
-        ttft.append((first or end) - t0)
-        e2e.append(end - t0)
-        tokens.append(done)
-
-    async def worker() -> None:
-        while not queue.empty():
-            await one(queue.get_nowait())
-
-    mon = CpuMonitor()
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
-    wall = time.perf_counter() - t0
-    total = sum(tokens)
-    cpu = mon.result()
-    return {
-        "requests": n,
-        "distinct_adapters": len({a.int_id for a in adapters if a is not None}),
-        "output_tokens": total,
-        "min_tokens_per_request": min(tokens),
-        "wall_s": round(wall, 2),
-        "output_tokens_per_s": round(total / wall, 1),
-        "requests_per_s": round(n / wall, 2),
-        **latency_stats(ttft, "ttft"),
-        **latency_stats(e2e, "e2e"),
-        # Work per CPU-second of this process tree: what a busy machine distorts least.
-        "output_tokens_per_cpu_s": round(total / max(cpu["own_cpu_s"], 1e-9), 1),
-        **cpu,
-    }
-
-
 async def run_scenario(
-    engine: Any, name: str, adapters: list[Any], args: argparse.Namespace, rnd: int, path: str
+    engine: Any,
+    name: str,
+    adapters: list[Any],
+    args: argparse.Namespace,
+    rnd: int,
+    path: str,
+    tenants: Tenants | None,
 ) -> dict[str, Any]:
-    for handle in adapters:  # into vLLM's CPU cache first; loading is not measured
-        if handle is not None:
-            await engine.add_adapter(handle)
-    # Warm-up: one short request per adapter (and a full concurrent wave for the first).
-    warm = max(len(adapters), args.concurrency)
-    await run_load(engine, adapters, warm, args.concurrency, 4, f"warm-{name}-{path}-{rnd}")
-    if args.wait_quiet:
-        await asyncio.to_thread(wait_quiet, args.wait_quiet)
     tag = f"{name}[{path}]"
-    log(f"{tag} round {rnd + 1}/{args.rounds}: {args.requests} requests, C={args.concurrency}")
-    result = await run_load(
-        engine, adapters, args.requests, args.concurrency, args.max_tokens, f"{name}-{path}-{rnd}"
-    )
+    n, c = args.requests, args.concurrency
+    if name == "base_c8":  # the most any scenario that can run only 8 sequences may reach
+        c = min(c, 8)
+    if name == "zipf_256":
+        assert tenants is not None
+        tenants.open_cache(engine)  # every round starts empty and warms up the head
+        try:
+            warm = zipf_sample(len(tenants.resolutions), 4 * c, args.zipf_s, seed=10_000 + rnd)
+            await run_load(
+                engine, warm.__getitem__, len(warm), c, 4, f"warm-{tag}-{rnd}", acquire=tenants.use
+            )
+            if args.wait_quiet:
+                await asyncio.to_thread(wait_quiet, args.wait_quiet)
+            log(f"{tag} round {rnd + 1}/{args.rounds}: {n} requests, C={c}")
+            picks = zipf_sample(len(tenants.resolutions), n, args.zipf_s, seed=rnd)
+            result = await run_load(
+                engine,
+                picks.__getitem__,
+                n,
+                c,
+                args.max_tokens,
+                f"{tag}-{rnd}",
+                acquire=tenants.use,
+                is_cold=tenants.is_cold,
+            )
+        finally:
+            await tenants.close_cache()
+    else:
+        for handle in adapters:  # into vLLM's CPU cache first; loading is not measured
+            if handle is not None:
+                await engine.add_adapter(handle)
+        # Warm-up: one short request per adapter (and a full concurrent wave for the first).
+        k = len(adapters)
+        await run_load(engine, lambda i: adapters[i % k], max(k, c), c, 4, f"warm-{tag}-{rnd}")
+        if args.wait_quiet:
+            await asyncio.to_thread(wait_quiet, args.wait_quiet)
+        log(f"{tag} round {rnd + 1}/{args.rounds}: {n} requests, C={c}")
+        result = await run_load(
+            engine, lambda i: adapters[i % k], n, c, args.max_tokens, f"{tag}-{rnd}"
+        )
+        for handle in adapters:  # out of vLLM's CPU cache: zipf_256 gets all of it
+            if handle is not None:
+                await engine.remove_adapter(handle)
+    extra = f", cold {result.get('cold_requests')}" if "cold_requests" in result else ""
     log(
         f"{tag} round {rnd + 1}: {result['output_tokens_per_s']} tok/s, "
-        f"TTFT p50 {result['ttft_p50_ms']} ms, e2e p50 {result['e2e_p50_ms']} ms, "
-        f"foreign CPU {result['foreign_cpu_share']}"
+        f"TTFT p50 {result['ttft_p50_ms']} ms p99 {result['ttft_p99_ms']} ms, "
+        f"failed {result['failed_requests']}{extra}, foreign CPU {result['foreign_cpu_share']}"
     )
     return result
 
@@ -221,26 +203,35 @@ async def run_engine(
     adapter_paths: list[tuple[str, Path]],
     overrides: dict[str, Any],
     paths: list[str],
+    archives: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Start one engine, run ``scenarios`` for each LoRA path on it, always shut it down."""
     from services.inference.engine.base import AdapterHandle
+    from services.inference.engine.vllm_engine import VllmEngine
 
-    engine = bench_engine_class()(config)
+    engine = VllmEngine(config)
+    tenants = None
     try:
         with engine_arg_overrides(overrides):
-            log(f"starting engine (overrides {overrides or 'none'})")
+            log(f"starting engine for {config.model_id} (overrides {overrides or 'none'})")
             await engine.start()
         log(f"engine up on {engine.device} in {engine.start_seconds:.1f}s")
         handles = [
             AdapterHandle(ref=name, int_id=engine.new_adapter_id(), path=path)
-            for name, path in adapter_paths
+            for name, path in adapter_paths[:32]
         ]
-        sets = {"base": [None], "adapter_1": handles[:1], "mixed_8": handles[:8]}
+        sets = {"base": [None], "base_c8": [None], "adapter_1": handles[:1]}
+        sets["mixed_8"] = handles[:8]
         sets["mixed_32"] = handles[:32]
+        sets["zipf_256"] = []
+        if "zipf_256" in scenarios and archives:
+            tenants = Tenants(config.model_path, archives, args.max_cpu_loras, config.max_lora_rank)
+            log(f"pushing {len(archives)} adapters to the in-process registry")
+            await tenants.start()
         switchable = await engine.fast_cpu_lora() is not None
         if not switchable:  # GPU (vLLM's own kernels), or the plugin is not installed
-            if "fast" in paths and engine.device == "cpu":
-                log("fast CPU LoRA plugin not registered (pip install -e .): stock only")
+            if paths != ["stock"] and engine.device == "cpu":
+                log("fast CPU LoRA path not active in the worker: stock only")
             paths = ["stock"]
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {
             path: {name: [] for name in scenarios} for path in paths
@@ -248,9 +239,18 @@ async def run_engine(
         for rnd in range(args.rounds):  # interleaved, so slow drift hits every scenario
             for path in paths:
                 if switchable:
-                    await engine.fast_cpu_lora(path == "fast")
+                    await engine.fast_cpu_lora(path != "stock")
+                    await engine.fast_cpu_lora_pack(cache_pieces=path == "fast")
                 for name in scenarios:
-                    result = await run_scenario(engine, name, sets[name], args, rnd, path)
+                    before = await engine.fast_cpu_lora_pack() if switchable else {}
+                    result = await run_scenario(engine, name, sets[name], args, rnd, path, tenants)
+                    if switchable and path != "stock":  # what packing cost in this scenario
+                        after = await engine.fast_cpu_lora_pack()
+                        result["pack"] = {
+                            k: round(v - before.get(k, 0), 4)
+                            for k, v in after.items()
+                            if isinstance(v, int | float) and not isinstance(v, bool)
+                        }
                     runs[path][name].append(result)
         results = {
             path: {name: median_round(r) for name, r in by_name.items()}
@@ -261,6 +261,7 @@ async def run_engine(
         return {
             "device": engine.device,
             "start_seconds": round(engine.start_seconds or 0.0, 1),
+            "fast_cpu_lora": engine.stats().get("fast_cpu_lora"),
             "model_dtype": str(vcfg.model_config.dtype),
             "lora_dtype": str(lora.lora_dtype) if lora else None,
             "vllm_max_lora_rank": lora.max_lora_rank if lora else None,
@@ -269,50 +270,53 @@ async def run_engine(
             "scenarios": results,
         }
     finally:
+        if tenants is not None:
+            await tenants.close()
         await engine.shutdown()
 
 
-async def amain(args: argparse.Namespace) -> dict[str, Any]:
+def model_dir(name: str, args: argparse.Namespace) -> Path:
+    """tiny-llama from ``--models-dir``; perf-llama built (cached) next to the bench data."""
+    tiny = args.models_dir / "tiny-llama"
+    if name == PERF_MODEL:
+        return build_perf_model(tiny, bench_models_root(HOME) / PERF_MODEL)
+    return args.models_dir / name
+
+
+async def bench_model(
+    args: argparse.Namespace, name: str, scenarios: list[str], paths: list[str]
+) -> dict[str, Any]:
+    """Every scenario (and the reference and naive baselines) on one model."""
     from services.inference.engine.base import EngineConfig
     from services.inference.engine.vllm_engine import resolve_device
 
-    for item in args.env:
-        key, _, value = item.partition("=")
-        os.environ[key] = value
-    paths = [p for p in args.lora_paths.split(",") if p]
-    if not paths or set(paths) - {"stock", "fast"}:
-        raise SystemExit(f"--lora-paths: stock and/or fast, not {args.lora_paths!r}")
-    scenarios = [s for s in args.scenarios.split(",") if s]
-    unknown = set(scenarios) - set(SCENARIOS)
-    if unknown:
-        raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+    path = model_dir(name, args)
     ranks = [int(r) for r in args.ranks.split(",")]
-    n_adapters = 32 if "mixed_32" in scenarios else 8
-    rank_list = [ranks[i % len(ranks)] for i in range(n_adapters)]
-    log(f"making {n_adapters} adapters (ranks {sorted(set(rank_list))}) in {args.adapter_dir}")
-    adapter_paths = make_adapters(args.model, args.adapter_dir, rank_list)
-    served = {"base": [], "adapter_1": rank_list[:1], "mixed_8": rank_list[:8]}
-    served["mixed_32"] = rank_list
-    max_rank = max((r for s in scenarios for r in served[s]), default=8)
+    n_adapters = args.zipf_adapters if "zipf_256" in scenarios else 32
+    rank_list = [ranks[i % len(ranks)] for i in range(max(n_adapters, 32))]
+    log(f"[{name}] making {len(rank_list)} adapters (ranks {sorted(set(rank_list))})")
+    adapter_paths = make_adapters(path, args.adapter_dir / name, rank_list)
+    archives = None
+    if "zipf_256" in scenarios:
+        archives = make_archives(adapter_paths[:n_adapters], args.adapter_dir / f"{name}-archives")
     overrides = {}
     for item in args.engine_arg:
         key, _, value = item.partition("=")
         overrides[key] = parse_value(value)
     config = EngineConfig(
-        model_path=args.model,
-        model_id=args.model.name,
+        model_path=path,
+        model_id=name,
         max_model_len=512,
         max_loras=args.max_loras,
         max_cpu_loras=args.max_cpu_loras,
-        max_lora_rank=args.max_lora_rank or max_rank,
+        max_lora_rank=args.max_lora_rank or max(rank_list),
         kv_cache_gib=args.kv_cache_gib,
         max_num_seqs=args.max_num_seqs or args.concurrency,
         dtype=args.dtype or ("auto" if resolve_device("auto") == "cuda" else "float32"),
         device="auto",
-        fast_cpu_lora="fast" in paths,
+        fast_cpu_lora=any(p.startswith("fast") for p in paths),
     )
-    t_start = time.perf_counter()
-    main = await run_engine(args, config, scenarios, adapter_paths, overrides, paths)
+    main = await run_engine(args, config, scenarios, adapter_paths, overrides, paths, archives)
     by_path = main["scenarios"]
     for res in by_path.values():
         for r in res.values():
@@ -331,30 +335,43 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     if not args.no_naive:
         if args.wait_quiet:
             wait_quiet(args.wait_quiet)
-        naive = naive_baseline(args.model, adapter_paths[:8], args.naive_requests, args.max_tokens)
-    naive_mixed = naive and naive["mixed_8"]
-    ratios = {}
-    for path, res in by_path.items():
-        base = res.get("base")
-        ratios[path] = {
-            "adapter_1_over_base": ratio(res.get("adapter_1"), base),
-            "mixed_8_over_base": ratio(res.get("mixed_8"), base),
-            "mixed_8_over_base_per_cpu_s": ratio(res.get("mixed_8"), base, CPU_S),
-            "mixed_32_over_base": ratio(res.get("mixed_32"), base),
-            "mixed_8_over_base_lora_off": ratio(res.get("mixed_8"), reference),
-            "mixed_8_over_naive_mixed_8": ratio(res.get("mixed_8"), naive_mixed),
-            "mixed_8_over_naive_mixed_8_per_cpu_s": ratio(res.get("mixed_8"), naive_mixed, CPU_S),
-            "base_over_naive_base": ratio(base, naive and naive["base"]),
-        }
-    if {"stock", "fast"} <= set(by_path):
-        fast, stock = by_path["fast"], by_path["stock"]
-        for suffix, key in (("", "output_tokens_per_s"), ("_per_cpu_s", CPU_S)):
-            ratios[f"fast_over_stock{suffix}"] = {
-                n: ratio(fast.get(n), stock.get(n), key) for n in scenarios
-            }
+        naive = naive_baseline(path, adapter_paths[:8], args.naive_requests, args.max_tokens)
+    ratios = scenario_ratios(by_path, scenarios, reference, naive)
+    return {
+        "model_dir": str(path),
+        "adapter_ranks": rank_list[:32],
+        "engine": {
+            **{k: v for k, v in main.items() if k != "scenarios"},
+            "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+            "vllm_arg_overrides": overrides,
+        },
+        "scenarios": by_path,
+        "reference_base_lora_disabled": reference,
+        "naive": naive,
+        "ratios": ratios,
+    }
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    for item in args.env:
+        key, _, value = item.partition("=")
+        os.environ[key] = value
+    paths = [p for p in args.lora_paths.split(",") if p]
+    if not paths or set(paths) - set(LORA_PATHS):
+        raise SystemExit(f"--lora-paths: some of {LORA_PATHS}, not {args.lora_paths!r}")
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+    if "base" not in scenarios:
+        scenarios.insert(0, "base")  # every ratio is to base, measured in the same run
+    models = [m for m in args.models.split(",") if m]
+    t_start = time.perf_counter()
+    results = {m: await bench_model(args, m, scenarios, paths) for m in models}
     return {
         "benchmark": "inference_multilora",
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
         "machine": machine_info(),
         "versions": versions(),
         "workload": {
@@ -365,18 +382,10 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             "distinct_prompts": len(PROMPTS),
             "sampling": "greedy (temperature 0), ignore_eos: every request yields max_tokens",
             "adapter_targets": "q_proj,k_proj,v_proj,o_proj",
-            "adapter_ranks": rank_list,
-        },
-        "engine": {
-            **{k: v for k, v in main.items() if k != "scenarios"},
-            "config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
-            "vllm_arg_overrides": overrides,
+            "zipf": {"adapters": args.zipf_adapters, "s": args.zipf_s},
             "env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_CPU")},
         },
-        "scenarios": by_path,
-        "reference_base_lora_disabled": reference,
-        "naive": naive,
-        "ratios": ratios,
+        "models": results,
         "total_seconds": round(time.perf_counter() - t_start, 1),
     }
 

@@ -72,17 +72,19 @@ def stamp() -> str:
 
 
 def summarize(report: dict) -> dict:
-    out = {"engine": {k: v for k, v in report["engine"].items() if k != "env"}}
-    for path, scenarios in report["scenarios"].items():
-        for name, r in scenarios.items():
-            out[f"{name}[{path}]"] = {
-                "tokens_per_s": r["output_tokens_per_s"],
-                "ratio_to_base": r["ratio_to_base"],
-                "ttft_p50_ms": r["ttft_p50_ms"],
-                "ttft_p99_ms": r["ttft_p99_ms"],
-                "rounds_tokens_per_s": r["rounds_tokens_per_s"],
-                "foreign_cpu_share": r["rounds_foreign_cpu_share"],
-            }
+    out: dict = {}
+    for model, res in report["models"].items():
+        out[f"{model}/engine"] = res["engine"]
+        for path, scenarios in res["scenarios"].items():
+            for name, r in scenarios.items():
+                out[f"{model}/{name}[{path}]"] = {
+                    "tokens_per_s": r["output_tokens_per_s"],
+                    "ratio_to_base": r["ratio_to_base"],
+                    "ttft_p50_ms": r["ttft_p50_ms"],
+                    "ttft_p99_ms": r["ttft_p99_ms"],
+                    "rounds_tokens_per_s": r["rounds_tokens_per_s"],
+                    "foreign_cpu_share": r["rounds_foreign_cpu_share"],
+                }
     return out
 
 
@@ -92,6 +94,7 @@ def main() -> None:
     p.add_argument("--requests", default="128")
     p.add_argument("--rounds", default="2")
     p.add_argument("--wait-quiet", default="0", help="passed on (seconds)")
+    p.add_argument("--models", default="tiny-llama", help="passed on")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     names = args.only.split(",") if args.only else list(SETTINGS)
@@ -109,6 +112,8 @@ def main() -> None:
             args.wait_quiet,
             "--rounds",
             args.rounds,
+            "--models",
+            args.models,
             *BASIC,
             *extra,
         ]

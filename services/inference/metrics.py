@@ -86,6 +86,20 @@ class InferenceMetrics:
             f"{p}_num_requests_waiting", "Sequences waiting in the engine", registry=registry
         )
         waiting.set_function(lambda: float(stats().get("waiting", 0)))
+        # 1 for the LoRA path the engine runs (engine/cpu_lora.py): "unsupported_vllm" means
+        # the fast CPU path was asked for but this vLLM is not the one it was written for.
+        lora_path = Gauge(
+            f"{p}_fast_cpu_lora",
+            "CPU LoRA path state: active, off, not_cpu or unsupported_vllm (1 = current)",
+            ["state"],
+            registry=registry,
+        )
+
+        def is_state(state: str) -> Callable[[], float]:
+            return lambda: float(stats().get("fast_cpu_lora") == state)
+
+        for state in ("active", "off", "not_cpu", "unsupported_vllm"):
+            lora_path.labels(state).set_function(is_state(state))
 
     def forget_adapter(self, tenant: str, adapter: str) -> int:
         """Remove the series of every version (label ``adapter@vN``) of ``tenant``'s deleted

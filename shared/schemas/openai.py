@@ -63,6 +63,9 @@ class SamplingFields(BaseModel):
         default=None, description="tunefleet: constrain the answer to one of these labels"
     )
     user: str | None = None
+    # vLLM's extensions (same names as its OpenAI server): generate past EOS / at least N tokens.
+    ignore_eos: bool = False
+    min_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -53,6 +53,24 @@ async def test_ready_and_metrics(f: Fleet) -> None:
     assert "tunefleet_inference_time_to_first_token_seconds_bucket" in text
 
 
+async def test_ignore_eos_and_min_tokens_are_honoured(f: Fleet) -> None:
+    async def tokens(**kw: object) -> tuple[int, str]:
+        body = {
+            "model": "tiny-llama",
+            "messages": [{"role": "user", "content": "Classify: my invoice is wrong"}],
+            "temperature": 0,
+            **kw,
+        }
+        r = await f.inference.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["completion_tokens"], r.json()["choices"][0]["finish_reason"]
+
+    natural, reason = await tokens(max_tokens=64)
+    assert reason == "stop" and natural < 64
+    assert await tokens(max_tokens=64, ignore_eos=True) == (64, "length")
+    assert (await tokens(max_tokens=64, min_tokens=natural + 5))[0] >= natural + 5
+
+
 async def test_base_and_two_adapters_in_one_batch(f: Fleet, archives: dict[str, Path]) -> None:
     await f.push("one", archives["a1"])
     await f.push("two", archives["a2"])

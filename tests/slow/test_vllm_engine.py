@@ -23,6 +23,7 @@ from services.inference.engine.base import (
     GenerationRequest,
     GenerationResult,
     InferenceEngine,
+    InvalidGenerationRequest,
     collect,
 )
 from services.inference.engine.vllm_engine import VllmEngine
@@ -101,6 +102,33 @@ async def test_greedy_base_generation(engine: VllmEngine) -> None:
     assert res.choices[0].finish_reason in ("stop", "length")
     again = await run(engine, request())
     assert again.text == res.text
+
+
+@pytest.mark.slow
+async def test_ignore_eos_and_min_tokens(engine: VllmEngine) -> None:
+    params = VllmEngine.sampling_params(request(ignore_eos=True, min_tokens=3))
+    assert params.ignore_eos is True and params.min_tokens == 3
+    chat = engine.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Classify: my invoice is wrong"}],
+        add_generation_prompt=True,
+        tokenize=True,
+    )
+    ids = list(chat["input_ids"] if hasattr(chat, "keys") else chat)
+    # The base model ends this answer with EOS well before 64 tokens...
+    natural = await run(engine, request(prompt=None, prompt_token_ids=ids, max_tokens=64))
+    assert natural.choices[0].finish_reason == "stop" and natural.completion_tokens < 64
+    # ...unless asked to ignore it (benchmarks: equal work per request) or to go on longer.
+    full = await run(
+        engine, request(prompt=None, prompt_token_ids=ids, max_tokens=64, ignore_eos=True)
+    )
+    assert full.completion_tokens == 64 and full.choices[0].finish_reason == "length"
+    longer = natural.completion_tokens + 5
+    at_least = await run(
+        engine, request(prompt=None, prompt_token_ids=ids, max_tokens=64, min_tokens=longer)
+    )
+    assert at_least.completion_tokens >= longer
+    with pytest.raises(InvalidGenerationRequest):
+        request(max_tokens=4, min_tokens=5)
 
 
 @pytest.mark.slow

@@ -225,6 +225,8 @@ class Server:
                 choices=choices,
                 json_schema=None if constraint else p.body.json_schema(),
                 adapter=handle,
+                ignore_eos=p.body.ignore_eos,
+                min_tokens=p.body.min_tokens,
             )
             try:
                 async for chunk in self.engine.generate(req):

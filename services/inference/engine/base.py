@@ -106,7 +106,9 @@ class GenerationRequest:
     """A completion request. Exactly one of ``prompt`` / ``prompt_token_ids`` is given.
 
     ``choices`` and ``json_schema`` constrain the output (structured decoding); at most one.
-    ``temperature == 0`` means greedy decoding.
+    ``temperature == 0`` means greedy decoding. ``ignore_eos`` keeps generating past the
+    end-of-sequence token (benchmarks: every request does ``max_tokens`` of work);
+    ``min_tokens`` suppresses EOS and stop strings until that many tokens are out.
     """
 
     request_id: str
@@ -121,6 +123,8 @@ class GenerationRequest:
     choices: list[str] | None = None
     json_schema: dict[str, Any] | None = None
     adapter: AdapterHandle | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.prompt_token_ids is None):
@@ -129,6 +133,10 @@ class GenerationRequest:
             )
         if self.max_tokens < 1:
             raise InvalidGenerationRequest("max_tokens must be >= 1", param="max_tokens")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidGenerationRequest(
+                "min_tokens must be between 0 and max_tokens", param="min_tokens"
+            )
         if self.n < 1:
             raise InvalidGenerationRequest("n must be >= 1", param="n")
         if self.temperature < 0:

@@ -9,53 +9,97 @@ a batch that mixes base and adapter requests the base rows get the *last* slot's
 
 :func:`add_lora_linear` replaces ``PunicaWrapperCPU.add_lora_linear`` with a masked dense
 version. The resident adapters' A matrices of all slices are packed into one
-``(hidden, C)`` matrix and the B matrices into one block-diagonal ``(C, out)`` matrix, where
-``C`` sums each resident adapter's *own* rank (not the padded maximum) over slices; the pack
-is rebuilt only when a slot's content changes. Per call that is one GEMM, one multiply by a
-``(tokens, C)`` mask (1 where a column belongs to the token's adapter, 0 elsewhere and for
-base tokens) and one in-place ``addmm_``. Precision follows vLLM's: the shrink runs in
-float32, the expand in the model dtype.
+``(hidden, C)`` matrix and, per slice, their B matrices stacked into one ``(C_s, out_s)``
+matrix, where ``C`` sums each resident adapter's *own* rank (not the padded maximum) over
+slices. Per call that is one shrink GEMM, one multiply by a ``(tokens, C)`` mask (1 where a
+column belongs to the token's adapter, 0 elsewhere and for base tokens) and one in-place
+``addmm_`` per slice. Precision follows vLLM's: the shrink runs in float32, the expand in
+the model dtype. Packing (:mod:`services.inference.engine.cpu_lora_pack`) happens once per
+adapter and layer; a slot swap only re-concatenates cached pieces.
 
 Wiring: ``pyproject.toml`` registers :func:`register` under ``vllm.general_plugins``, so
 vLLM calls it in each of its processes. It patches only when the platform is CPU and
 :data:`ENV` is set (``VllmEngine.start`` sets it from ``EngineConfig.fast_cpu_lora``), so
 other users of the same environment get stock vLLM. ``VllmEngine.fast_cpu_lora()`` reads or
 switches the path at run time through a worker RPC (benchmarks and tests compare both).
+
+Version guard: the patch replaces internals of one vLLM release (``PunicaWrapperCPU``'s
+methods and metadata, the stacked-weight layout). On any other vLLM version it does not
+patch: it logs a WARNING and the engine reports ``fast_cpu_lora: "unsupported_vllm"`` in its
+stats and metrics, and vLLM's stock (slower, but its own) ops serve. Widen
+:data:`SUPPORTED_VLLM` only after ``tests/slow/test_cpu_lora.py`` passes on the new release.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from services.inference.engine.cpu_lora_pack import PieceCache, pack
+
 log = logging.getLogger(__name__)
 
 ENV = "TUNEFLEET_INFERENCE_FAST_CPU_LORA"
+# How many adapters' packed pieces a worker keeps (VllmEngine sets it to max_cpu_loras).
+PIECES_ENV = "TUNEFLEET_INFERENCE_FAST_CPU_LORA_PIECES"
 RPC_METHOD = "tunefleet_fast_cpu_lora"
+PACK_RPC_METHOD = "tunefleet_fast_cpu_lora_pack"
+# The vLLM releases whose PunicaWrapperCPU this module was written and tested against.
+SUPPORTED_VLLM = frozenset({"0.32.0"})
+
+ACTIVE, OFF, NOT_CPU, UNSUPPORTED = "active", "off", "not_cpu", "unsupported_vllm"
+STATES = (ACTIVE, OFF, NOT_CPU, UNSUPPORTED)
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
+def supports(version: str) -> bool:
+    """Whether the fast path may patch this vLLM (local build tags like ``+cpu`` ignored)."""
+    return version.split("+", 1)[0] in SUPPORTED_VLLM
+
+
+def status(*, requested: bool, device: str, version: str | None = None) -> str:
+    """What the engine will run: :data:`ACTIVE`, :data:`OFF` (not requested), :data:`NOT_CPU`
+    (vLLM's own GPU kernels) or :data:`UNSUPPORTED` (stock CPU ops; see the module doc)."""
+    if device != "cpu":
+        return NOT_CPU
+    if not requested:
+        return OFF
+    return ACTIVE if supports(version or vllm_version()) else UNSUPPORTED
+
+
+def warn_unsupported(version: str) -> None:
+    log.warning(
+        "tunefleet fast CPU LoRA path NOT installed: written for vLLM %s, this is vLLM %s; "
+        "serving with vLLM's stock CPU LoRA ops (correct, ~1.7x slower on mixed adapters)",
+        ", ".join(sorted(SUPPORTED_VLLM)),
+        version,
+    )
+
+
+def _piece_capacity() -> int:
+    try:
+        return max(int(os.environ.get(PIECES_ENV, "64")), 0)
+    except ValueError:
+        return 64
 
 
 @dataclass
 class _State:
     installed: bool = False
     enabled: bool = False
+    pieces: PieceCache = field(default_factory=lambda: PieceCache(_piece_capacity()))
 
 
 _STATE = _State()  # per vLLM worker process; flipped by the RPC
-
-
-@dataclass
-class Packed:
-    """The resident adapters of one LoRA linear, packed for one GEMM per step."""
-
-    key: tuple[Any, ...]
-    layout: tuple[tuple[int, int], ...]  # (slot, rank) of each resident adapter
-    a_t: torch.Tensor  # (hidden, C) float32: A of every (slice, slot), each at its own rank
-    b: torch.Tensor  # (C, sum(output_slices)) block-diagonal B, in the LoRA dtype
-    col_slot: torch.Tensor  # (C,) long: the slot each column belongs to
 
 
 def register() -> None:
@@ -70,14 +114,20 @@ def register() -> None:
     install(enabled=flag.strip().lower() in ("1", "true", "yes", "on"))
 
 
-def install(*, enabled: bool = True) -> None:
-    """Patch ``PunicaWrapperCPU`` (idempotent) and add the worker RPC."""
+def install(*, enabled: bool = True, version: str | None = None) -> bool:
+    """Patch ``PunicaWrapperCPU`` (idempotent) and add the worker RPC; return whether the
+    fast path is installed. On a vLLM other than :data:`SUPPORTED_VLLM` nothing is patched
+    (WARNING logged) and vLLM's stock ops stay in place."""
+    version = version or vllm_version()
+    if not supports(version):
+        warn_unsupported(version)
+        return False
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
     from vllm.v1.worker.worker_base import WorkerBase
 
     _STATE.enabled = enabled
     if _STATE.installed:
-        return
+        return True
     stock_update = PunicaWrapperCPU.update_metadata
     stock_linear = PunicaWrapperCPU.add_lora_linear
 
@@ -107,11 +157,29 @@ def install(*, enabled: bool = True) -> None:
             _STATE.enabled = bool(enable)
         return _STATE.enabled
 
+    def pack_rpc(worker: Any, cache_pieces: bool | None = None) -> dict[str, Any]:
+        return pack_control(cache_pieces)
+
     PunicaWrapperCPU.update_metadata = update_metadata  # type: ignore[method-assign]
     PunicaWrapperCPU.add_lora_linear = patched_linear  # type: ignore[method-assign]
     setattr(WorkerBase, RPC_METHOD, rpc)
+    setattr(WorkerBase, PACK_RPC_METHOD, pack_rpc)
     _STATE.installed = True
     log.info("tunefleet fast CPU LoRA installed in pid %s (enabled=%s)", os.getpid(), enabled)
+    return True
+
+
+def pack_control(cache_pieces: bool | None = None) -> dict[str, Any]:
+    """Switch per-adapter piece caching (off = re-cut every slot on each swap, the first
+    version's behaviour; for benchmarks) and return the pack counters."""
+    pieces = _STATE.pieces
+    if cache_pieces is not None:
+        want = _piece_capacity() if cache_pieces else 0
+        if want != pieces.capacity:
+            _STATE.pieces = pieces = PieceCache(want, stats=pieces.stats)
+    return {"cache_pieces": pieces.capacity > 0, "cached_adapters": len(pieces)} | (
+        pieces.stats.as_dict()
+    )
 
 
 def add_lora_linear(
@@ -127,7 +195,7 @@ def add_lora_linear(
     ``s_t >= 0`` (``wrapper.token_lora_indices``); base tokens are left untouched."""
     if wrapper.no_lora:  # set for a batch of base tokens only
         return
-    packed = pack(wrapper, lora_a_stacked, lora_b_stacked, output_slices)
+    packed = pack(wrapper, _STATE.pieces, lora_a_stacked, lora_b_stacked, output_slices)
     if packed.col_slot.numel() == 0:  # no adapter resident
         return
     masks: dict[Any, torch.Tensor] = wrapper.__dict__.setdefault("_tf_masks", {})
@@ -140,77 +208,13 @@ def add_lora_linear(
     h = x.to(torch.float32) @ packed.a_t
     h.mul_(mask)
     y2 = y.view(-1, y.shape[-1])
-    if y2.dtype == torch.float32:
-        y2.addmm_(h, packed.b)
-    else:  # like vLLM: round the expand to the model dtype, then add (two roundings)
-        y2.add_(h.to(y2.dtype) @ packed.b.to(y2.dtype))
-
-
-def _rank_of(a: torch.Tensor, b: torch.Tensor) -> int:
-    """The used rank of one slot: rows of A / columns of B past it are vLLM's zero padding."""
-    used = a.abs().sum(dim=-1) + b.abs().sum(dim=0)  # (max_rank,)
-    nz = torch.nonzero(used).flatten()
-    return int(nz[-1]) + 1 if nz.numel() else 0
-
-
-def _state_key(wrapper: Any, tensors: tuple[torch.Tensor, ...]) -> tuple[Any, ...]:
-    """What a pack depends on: which adapter id sits in which slot (vLLM ids are unique per
-    adapter content) and, where torch tracks them, the tensors' version counters."""
-    slots = getattr(wrapper, "_tf_slots", None)
-    try:
-        return (slots, *(t._version for t in tensors))
-    except RuntimeError:  # inference-mode tensors have no version counter
-        return (slots,)
-
-
-def pack(
-    wrapper: Any,
-    lora_a_stacked: tuple[torch.Tensor, ...],
-    lora_b_stacked: tuple[torch.Tensor, ...],
-    output_slices: tuple[int, ...],
-) -> Packed:
-    """The :class:`Packed` form of one layer's stacked weights, cached on ``wrapper``."""
-    cache: dict[tuple[int, ...], Packed] = wrapper.__dict__.setdefault("_tf_packs", {})
-    layer = tuple(id(t) for t in lora_a_stacked)
-    key = _state_key(wrapper, (*lora_a_stacked, *lora_b_stacked))
-    hit = cache.get(layer)
-    if hit is not None and hit.key == key:
-        return hit
-    n_slots = lora_a_stacked[0].shape[0]
-    a_rows: list[torch.Tensor] = []
-    b_blocks: list[tuple[int, int, torch.Tensor]] = []  # (row, column offset, block)
-    col_slot: list[int] = []
-    layout: list[tuple[int, int]] = []
-    row = 0
-    for slot in range(n_slots):
-        pairs = zip(lora_a_stacked, lora_b_stacked, strict=True)
-        rank = max(_rank_of(a[slot, 0], b[slot, 0]) for a, b in pairs)
-        if rank == 0:
-            continue
-        layout.append((slot, rank))
-        col = 0
-        for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
-            a_rows.append(a[slot, 0, :rank])
-            b_blocks.append((row, col, b[slot, 0, :size, :rank].t()))
-            col_slot += [slot] * rank
-            row += rank
-            col += size
-    hidden = lora_a_stacked[0].shape[-1]
-    dtype = lora_b_stacked[0].dtype
-    b_full = torch.zeros(row, sum(output_slices), dtype=dtype)
-    for r0, c0, block in b_blocks:
-        b_full[r0 : r0 + block.shape[0], c0 : c0 + block.shape[1]] = block
-    a_t = (
-        torch.cat(a_rows).to(torch.float32).t().contiguous()
-        if a_rows
-        else torch.zeros(hidden, 0, dtype=torch.float32)
-    )
-    packed = Packed(
-        key=key,
-        layout=tuple(layout),
-        a_t=a_t,
-        b=b_full,
-        col_slot=torch.tensor(col_slot, dtype=torch.long),
-    )
-    cache[layer] = packed
-    return packed
+    per_slice = h.shape[1] // len(output_slices)  # every adapter has one rank in all slices
+    col = out = 0
+    for b, size in zip(packed.b, output_slices, strict=True):
+        hs, ys = h[:, col : col + per_slice], y2[:, out : out + size]
+        if ys.dtype == torch.float32:
+            ys.addmm_(hs, b)
+        else:  # like vLLM: round the expand to the model dtype, then add (two roundings)
+            ys.add_(hs.to(ys.dtype) @ b.to(ys.dtype))
+        col += per_slice
+        out += size

@@ -70,6 +70,7 @@ class VllmEngine:
         self._tokenizer: Any = None
         self._closed = False
         self._adapter_ids = itertools.count(1)
+        self.fast_cpu_lora_state: str | None = None  # cpu_lora.status(), set by start()
 
     def new_adapter_id(self) -> int:
         """A LoRA int id never used before on this engine (vLLM keys adapters by it)."""
@@ -91,6 +92,13 @@ class VllmEngine:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         # Read by the cpu_lora plugin in the engine's processes, which inherit this env.
         os.environ[cpu_lora.ENV] = "1" if self.config.fast_cpu_lora else "0"
+        os.environ[cpu_lora.PIECES_ENV] = str(max(self.config.max_cpu_loras, self.config.max_loras))
+        version = cpu_lora.vllm_version()
+        self.fast_cpu_lora_state = cpu_lora.status(
+            requested=self.config.fast_cpu_lora, device=self.device, version=version
+        )
+        if self.fast_cpu_lora_state == cpu_lora.UNSUPPORTED:
+            cpu_lora.warn_unsupported(version)  # here too: the worker's log may go elsewhere
         args = engine_args(self.config, self.device)
         me = psutil.Process()
         before = {p.pid for p in me.children(recursive=True)}
@@ -133,6 +141,12 @@ class VllmEngine:
                 return None
             raise
         return bool(results[0])
+
+    async def fast_cpu_lora_pack(self, cache_pieces: bool | None = None) -> dict[str, Any]:
+        """The fast path's pack counters in the worker; ``cache_pieces`` switches per-adapter
+        piece caching (benchmarks measure what it saves)."""
+        results = await self.llm.collective_rpc(cpu_lora.PACK_RPC_METHOD, args=(cache_pieces,))
+        return dict(results[0])
 
     async def shutdown(self) -> None:
         """Stop the engine core and make sure none of its processes outlives this call."""
@@ -193,6 +207,7 @@ class VllmEngine:
             "adapters": len(self._adapters),
             "device": self.device,
             "start_seconds": self.start_seconds,
+            "fast_cpu_lora": self.fast_cpu_lora_state,
             "dead": self.is_dead(),
         }
 
@@ -298,6 +313,8 @@ class VllmEngine:
                 temperature=req.temperature,
                 top_p=req.top_p,
                 max_tokens=req.max_tokens,
+                min_tokens=req.min_tokens,
+                ignore_eos=req.ignore_eos,
                 stop=list(req.stop) if req.stop else None,
                 seed=req.seed,
                 structured_outputs=structured,
