@@ -449,3 +449,21 @@ def test_service_down_alert_fires_for_every_scrape_job(setup: str, tmp_path: Pat
         [promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ray_serve_replica_uses_the_service_settings_and_needs_a_token(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.inference.settings import engine_config
+
+    serve_app = serve_module()
+    monkeypatch.delenv("TUNEFLEET_INTERNAL_TOKEN", raising=False)
+    overrides = {"home": tmp_path, "model_dir": model_dir, "fast_cpu_lora": False}
+    with pytest.raises(RuntimeError, match="TUNEFLEET_INTERNAL_TOKEN"):
+        serve_app.replica_settings(overrides)  # never a made-up token nobody else knows
+    monkeypatch.setenv("TUNEFLEET_INTERNAL_TOKEN", TOKEN)
+    asgi = serve_app.build_asgi(overrides)
+    settings = asgi.state.replica_settings
+    assert settings.resolved_token() == TOKEN
+    assert asgi.state.engine.config == engine_config(settings)
+    assert asgi.state.engine.config.fast_cpu_lora is False
