@@ -23,8 +23,11 @@ is created by :func:`build_app`, which only describes the deployment graph.
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -37,6 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 # (model_dir, max_loras, registry_url, …), also settable as TUNEFLEET_INFERENCE_* variables.
 SERVE_OPTIONS = ("num_replicas", "num_gpus", "num_cpus", "max_ongoing_requests")
 MULTIPLEX_HEADER = "serve_multiplexed_model_id"  # ray.serve._private.constants
+STARTUP_TIMEOUT_S = 900.0  # engine start + warm-up; Serve retries a replica that fails it
 
 
 class MultiplexedModel:
@@ -88,6 +92,30 @@ def replica_settings(settings_overrides: dict[str, Any]) -> Any:
     return settings
 
 
+def ready_before_serving(app: FastAPI, timeout_s: float) -> None:
+    """Make the app's startup end only once its readiness checks pass (engine started and
+    warm). The standalone service answers ``/healthz`` while it warms up and lets ``/readyz``
+    gate traffic; Serve routes to a replica as soon as its constructor (which runs the ASGI
+    lifespan's startup) returns, so here startup itself waits, and a rolling update only moves
+    on once the new replica can answer."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: FastAPI) -> AsyncIterator[Any]:
+        async with inner(a) as state:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                problems = [p for check in a.state.readiness_checks if (p := await check())]
+                if not problems:
+                    break
+                if "engine is dead" in problems or time.monotonic() > deadline:
+                    raise RuntimeError(f"replica not ready: {problems}")
+                await asyncio.sleep(0.5)
+            yield state
+
+    app.router.lifespan_context = lifespan
+
+
 def build_asgi(
     settings_overrides: dict[str, Any], load: Callable[[str], Awaitable[Any]] | None = None
 ) -> FastAPI:
@@ -101,6 +129,7 @@ def build_asgi(
     engine = VllmEngine(engine_config(settings))
     app = create_app(settings, engine)  # its lifespan starts and stops the engine
     app.state.replica_settings, app.state.engine = settings, engine
+    ready_before_serving(app, timeout_s=STARTUP_TIMEOUT_S)
     if load is not None:
         app.add_middleware(MultiplexMiddleware, load=load)
     return app
@@ -125,6 +154,12 @@ class InferenceReplica:
             registry=app.state.metrics_registry,
         )
         return app
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check: a dead engine (EngineCore gone) fails it, so Serve
+        replaces the replica instead of routing requests to it."""
+        if self.asgi is not None and self.asgi.state.engine.is_dead():
+            raise RuntimeError("the replica's vLLM engine is dead")
 
     async def engine_info(self) -> dict[str, Any]:
         """What this replica runs with (``serve.get_app_handle(...).engine_info.remote()``):
