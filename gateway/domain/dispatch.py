@@ -21,6 +21,9 @@ from gateway.domain.routing import ReplicaSet
 from shared.errors import ServiceUnavailable
 
 UsageSink = Callable[[int, int], None]
+# Ray Serve's model-multiplexing header: behind a Serve proxy (deploy/ray-serve) the routing key
+# picks the replica that has the version warm; plain replicas ignore it.
+MULTIPLEX_HEADER = "serve_multiplexed_model_id"
 MID_STREAM_ERROR = (
     b'data: {"error":{"message":"inference replica failed mid-stream",'
     b'"type":"server_error","code":"upstream_failed"}}\n\ndata: [DONE]\n\n'
@@ -38,6 +41,7 @@ async def send(
 ) -> httpx.Response:
     """The opened (streaming) upstream response from the best replica for ``key``."""
     last: ServiceUnavailable | None = None
+    headers = {**headers, MULTIPLEX_HEADER: key}
     ranked = (await replicas.pick(key))[:2]
     for i, replica in enumerate(ranked):
         try:

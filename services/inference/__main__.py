@@ -12,7 +12,7 @@ import os
 from fastapi import FastAPI
 
 from services.inference.app import create_app
-from services.inference.settings import InferenceSettings
+from services.inference.settings import InferenceSettings, engine_config
 from shared.logging import configure_logging
 from shared.settings import load_settings
 
@@ -21,23 +21,9 @@ def main() -> None:
     settings = load_settings(InferenceSettings)
     configure_logging("inference", settings.log_level, json_format=settings.log_json)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(settings.kv_cache_gib))))
-    from services.inference.engine.base import EngineConfig
     from services.inference.engine.vllm_engine import VllmEngine
 
-    engine = VllmEngine(
-        EngineConfig(
-            model_path=settings.base_dir(),
-            model_id=settings.base_model,
-            max_model_len=settings.max_model_len,
-            max_loras=settings.max_loras,
-            max_cpu_loras=settings.max_cpu_loras,
-            max_lora_rank=settings.max_lora_rank,
-            kv_cache_gib=settings.kv_cache_gib,
-            max_num_seqs=settings.max_num_seqs,
-            device=settings.device,  # type: ignore[arg-type]
-            fast_cpu_lora=settings.fast_cpu_lora,
-        )
-    )
+    engine = VllmEngine(engine_config(settings))
     app = create_app(settings, engine)
     _run(app, settings)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.inference.engine.base import Device, EngineConfig
 from shared.settings import ServiceSettings
 
 
@@ -49,3 +50,22 @@ class InferenceSettings(ServiceSettings):
 
     def adapter_dir(self) -> Path:
         return self.home / "inference" / self.replica_id / "adapters"
+
+
+def engine_config(settings: InferenceSettings) -> EngineConfig:
+    """The engine every inference replica starts from its settings: ``python -m
+    services.inference`` and the Ray Serve deployment (deploy/ray-serve) both call this, so a
+    new engine setting cannot reach one and miss the other."""
+    device: Device = settings.device  # type: ignore[assignment]  # validated by the pattern
+    return EngineConfig(
+        model_path=settings.base_dir(),
+        model_id=settings.base_model,
+        max_model_len=settings.max_model_len,
+        max_loras=settings.max_loras,
+        max_cpu_loras=settings.max_cpu_loras,
+        max_lora_rank=settings.max_lora_rank,
+        kv_cache_gib=settings.kv_cache_gib,
+        max_num_seqs=settings.max_num_seqs,
+        device=device,
+        fast_cpu_lora=settings.fast_cpu_lora,
+    )

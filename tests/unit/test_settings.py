@@ -60,3 +60,33 @@ def test_service_refuses_to_start_with_bad_config(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "TUNEFLEET_REGISTRY_MAX_LORA_RANK" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_engine_config_carries_every_engine_setting(tmp_path: Path) -> None:
+    """One function turns InferenceSettings into the engine's config, for the standalone
+    service and the Ray Serve replicas alike: every EngineConfig field that has a settings
+    field of the same name comes from it (a new one cannot be dropped silently)."""
+    from dataclasses import fields
+
+    from services.inference.engine.base import EngineConfig
+    from services.inference.settings import engine_config
+
+    settings = InferenceSettings(
+        home=tmp_path,
+        model_dir=tmp_path / "m",
+        base_model="b",
+        max_model_len=333,
+        max_loras=3,
+        max_cpu_loras=5,
+        max_lora_rank=7,
+        kv_cache_gib=2.5,
+        max_num_seqs=9,
+        device="cpu",
+        fast_cpu_lora=False,
+    )
+    config = engine_config(settings)
+    shared = {f.name for f in fields(EngineConfig)} & set(InferenceSettings.model_fields)
+    assert {"fast_cpu_lora", "max_loras", "device"} <= shared
+    for name in shared:
+        assert getattr(config, name) == getattr(settings, name), name
+    assert (config.model_path, config.model_id) == (tmp_path / "m", "b")
