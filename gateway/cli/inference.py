@@ -10,8 +10,8 @@ from gateway.cli.common import JsonOpt, call, emit_json, out, show
 
 
 def models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Base models plus your adapters and their alias forms."""
-    show(call(ctx, lambda c: c.models()), as_json, ["id", "owned_by", "created"], "models")
+    """Base models plus your adapters in every form (root: the version an alias is on)."""
+    show(call(ctx, lambda c: c.models()), as_json, ["id", "root", "owned_by", "created"], "models")
 
 
 def chat(

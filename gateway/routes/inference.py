@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from fastapi import APIRouter, Request
@@ -166,16 +167,28 @@ async def completions(request: Request, st: State, who: Caller) -> Response:
     return await _generate("/v1/completions", request, st, who)
 
 
-@router.get("/v1/models")
-async def models(request: Request, st: State, who: Caller) -> Response:
+async def _models_call(request: Request, st: GatewayState, who: Principal, path: str) -> Response:
+    """A model listing/lookup, answered by the replica the tenant's listings go to."""
     who.require("read")
     replica = (await st.replicas.pick(who.tenant))[0]
     resp = await open_upstream(
         st.upstream,
         "GET",
-        f"{replica.url}/v1/models",
+        f"{replica.url}{path}",
         headers=upstream_headers(request, who, st.internal_token),
         content=None,
         service="inference",
     )
     return await relay(resp)
+
+
+@router.get("/v1/models")
+async def models(request: Request, st: State, who: Caller) -> Response:
+    """Bases, the tenant's fine-tuned models and adapters, in every callable form."""
+    return await _models_call(request, st, who, "/v1/models")
+
+
+@router.get("/v1/models/{model:path}")
+async def model(model: str, request: Request, st: State, who: Caller) -> Response:
+    """One model by any callable form; 404 ``model_not_found`` otherwise."""
+    return await _models_call(request, st, who, "/v1/models/" + quote(model, safe="@:"))

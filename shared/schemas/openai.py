@@ -1,7 +1,8 @@
 """OpenAI-compatible wire models (completions, chat completions, models).
 
 Field names and shapes follow OpenAI's; tunefleet additions (``choices_allowed``) are additive.
-Unknown fields are ignored, as OpenAI-compatible servers do, so newer SDKs keep working.
+A field the fleet cannot honour is refused with a 400 naming it, as OpenAI refuses arguments it
+does not know, never silently dropped (:mod:`shared.schemas.openai_params`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.errors import InvalidRequest
+from shared.schemas.openai_params import refuse_unsupported
 
 MAX_N = 8
 MAX_CHOICES_ALLOWED = 256
@@ -44,6 +48,9 @@ class SamplingFields(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, description="OpenAI's newer name for max_tokens"
+    )
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
@@ -56,6 +63,29 @@ class SamplingFields(BaseModel):
         default=None, description="tunefleet: constrain the answer to one of these labels"
     )
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_silent_drops(cls, data: Any) -> Any:
+        # Raises InvalidRequest, not ValueError: pydantic lets it through, so the envelope
+        # carries code unsupported_parameter/unknown_parameter and param = the field's name.
+        known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+        return refuse_unsupported(data, known)
+
+    @model_validator(mode="after")
+    def _max_completion_tokens(self) -> SamplingFields:
+        cap = self.max_completion_tokens
+        if cap is None:
+            return self
+        given = self.max_tokens if "max_tokens" in self.model_fields_set else None
+        if given is not None and given != cap:
+            raise InvalidRequest(
+                f"max_tokens ({given}) and max_completion_tokens ({cap}) disagree; send one",
+                param="max_completion_tokens",
+                code="conflicting_parameters",
+            )
+        self.max_tokens = cap
+        return self
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -176,3 +206,6 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    root: str | None = Field(
+        default=None, description="tunefleet: the immutable id this one resolves to now"
+    )

@@ -229,7 +229,7 @@ async def test_models_list_and_tenant_isolation(f: Fleet, archives: dict[str, Pa
     await f.push("mine", archives["a1"])
     await f.promote("mine", 1)
     ids = [m["id"] for m in (await f.inference.get("/v1/models")).json()["data"]]
-    assert ids[:1] == ["tiny-llama"] and {"mine", "mine@1", "mine@production"} <= set(ids)
+    assert ids[:1] == ["tiny-llama"] and {"mine", "mine@v1", "mine@production"} <= set(ids)
     other = {"X-Tenant-Id": "globex"}
     r = await f.inference.post("/v1/completions", json=completion("mine@1"), headers=other)
     assert r.status_code == 404

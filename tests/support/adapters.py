@@ -65,3 +65,42 @@ def set_config(adapter_dir: Path, **changes: object) -> Path:
 
 def pack(adapter_dir: Path, out: Path) -> Path:
     return pack_adapter_dir(adapter_dir, out)
+
+
+def train_adapter(
+    base_dir: Path,
+    rows: list[dict],
+    out_dir: Path,
+    *,
+    steps: int = 40,
+    lr: float = 2e-3,
+    batch_size: int = 8,
+    r: int = 8,
+    seed: int = 0,
+) -> Path:
+    """A real LoRA fine-tune of ``rows`` (chat or prompt/completion) in this process, through
+    the train loop's own encoding (:mod:`shared.rendering`), for tests that need an adapter
+    which has learnt something without a Ray job."""
+    from transformers import AutoTokenizer
+
+    from services.training.ray.train_loop import DEFAULT_TARGETS, collate, encode_example
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    model = LlamaForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(DEFAULT_TARGETS))
+    )
+    encoded = [encode_example(tok, row, 256) for row in rows]
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    peft_model.train()
+    order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
+    for step in range(steps):
+        idx = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
+        loss = peft_model(**collate([encoded[i] for i in idx], tok.pad_token_id)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    peft_model.save_pretrained(out_dir)
+    return out_dir

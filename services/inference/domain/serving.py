@@ -114,10 +114,12 @@ class Server:
         if body.max_tokens is None:
             max_tokens = min(self.default_max_tokens, room)
         elif body.max_tokens > room:
+            # (max_completion_tokens, when sent, has been copied into max_tokens)
+            cap = "max_tokens" if body.max_completion_tokens is None else "max_completion_tokens"
             raise InvalidRequest(
-                f"max_tokens {body.max_tokens} + prompt {longest} tokens exceeds the context "
+                f"{cap} {body.max_tokens} + prompt {longest} tokens exceeds the context "
                 f"of {self.max_model_len} tokens (at most {room} here)",
-                param="max_tokens",
+                param=cap,
                 code="context_length_exceeded",
             )
         else:

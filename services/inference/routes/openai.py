@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.inference.deps import Srv
+from services.inference.domain.models import list_models, retrieve_model
 from services.inference.domain.responses import complete, sse_stream
 from shared.app import request_id_of
 from shared.auth import TenantId
@@ -71,16 +71,13 @@ async def chat_completions(
 
 @router.get("/v1/models", response_model=ListResponse[ModelCard])
 async def models(srv: Srv, tenant: TenantId) -> ListResponse[ModelCard]:
-    """The base this replica serves plus the tenant's adapters (all forms that resolve)."""
-    now = int(time.time())
-    cards = [ModelCard(id=srv.base_model, created=now, owned_by="system")]
-    page = await srv.resolver.registry.list_adapters(tenant, limit=100)
-    for a in page.data:
-        if a.latest_version is None:
-            continue
-        ids = [f"{a.name}@{v}" for v in range(1, a.latest_version + 1)]
-        ids += [f"{a.name}@{alias}" for alias in a.aliases]
-        if "production" in a.aliases:
-            ids.insert(0, a.name)
-        cards += [ModelCard(id=i, created=a.created, owned_by=tenant) for i in ids]
-    return ListResponse(data=cards)
+    """The base this replica serves, the tenant's own bases, its adapters in every form."""
+    registry = srv.resolver.registry
+    return ListResponse(data=await list_models(registry, tenant, srv.base_model))
+
+
+@router.get("/v1/models/{model:path}", response_model=ModelCard)
+async def model(model: str, srv: Srv, tenant: TenantId) -> ModelCard:
+    """Any form that resolves (``name``, ``name@v3``, ``name@3``, ``name@staging``, a base)."""
+    registry = srv.resolver.registry
+    return await retrieve_model(srv.resolver, registry, tenant, model, srv.base_model)
