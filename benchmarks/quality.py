@@ -255,6 +255,7 @@ async def run_all(url: str, key: str, args: argparse.Namespace) -> dict[str, Any
     results: dict[str, Any] = {}
     for task in args.tasks.split(","):
         results[task] = await run_task(client, task, args)
+        log(f"after {task}: " + json.dumps({task: results[task]}))  # partial results survive
     await client.close()
     return results
 
