@@ -76,10 +76,10 @@ def versions() -> dict[str, str]:
     }
 
 
-def loop_config(args: argparse.Namespace, train_path: Path) -> dict[str, Any]:
+def loop_config(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "base_model_path": str(args.model.resolve()),
-        "train_path": str(train_path),
+        "datasets": {"train": rows},
         "method": "lora",
         "lora": {"r": args.rank, "alpha": 2 * args.rank, "dropout": 0.0},
         "hyperparameters": {
@@ -92,16 +92,13 @@ def loop_config(args: argparse.Namespace, train_path: Path) -> dict[str, Any]:
     }
 
 
-def encoded_rows(args: argparse.Namespace, train_path: Path) -> list[tuple[list[int], list[int]]]:
+def encoded_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[Any]:
     from transformers import AutoTokenizer
 
-    from services.training.ray.train_loop import encode_example, read_jsonl
+    from services.training.ray.train_loop import encode_example
 
     tok = AutoTokenizer.from_pretrained(str(args.model))
-    return [
-        encode_example(tok, r, args.max_len)
-        for r in read_jsonl(train_path)
-    ]
+    return [encode_example(tok, r, args.max_len) for r in rows]
 
 
 def planned_tokens(encoded: list, steps: int, bs: int, world: int) -> int:
@@ -118,7 +115,7 @@ def planned_tokens(encoded: list, steps: int, bs: int, world: int) -> int:
     return total
 
 
-def run_plain(args: argparse.Namespace, train_path: Path, encoded: list, threads: int) -> dict:
+def run_plain(args: argparse.Namespace, rows: list, encoded: list, threads: int) -> dict:
     """The train loop's math without Ray: one process, ``threads`` torch threads."""
     import torch
 
@@ -126,7 +123,7 @@ def run_plain(args: argparse.Namespace, train_path: Path, encoded: list, threads
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    cfg = loop_config(args, train_path)
+    cfg = loop_config(args, rows)
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()
@@ -158,14 +155,14 @@ def run_plain(args: argparse.Namespace, train_path: Path, encoded: list, threads
 
 
 def run_ray(
-    args: argparse.Namespace, train_path: Path, encoded: list, workers: int, storage: Path
+    args: argparse.Namespace, rows: list, encoded: list, workers: int, storage: Path
 ) -> dict:
     from services.training.ray.driver import TrainSpec, run_training
 
-    cfg = loop_config(args, train_path)
+    cfg = loop_config(args, rows)
     spec = TrainSpec(
         base_model_path=args.model,
-        train_path=train_path,
+        datasets={"train": rows},
         lora=cfg["lora"],
         hyperparameters=cfg["hyperparameters"],
         num_workers=workers,
@@ -206,10 +203,8 @@ def main() -> None:
 
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="tf-tb-", dir="/tmp"))
-    train_path = work / "train.jsonl"
     rows = samples.sentiment_examples(args.rows, seed=1)
-    train_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    encoded = encoded_rows(args, train_path)
+    encoded = encoded_rows(args, rows)
     cpu = CpuMonitor()
     wait_quiet(args.wait_quiet)
     t0 = time.perf_counter()
@@ -226,11 +221,11 @@ def main() -> None:
 
     try:
         for _ in range(args.rounds):  # interleaved, so a busy spell hits every scenario
-            measure("plain_1thread", run_plain, args, train_path, encoded, 1)
+            measure("plain_1thread", run_plain, args, rows, encoded, 1)
             if args.plain_2threads:
-                measure("plain_2threads", run_plain, args, train_path, encoded, 2)
-            measure("ray_1worker", run_ray, args, train_path, encoded, 1, work / "runs")
-            measure("ray_2workers", run_ray, args, train_path, encoded, 2, work / "runs")
+                measure("plain_2threads", run_plain, args, rows, encoded, 2)
+            measure("ray_1worker", run_ray, args, rows, encoded, 1, work / "runs")
+            measure("ray_2workers", run_ray, args, rows, encoded, 2, work / "runs")
     finally:
         shutdown_ray()
     scenarios = {name: median_run(rs) for name, rs in runs.items()}

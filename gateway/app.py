@@ -11,9 +11,12 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
-from gateway.deps import GatewayState
+from gateway.deps import GatewayState, authenticate_before_body
+from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.feedback import FeedbackBook
+from gateway.domain.idempotency import ExpiredPurger
 from gateway.domain.keys import bootstrap_admin
+from gateway.domain.pii_guard import PiiGuard
 from gateway.domain.quotas import Limits, Quotas
 from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
@@ -66,13 +69,19 @@ def create_app(
     settings: GatewaySettings, *, upstream_transport: httpx.AsyncBaseTransport | None = None
 ) -> FastAPI:
     token = settings.resolved_token()
-    key_secret = settings.key_hash_secret.get_secret_value() if settings.key_hash_secret else token
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         url = settings.db_url()
         await anyio.to_thread.run_sync(run_migrations, url, MIGRATIONS, VERSION_TABLE)
         db = Database(url)
+        key_secret = await anyio.to_thread.run_sync(
+            key_hash_secret,
+            settings.key_hash_secret.get_secret_value() if settings.key_hash_secret else None,
+            settings.home / KEY_HASH_SECRET_FILE,
+            db,
+            token,
+        )
         with db.session(write=True) as s:
             written = bootstrap_admin(
                 s,
@@ -111,6 +120,7 @@ def create_app(
             ),
             feedback=FeedbackBook(app.state.metrics_registry),
             usage=usage,
+            pii=PiiGuard(max_chars=settings.pii_max_chars, workers=settings.pii_workers),
         )
         await replicas.check_once()
         replicas.start()
@@ -120,9 +130,12 @@ def create_app(
 
         app.state.readiness_checks.append(inference_ready)
         usage.start()
+        purger = ExpiredPurger(db, settings.idempotency_purge_s)
+        purger.start()
         try:
             yield
         finally:
+            await purger.stop()
             await replicas.stop()
             await usage.stop()
             await upstream.aclose()
@@ -131,7 +144,13 @@ def create_app(
             db.dispose()
 
     app = create_service_app(
-        "gateway", internal_token=token, lifespan=lifespan, title="tunefleet gateway"
+        "gateway",
+        internal_token=token,
+        lifespan=lifespan,
+        title="tunefleet gateway",
+        max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+        before_body=authenticate_before_body,
     )
     for module in (
         inference,

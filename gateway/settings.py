@@ -28,7 +28,9 @@ class GatewaySettings(ServiceSettings):
         description="bootstrap admin key; generated into $TUNEFLEET_HOME/admin_key if unset",
     )
     key_hash_secret: SecretStr | None = Field(
-        default=None, description="HMAC key for API-key hashes; defaults to the internal token"
+        default=None,
+        description="HMAC key of API-key hashes (never the internal token); unset: "
+        "$TUNEFLEET_HOME/key_hash_secret. Gateways sharing a database must share it",
     )
     training_url: str = "http://127.0.0.1:8002"
     # Defaults for tenants and keys without their own row in /admin/quotas.
@@ -41,11 +43,20 @@ class GatewaySettings(ServiceSettings):
     max_upload_bytes: int = Field(
         default=512 * 2**20, ge=1024, description="multipart uploads (files, adapter archives)"
     )
+    pii_max_chars: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="text one request may carry while its tenant's PII guard is on (413 above)",
+    )
+    pii_workers: int = Field(default=2, ge=1, description="PII scans running at once")
     upstream_timeout_s: float = Field(default=120.0, gt=0, description="each downstream call")
     resolve_ttl_s: float = Field(
         default=5.0, ge=0, description="model resolution cache; alias webhooks drop it at once"
     )
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    idempotency_purge_s: float = Field(
+        default=600, ge=0.1, description="how often expired idempotency records are deleted"
+    )
 
     def db_url(self) -> str:
         if self.database_url:

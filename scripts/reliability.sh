@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 8's reliability run: every fault, security and property test (slow ones included)
-# and the bounded soak. Bounded in time: each test by pytest-timeout, the pytest run and the
+# Issue 8's reliability run: every fault, security and property test (slow ones included:
+# the kill -9 loops, the 2-node Ray cluster of tests/fault/test_ray_multinode.py) and the
+# bounded soak. Bounded in time: each test by pytest-timeout, the pytest run and the
 # soak by `timeout`. The RESULT lines the fault tests print go to var/reliability/, which
 # RELIABILITY.md's numbers come from.
 #

@@ -8,6 +8,7 @@ and ``/healthz``, ``/readyz``, ``/metrics``. Services add their routers and life
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.bodylimit import BeforeBody, BodyLimitMiddleware
 from shared.errors import (
     STATUS_TO_ERROR,
     Forbidden,
@@ -40,8 +42,18 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 _QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}
 
 
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+
+
 def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex[:24]
+
+
+def client_request_id(raw: bytes) -> str | None:
+    """A client's ``X-Request-Id`` when it is 1-128 printable ASCII characters; None otherwise
+    (a new id is made: non-ASCII ids broke the headers sent on to other services)."""
+    return raw.decode("ascii") if _REQUEST_ID.fullmatch(raw) else None
 
 
 class RequestContextMiddleware:
@@ -56,7 +68,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or new_request_id()
+        rid = client_request_id(headers.get(b"x-request-id", b"")) or new_request_id()
         tenant = headers.get(b"x-tenant-id", b"").decode("latin-1")[:64] or None
         rid_token = request_id_var.set(rid)
         tenant_token = tenant_var.set(tenant)
@@ -77,6 +89,13 @@ class RequestContextMiddleware:
 
         self.metrics.in_flight.inc()
         try:
+            if _DOT_SEGMENT.search(scope["path"]):
+                # "%2e%2e" arrives decoded: passed on, it would re-target the upstream path
+                err = InvalidRequest(
+                    "path segments '.' and '..' are not allowed", code="invalid_path"
+                )
+                await error_response(err, rid)(scope, receive, send_wrapper)
+                return
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
@@ -132,6 +151,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI turns whatever reading the body raised into a 400: keep a domain error's
+        # own status (a body cut off at its limit is a 413).
+        if isinstance(exc.__cause__, TunefleetError):
+            return error_response(exc.__cause__, request_id_of(request))
         # Routing errors (unknown path, wrong method): same envelope, their own status.
         cls = STATUS_TO_ERROR.get(exc.status_code, InvalidRequest)
         if not issubclass(cls, (InvalidRequest, Unauthorized, Forbidden, NotFound)):
@@ -164,6 +187,10 @@ def _domain_error_in(group: BaseExceptionGroup[BaseException]) -> TunefleetError
     return None
 
 
+def _render_error(exc: TunefleetError, scope: Scope) -> ASGIApp:
+    return error_response(exc, scope.get("state", {}).get("request_id"))
+
+
 def _http_code(status: int) -> str:
     return {404: "not_found", 405: "method_not_allowed"}.get(status, f"http_{status}")
 
@@ -175,8 +202,15 @@ def create_service_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None,
     title: str | None = None,
     registry: CollectorRegistry | None = None,
+    max_body_bytes: int = 32 * 2**20,
+    max_upload_bytes: int = 2**30,
+    before_body: BeforeBody | None = None,
 ) -> FastAPI:
     """A FastAPI app with the fleet's middleware, error envelope and health endpoints.
+
+    Bodies are bounded per route before they are read (``shared.bodylimit``): upload routes
+    by ``max_upload_bytes``, all others by ``max_body_bytes``; ``before_body`` (e.g.
+    authentication) runs before a byte of the body is read.
 
     Readiness: append async checks to ``app.state.readiness_checks``; ``/readyz`` is 503 with
     the first failing reason, and also while ``app.state.draining`` is set.
@@ -188,6 +222,14 @@ def create_service_app(
     app.state.http_metrics = HttpMetrics(app.state.metrics_registry, service)
     app.state.readiness_checks = []
     app.state.draining = False
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=max_body_bytes,
+        max_upload_bytes=max_upload_bytes,
+        before_body=before_body,
+        render=_render_error,
+    )
+    # added last, so outermost: refusals above carry the request id and are measured
     app.add_middleware(RequestContextMiddleware, metrics=app.state.http_metrics)
     install_error_handlers(app)
 

@@ -61,3 +61,16 @@ def parse_model(model: str, *, param: str = "model") -> ModelRef:
 def version_ref(tenant: str, name: str, version: int) -> str:
     """The immutable identity of an adapter version, as the engine and headers show it."""
     return f"{tenant}/{name}@v{version}"
+
+
+def canonical_model(model: str) -> str:
+    """One spelling per meaning, for caches and the registry query: ``a@1``, ``a@01``,
+    ``a@v001`` are ``a@v1``; surrounding whitespace goes. A string the parser refuses is
+    returned as given (the registry answers it, e.g. a base id outside the name rules)."""
+    try:
+        ref = parse_model(model)
+    except InvalidRequest:
+        return model
+    if ref.version is not None:
+        return f"{ref.name}@v{ref.version}"
+    return ref.name if "@" not in model else f"{ref.name}@{ref.alias}"

@@ -27,7 +27,10 @@ __all__ = [
     "read_safetensors_header",
 ]
 
-MAX_HEADER_BYTES = 100_000_000  # the Rust loader's own limit
+# The Rust loader accepts 100 MB; a LoRA adapter's header is a few KB (~150 bytes per tensor)
+# and a big base model shard's well under 1 MB, so 16 MiB is generous and a crafted header
+# cannot make every upload parse 100 MB of JSON.
+MAX_HEADER_BYTES = 16 * 2**20
 
 # Bits per element of every dtype the safetensors format defines.
 _DTYPE_BITS: dict[str, int] = {
@@ -79,14 +82,16 @@ def _is_uint(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
+def read_safetensors_header(
+    path: Path, *, max_header_bytes: int = MAX_HEADER_BYTES
+) -> dict[str, dict[str, Any]]:
     """Parse and validate the header of ``path``; return ``{tensor: {"dtype", "shape"}}``.
 
     ``shape`` is a list of ints. ``__metadata__`` is validated (str -> str) but not returned.
     Raises ``InvalidRequest(code="corrupt_weights")`` for: a file shorter than 8 bytes, a header
-    length above 100 MB or beyond the file, a header that is not UTF-8 JSON object, malformed
-    entries, unknown dtypes, data offsets outside the data buffer, overlapping or
-    non-contiguous offsets, or a byte size that does not match dtype x shape.
+    length above ``max_header_bytes`` (16 MiB) or beyond the file, a header that is not UTF-8
+    JSON object, malformed entries, unknown dtypes, data offsets outside the data buffer,
+    overlapping or non-contiguous offsets, or a byte size that does not match dtype x shape.
     """
     path = Path(path)
     with path.open("rb") as fh:
@@ -94,8 +99,8 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
         if file_size < 8:
             raise _corrupt(path, f"file is {file_size} bytes, shorter than the header length")
         n = int.from_bytes(fh.read(8), "little")
-        if n > MAX_HEADER_BYTES:
-            raise _corrupt(path, f"header length {n} exceeds the {MAX_HEADER_BYTES}-byte limit")
+        if n > max_header_bytes:
+            raise _corrupt(path, f"header length {n} exceeds the {max_header_bytes}-byte limit")
         if 8 + n > file_size:
             raise _corrupt(
                 path, f"header length {n} runs past the end of the {file_size}-byte file"

@@ -21,7 +21,10 @@ TOKEN = "test-internal-token"
 
 @pytest.fixture(scope="session")
 def home_root() -> Path:
-    return Path(os.environ.get("TUNEFLEET_HOME", "var")).resolve()
+    """``TUNEFLEET_HOME`` as every service reads it (``./var`` when unset). Read from the
+    environment, not through the bare ``ServiceSettings`` base class: without a service's
+    env prefix its ``home`` field also matches ``HOME`` (/root), which put the model there."""
+    return Path(os.environ.get("TUNEFLEET_HOME") or "var").resolve()
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,42 @@ def create_key(
 def revoke_key(ctx: typer.Context, key_id: str, as_json: JsonOpt = False) -> None:
     """Revoke a key (effective at once on this gateway)."""
     show(call(ctx, lambda c: c.revoke_key(key_id)), as_json, title="key")
+
+
+@keys.command("rotate-bootstrap-key")
+def rotate_bootstrap_key(as_json: JsonOpt = False) -> None:
+    """Replace the bootstrap admin key (run on the gateway's host: it opens the gateway's
+    database, not the API). Every earlier bootstrap key is revoked at once; the new key is
+    written to $TUNEFLEET_HOME/admin_key (0600). With TUNEFLEET_ADMIN_KEY set, change that
+    variable and restart the gateway instead."""
+    from gateway.app import MIGRATIONS, VERSION_TABLE
+    from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret, rotate_bootstrap
+    from gateway.settings import GatewaySettings
+    from shared.db import Database, run_migrations
+
+    settings = GatewaySettings()
+    if settings.admin_key is not None:
+        err.print("TUNEFLEET_ADMIN_KEY is set: change it and restart the gateway to rotate")
+        raise typer.Exit(2)
+    url = settings.db_url()
+    run_migrations(url, MIGRATIONS, VERSION_TABLE)
+    db = Database(url)
+    try:
+        configured = settings.key_hash_secret
+        secret = key_hash_secret(
+            configured.get_secret_value() if configured else None,
+            settings.home / KEY_HASH_SECRET_FILE,
+            db,
+            settings.resolved_token(),
+        )
+        with db.session(write=True) as s:
+            _, revoked = rotate_bootstrap(s, secret, settings.admin_key_file())
+    finally:
+        db.dispose()
+    out = {"key_file": str(settings.admin_key_file()), "revoked": revoked}
+    show(out, as_json, title="bootstrap key rotated")
+    if not as_json:
+        err.print(
+            f"[yellow]new bootstrap key written to {out['key_file']}; other gateways drop the "
+            "old one within 2 s[/yellow]"
+        )

@@ -1,9 +1,11 @@
 """``tunefleet demo``: the product end to end, over the public API only, as a customer would.
 
-Onboard a tenant with keys → upload a Salesforce-style case export with a field mapping →
-show the preparation report (PII redacted, duplicates dropped) → fine-tune a LoRA adapter
-with a live progress bar → base vs tuned on held-out data → promote to ``production`` →
-define a Salesforce connector and run it on new records → where to look next.
+Onboard a tenant with keys → upload a Salesforce-style case export with a field mapping
+(and a system message: the cases become chat conversations) → show the preparation report
+(PII redacted, duplicates dropped) → fine-tune a LoRA adapter with a live progress bar →
+base vs tuned on held-out data → promote to ``production`` → ask it through
+``/v1/chat/completions`` → define a Salesforce connector (chat, the same system message) and
+run it on new records → where to look next.
 
 Runs unattended (``CI=true``, no terminal): no prompts, plain progress lines, exit 1 on the
 first failure with one readable line.
@@ -32,8 +34,11 @@ from shared.errors import Conflict, TunefleetError
 
 console = Console(stderr=True)
 ADAPTER = "support-router"
-# Source field → training role: the CRM's own column names, no reformatting by the customer.
-MAPPING = {"Subject": "prompt", "Description": "prompt", "Type": "label"}
+SYSTEM = "Route the Salesforce support case to one queue."
+# Source field → training role: the CRM's own column names, no reformatting by the customer;
+# the system message makes each case a chat conversation (system, case as user, queue as
+# assistant), trained through the chat template and served by /v1/chat/completions.
+MAPPING = {"Subject": "prompt", "Description": "prompt", "Type": "label", "$system": SYSTEM}
 PII = [  # planted in a few cases: the prep report must count them as redacted
     "Please call me back on +1 415 555 0134.",
     "My email is jane.doe@example.com if you need it.",
@@ -144,7 +149,21 @@ async def run_demo(url: str, key: str, workdir: Path, *, tenant: str, max_steps:
         moved = await api.set_alias(name, "production", int(version.lstrip("v")))  # "@v1" or "@1"
         console.print(f"{name}@production → v{moved['version']} (hot swap on every replica)")
 
-        step(6, "A Salesforce connector on the production adapter")
+        step(6, "Ask it like any OpenAI chat model")
+        case = case_rows(1, seed=5, start=99000)[0]
+        answer = await api.chat(
+            f"{name}@production",
+            [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": f"{case['Subject']}\n{case['Description']}"},
+            ],
+            temperature=0,
+            choices_allowed=list(TICKET_LABELS),
+        )
+        said = answer["choices"][0]["message"]["content"]
+        console.print(f"chat.completions: {case['Description']!r} → {said} (truth: {case['Type']})")
+
+        step(7, "A Salesforce connector on the production adapter")
         spec = {
             "name": "case-router",
             "system": "salesforce",
@@ -152,6 +171,7 @@ async def run_demo(url: str, key: str, workdir: Path, *, tenant: str, max_steps:
             "model": f"{name}@production",
             "input_mapping": {"subject": "$.Subject", "description": "$.Description"},
             "template": "{subject}\n{description}",  # the mapping's join, as in training
+            "system_prompt": SYSTEM,  # chat-trained: the connector calls chat completions
             "output": {"field": "Type", "labels": list(TICKET_LABELS)},
         }
         try:
@@ -182,7 +202,7 @@ async def run_demo(url: str, key: str, workdir: Path, *, tenant: str, max_steps:
             table.add_row(rec["Id"], rec["Subject"], str(out.get("Type")))
         console.print(table)
 
-    step(7, "Where to look next")
+    step(8, "Where to look next")
     console.print(
         Panel.fit(
             f"web console  {url}/console/  (sign in with an API key)\n"

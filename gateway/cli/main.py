@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gateway.cli import adapters, admin, demo, files, inference, integrations, jobs
-from gateway.cli.common import Conn
+from gateway.cli.common import Conn, conn
 from gateway.cli.supervisor import Supervisor
 
 app = typer.Typer(help="tunefleet: fine-tune and serve LoRA adapters", no_args_is_help=True)
@@ -78,6 +78,8 @@ def up(
     if key_file.exists():
         console.print(f"admin key: {key_file}")
     if run_demo:
+        c = conn(ctx)
+        c.url = c.url or gw.url  # the fleet just started, on whatever port it was given
         try:
             demo.demo(ctx, home=home)
         except BaseException:

@@ -5,6 +5,11 @@ An integration maps template variables to JSONPaths into the record, renders the
 a prompt, calls ``model`` (an alias form, so a hot swap changes what every connector uses), and
 writes the answer to ``output.field`` next to the record's id under the system's id field.
 Labels (``output.labels``) are enforced by the engine (``choices_allowed``), never by parsing.
+
+The call is the one the adapter was trained for: with ``system_prompt`` (chat-trained models, such
+as an export uploaded with a ``"$system"`` mapping entry) a chat completion of that system
+message and the rendered template as the user's turn; without it a plain completion of the
+rendered template.
 """
 
 from __future__ import annotations
@@ -60,6 +65,12 @@ class IntegrationSpec(BaseModel):
     output: OutputSpec
     id_field: str | None = Field(default=None, max_length=200)
     max_tokens: int = Field(default=64, ge=1, le=2048)
+    system_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4000,
+        description="call /v1/chat/completions with this system message (chat-trained models)",
+    )
 
     @field_validator("model")
     @classmethod
@@ -121,6 +132,25 @@ def extract(spec: IntegrationSpec, record: Any, where: str) -> dict[str, str]:
 
 def prompt_for(spec: IntegrationSpec, record: Any, where: str) -> str:
     return spec.template.format(**extract(spec, record, where))
+
+
+def model_call(spec: IntegrationSpec, prompt: str) -> tuple[str, dict[str, Any]]:
+    """(path, body) of the model call for a rendered prompt: a chat completion when the
+    integration has a system message, else a plain completion."""
+    if spec.system_prompt is None:
+        return "/v1/completions", completion_body(spec, prompt)
+    body: dict[str, Any] = {
+        "model": spec.model,
+        "messages": [
+            {"role": "system", "content": spec.system_prompt},
+            {"role": "user", "content": prompt},
+        ],
+        "max_tokens": spec.max_tokens,
+        "temperature": 0,
+    }
+    if spec.output.labels:
+        body["choices_allowed"] = list(spec.output.labels)
+    return "/v1/chat/completions", body
 
 
 def completion_body(spec: IntegrationSpec, prompt: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import httpx
 
 from shared.errors import ServiceUnavailable, error_from_envelope
 from shared.logging import request_id_var
+from shared.modelref import canonical_model
 from shared.schemas.registry import Resolution
 
 
@@ -40,7 +41,11 @@ class ModelResolver:
         self._cache: dict[tuple[str, str], tuple[Resolution, float]] = {}
 
     async def resolve(self, tenant: str, model: str) -> Resolution:
-        """The immutable identity of ``model`` for ``tenant`` (404 ``model_not_found``)."""
+        """The immutable identity of ``model`` for ``tenant`` (404 ``model_not_found``).
+
+        Cached under the canonical spelling (``a@01`` is ``a@v1``), so the bounded cache holds
+        one entry per version or alias, however clients spell them."""
+        model = canonical_model(model)
         hit = self._cache.get((tenant, model))
         now = time.monotonic()
         if hit is not None and hit[1] > now:

@@ -1,4 +1,9 @@
-"""Administration: tenants, API keys, audit (role admin; sre reads)."""
+"""Administration: tenants, API keys, usage, audit (role admin; sre reads).
+
+A tenant's admin/sre see and change their own tenant only (another tenant is a 404);
+creating tenants, raising a tenant's rate and verifying the fleet's audit chain are
+fleet-wide, for platform keys (``Principal.platform``), which only the bootstrap admin
+grants (keys of the ``system`` tenant)."""
 
 from __future__ import annotations
 
@@ -13,12 +18,12 @@ from sqlalchemy import select
 
 from gateway.deps import Caller, State
 from gateway.domain import audit
-from gateway.domain.keys import create_key, create_tenant, get_tenant
+from gateway.domain.keys import SYSTEM_TENANT, create_key, create_tenant, get_tenant
 from gateway.routes import proxy
 from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow, UsageRow
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
-from shared.errors import NotFound
+from shared.errors import Forbidden, NotFound
 from shared.schemas.common import MAX_LIMIT
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -86,7 +91,7 @@ async def _created(request: Request, st: State, who: Caller, make: Any) -> Respo
 
 @router.post("/tenants", status_code=201, response_model=None)
 async def add_tenant(body: TenantCreate, request: Request, st: State, who: Caller) -> Response:
-    who.require("admin_write")
+    who.require_platform("admin_write", "creating a tenant")
 
     def do(s: Any) -> dict[str, Any]:
         out = _tenant_out(create_tenant(s, body.id, body.name))
@@ -107,9 +112,12 @@ async def add_tenant(body: TenantCreate, request: Request, st: State, who: Calle
 async def update_tenant(
     tenant_id: str, body: TenantUpdate, request: Request, st: State, who: Caller
 ) -> dict[str, Any]:
-    """Per-tenant policy: PII guard mode and request rate."""
-    who.require("admin_write")
+    """Per-tenant policy: PII guard mode (the tenant's admin) and request rate (a fleet
+    limit: platform operators only)."""
+    who.require_tenant("admin_write", tenant_id)
     changes = body.model_dump(exclude_none=True)
+    if "rpm" in changes:
+        who.require_platform("admin_write", "changing a tenant's rpm")
 
     def do(s: Any) -> dict[str, Any]:
         row = get_tenant(s, tenant_id)
@@ -133,16 +141,26 @@ async def update_tenant(
 
 @router.get("/tenants")
 async def list_tenants(st: State, who: Caller) -> dict[str, Any]:
-    who.require("admin_read")
+    only = who.visible_tenant("admin_read", None)
     with st.db.session() as s:
-        rows = s.scalars(select(TenantRow).order_by(TenantRow.id)).all()
+        stmt = select(TenantRow).order_by(TenantRow.id)
+        if only is not None:
+            stmt = stmt.where(TenantRow.id == only)
+        rows = s.scalars(stmt).all()
         return {"object": "list", "data": [_tenant_out(t) for t in rows], "has_more": False}
 
 
 @router.post("/keys", status_code=201, response_model=None)
 async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> Response:
-    """Creates a key and shows it once; only its keyed hash is stored."""
-    who.require("admin_write")
+    """Creates a key and shows it once; only its keyed hash is stored. A key of the
+    ``system`` tenant is a platform key: only the bootstrap admin creates those."""
+    who.require_tenant("admin_write", body.tenant)
+    if body.tenant == SYSTEM_TENANT and not who.bootstrap:
+        raise Forbidden(
+            "only the bootstrap admin grants platform keys (tenant 'system')",
+            code="platform_role_required",
+            param="tenant",
+        )
     expires = int(time.time()) + body.expires_in_s if body.expires_in_s else None
 
     def do(s: Any) -> dict[str, Any]:
@@ -165,7 +183,7 @@ async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> 
 
 @router.get("/keys")
 async def list_keys(st: State, who: Caller, tenant: str | None = None) -> dict[str, Any]:
-    who.require("admin_read")
+    tenant = who.visible_tenant("admin_read", tenant or None)
     with st.db.session() as s:
         stmt = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
         if tenant:
@@ -180,8 +198,10 @@ async def revoke_key(key_id: str, request: Request, st: State, who: Caller) -> d
 
     def do(s: Any) -> dict[str, Any]:
         row = s.get(ApiKeyRow, key_id)
+        missing = f"API key {key_id!r} not found"
         if row is None:
-            raise NotFound(f"API key {key_id!r} not found", param="key_id")
+            raise NotFound(missing, param="key_id")
+        who.require_tenant("admin_write", row.tenant, what=missing)
         row.revoked_at = row.revoked_at or int(time.time())
         audit.record(
             s,
@@ -207,7 +227,7 @@ async def usage(
     date_to: Annotated[str | None, Query(alias="to", pattern=DAY)] = None,
 ) -> dict[str, Any]:
     """Tokens by tenant, model and UTC day (``from``/``to`` as YYYY-MM-DD, inclusive)."""
-    who.require("admin_read")
+    tenant = who.visible_tenant("admin_read", tenant or None)
     await st.usage.flush()  # include what the request path tallied in the last second
     with st.db.session() as s:
         stmt = select(UsageRow).order_by(UsageRow.day, UsageRow.tenant, UsageRow.model)
@@ -240,7 +260,7 @@ async def list_audit(
     tenant: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
 ) -> dict[str, Any]:
-    who.require("admin_read")
+    tenant = who.visible_tenant("admin_read", tenant or None)
     with st.db.session() as s:
         stmt = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
         if tenant:
@@ -266,6 +286,6 @@ async def list_audit(
 
 @router.get("/audit/verify")
 async def verify_audit(st: State, who: Caller) -> dict[str, Any]:
-    who.require("admin_read")
+    who.require_platform("admin_read", "verifying the fleet's audit chain")
     with st.db.session() as s:
         return {"object": "audit.verification", **audit.verify_chain(s)}

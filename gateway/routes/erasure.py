@@ -1,6 +1,8 @@
 """``/admin/erasure`` (GDPR right to erasure) and ``/admin/retention/{tenant}`` (role admin;
-sre reads retention). Every call is audited, failures included; a subject's e-mail or id
-is kept only as an HMAC (``gateway.domain.erasure.subject_digest``)."""
+sre reads retention). A tenant's admin erases and sets retention for their own tenant; a
+data subject is erased in every tenant, so that is a platform operation. Every call is
+audited, failures included; a subject's e-mail or id is kept only as an HMAC
+(``gateway.domain.erasure.subject_digest``)."""
 
 from __future__ import annotations
 
@@ -67,7 +69,10 @@ async def erasure(body: ErasureRequest, request: Request, st: State, who: Caller
     trained on them (to retrain or retire). Audited whatever the outcome."""
     who.require("admin_write")
     body.check()
-    if body.tenant is not None:
+    if body.tenant is None:
+        who.require_platform("admin_write", "erasing a data subject in every tenant")
+    else:
+        who.require_tenant("admin_write", body.tenant)
         with st.db.session() as s:
             get_tenant(s, body.tenant)  # 404 names "tenant"
     details = _subject_details(st, body)
@@ -125,7 +130,7 @@ async def set_retention(
 ) -> dict[str, Any]:
     """How long the tenant's files and prepared datasets are kept (``null``: forever); the
     training service purges older ones on its own schedule."""
-    who.require("admin_write")
+    who.require_tenant("admin_write", tenant_id)
     with st.db.session() as s:
         get_tenant(s, tenant_id)
     try:
@@ -157,7 +162,7 @@ async def set_retention(
 
 @router.get("/retention/{tenant_id}")
 async def get_retention(tenant_id: TenantPath, st: State, who: Caller) -> dict[str, Any]:
-    who.require("admin_read")
+    who.require_tenant("admin_read", tenant_id)
     with st.db.session() as s:
         get_tenant(s, tenant_id)
     out = await st.training.get_retention(tenant_id)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.deps import Caller, GatewayState, State
-from gateway.domain import dispatch, pii_guard
+from gateway.domain import dispatch
 from gateway.domain.feedback import Prediction
 from gateway.domain.forward import open_upstream, relay, response_headers, upstream_headers
 from gateway.domain.keys import Principal
@@ -104,7 +104,7 @@ async def _generate(path: str, request: Request, st: State, who: Caller) -> Resp
     t, k = await st.quotas.admit(who)
     raw = await read_body(request, st.settings.max_body_bytes)
     body = parse_json_body(raw)
-    masked = pii_guard.apply(who.pii_mode, body)
+    masked = await st.pii.enforce(who.pii_mode, body)
     res = await st.resolver.resolve(who.tenant, body["model"])
     headers = upstream_headers(request, who, st.internal_token)
     if not body.get("stream"):

@@ -16,6 +16,7 @@ from gateway.domain import audit
 from gateway.domain import integrations as integ
 from gateway.domain.forward import upstream_headers
 from gateway.domain.keys import Principal
+from gateway.domain.templates import check_template, render
 from gateway.routes import proxy
 from gateway.routes.inference import answer_text, generate
 from gateway.storage.tables import IntegrationRow
@@ -83,6 +84,7 @@ async def create(request: Request, st: State, who: Caller) -> Response:
     async def call() -> Response:
         data = loads_untrusted(raw, what="request body")
         spec = _validate(data)
+        check_template(spec.template, spec.input_mapping)
 
         def do() -> dict[str, Any]:
             with st.db.session(write=True) as s:
@@ -163,19 +165,15 @@ async def _run(
     record: Any,
     where: str,
 ) -> tuple[str, str]:
-    """(answer, completion id) of the model call for one record."""
-    prompt = integ.prompt_for(spec, record, where)
+    """(answer, completion id) of the model call for one record; the prompt goes through the
+    tenant's PII guard like any other completion."""
+    prompt = render(spec.template, integ.extract(spec, record, where))
+    path, body = integ.model_call(spec, prompt)
+    await st.pii.enforce(who.pii_mode, body)
     await st.quotas.admit(who)
     headers = upstream_headers(request, who, st.internal_token)
     headers["content-type"] = "application/json"
-    status, _, raw = await generate(
-        st,
-        who,
-        "/v1/completions",
-        integ.completion_body(spec, prompt),
-        headers,
-        request_id=None,
-    )
+    status, _, raw = await generate(st, who, path, body, headers, request_id=None)
     data = json.loads(raw or b"{}")
     if status != 200:
         raise error_from_envelope(status, data)

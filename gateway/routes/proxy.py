@@ -59,8 +59,10 @@ def bounded_stream(request: Request, limit: int) -> AsyncIterator[bytes]:
 
 
 def upload_limit(request: Request, st: GatewayState) -> int:
-    multipart = request.headers.get("content-type", "").startswith("multipart/")
-    return st.settings.max_upload_bytes if multipart else st.settings.max_body_bytes
+    """The route's limit (``shared.bodylimit``: upload routes get the upload limit), never
+    lifted by what the client's ``Content-Type`` claims."""
+    limit = request.scope.get("state", {}).get("body_limit")
+    return limit if isinstance(limit, int) else st.settings.max_body_bytes
 
 
 async def forward(

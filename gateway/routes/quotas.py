@@ -1,4 +1,8 @@
-"""``/admin/quotas``: limits per tenant or per API key (admin writes, sre reads)."""
+"""``/admin/quotas``: limits per tenant or per API key (admin writes, sre reads).
+
+A tenant's limits are the platform's to set (platform keys only: a customer admin must not
+lift their own tenant's); a tenant's admin may set limits on their own keys, which bind
+within the tenant's."""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ async def list_quotas(
     st: State, who: Caller, tenant: Annotated[str | None, Query()] = None
 ) -> dict[str, Any]:
     """Overrides (per tenant and key) with each tenant's effective limits; ``?tenant=`` filters."""
-    who.require("admin_read")
+    tenant = who.visible_tenant("admin_read", tenant or None)
     await anyio.to_thread.run_sync(st.quotas.book.load_if_stale)
     defaults = st.quotas.defaults()
     with st.db.session() as s:
@@ -87,11 +91,15 @@ async def put_quota(body: QuotaPut, request: Request, st: State, who: Caller) ->
     def do() -> str:
         with st.db.session(write=True) as s:
             if scope == "tenant":
+                who.require_tenant("admin_write", subject)
                 owner = get_tenant(s, subject).id
+                who.require_platform("admin_write", "setting a tenant's limits")
             else:
                 key = s.get(ApiKeyRow, subject)
+                missing = f"API key {subject!r} not found"
                 if key is None:
-                    raise NotFound(f"API key {subject!r} not found", param="key_id")
+                    raise NotFound(missing, param="key_id")
+                who.require_tenant("admin_write", key.tenant, what=missing)
                 owner = key.tenant
             row = s.get(QuotaRow, (scope, subject)) or QuotaRow(scope=scope, subject=subject)
             for f, v in values.items():

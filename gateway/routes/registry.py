@@ -5,17 +5,19 @@ honour ``Idempotency-Key`` and the tenant's ``max_adapters`` quota."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from gateway.deps import Caller, State
 from gateway.routes import proxy
+from shared.bodylimit import UPLOAD_ROUTE
 from shared.errors import RateLimited
 
 router = APIRouter(tags=["adapters"])
 
 READS = [
-    "/v1/base-models",
     "/v1/adapters",
     "/v1/adapters/{name}",
     "/v1/adapters/{name}/versions",
@@ -36,6 +38,16 @@ CREATES = ["/v1/adapters", "/v1/adapters/{name}/versions", "/v1/webhooks"]
 async def read(request: Request, st: State, who: Caller) -> Response:
     who.require("read")
     return await proxy.forward(request, st, who, st.settings.registry_url, "registry")
+
+
+@router.get("/v1/base-models")
+async def base_models(st: State, who: Caller) -> dict[str, Any]:
+    """The catalog, without the registry host's model directories (``path``): clients name
+    base models by id; where they live on a server is nobody else's business."""
+    who.require("read")
+    models = await st.registry.list_base_models(who.tenant)
+    data = [m.model_dump(exclude={"path"}) for m in models]
+    return {"object": "list", "data": data, "has_more": False}
 
 
 async def write(request: Request, st: State, who: Caller) -> Response:
@@ -86,4 +98,7 @@ for _path in READS:
 for _method, _path in WRITES:
     router.add_api_route(_path, write, methods=[_method])
 for _path in CREATES:
-    router.add_api_route(_path, create, methods=["POST"])
+    extra = (
+        UPLOAD_ROUTE if _path == "/v1/adapters/{name}/versions" else None
+    )  # multipart, streamed through
+    router.add_api_route(_path, create, methods=["POST"], openapi_extra=extra)

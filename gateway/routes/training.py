@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from gateway.deps import Caller, GatewayState, State
 from gateway.domain.keys import Principal
 from gateway.routes import proxy
+from shared.bodylimit import UPLOAD_ROUTE
 from shared.errors import RateLimited
 
 router = APIRouter(tags=["fine-tuning"])
@@ -94,4 +95,5 @@ router.add_api_route("/v1/files/{file_id}/content", read_content, methods=["GET"
 for _method, _path in WRITES:
     router.add_api_route(_path, write, methods=[_method])
 for _path in CREATES:
-    router.add_api_route(_path, create, methods=["POST"])
+    extra = UPLOAD_ROUTE if _path == "/v1/files" else None  # multipart, streamed through
+    router.add_api_route(_path, create, methods=["POST"], openapi_extra=extra)

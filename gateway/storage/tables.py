@@ -37,6 +37,8 @@ class ApiKeyRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     role: Mapped[str] = mapped_column(String(16))
+    # tenant | platform | bootstrap (gateway.domain.keys): how far the role reaches
+    scope: Mapped[str] = mapped_column(String(16), default="tenant", server_default="tenant")
     name: Mapped[str] = mapped_column(String(200), default="")
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))

@@ -69,6 +69,15 @@ class InferenceMetrics:
         self.loaded = Gauge(
             f"{p}_adapters_loaded", "Adapters loaded in the engine", registry=registry
         )
+        # every series keyed by (tenant, adapter): removed when the adapter is deleted
+        self._per_adapter: list[tuple[Counter | Histogram, tuple[str, ...]]] = [
+            (self.requests, ("tenant", "adapter", "status")),
+            (self.prompt_tokens, ("tenant", "adapter")),
+            (self.generation_tokens, ("tenant", "adapter")),
+            (self.ttft, ("tenant", "adapter")),
+            (self.tpot, ("tenant", "adapter")),
+            (self.e2e, ("tenant", "adapter")),
+        ]
         running = Gauge(
             f"{p}_num_requests_running", "Sequences running in the engine", registry=registry
         )
@@ -77,3 +86,21 @@ class InferenceMetrics:
             f"{p}_num_requests_waiting", "Sequences waiting in the engine", registry=registry
         )
         waiting.set_function(lambda: float(stats().get("waiting", 0)))
+
+    def forget_adapter(self, tenant: str, adapter: str) -> int:
+        """Remove the series of every version (label ``adapter@vN``) of ``tenant``'s deleted
+        ``adapter``, so deleted versions do not keep series alive forever. Returns how many."""
+        prefix = f"{adapter}@v"
+        removed = 0
+        for metric, names in self._per_adapter:
+            doomed = {
+                values
+                for family in metric.collect()
+                for sample in family.samples
+                if (values := tuple(sample.labels.get(n, "") for n in names))[0] == tenant
+                and values[1].startswith(prefix)
+            }
+            for values in doomed:
+                metric.remove(*values)
+            removed += len(doomed)
+        return removed

@@ -78,7 +78,12 @@ def create_app(
             db.dispose()
 
     app = create_service_app(
-        "registry", internal_token=token, lifespan=lifespan, title="tunefleet adapter registry"
+        "registry",
+        internal_token=token,
+        lifespan=lifespan,
+        title="tunefleet adapter registry",
+        # an archive plus its metadata form field and the multipart framing
+        max_upload_bytes=settings.max_archive_bytes + 2**20,
     )
     api = APIRouter(dependencies=[InternalAuth])
     for module in (catalog_routes, adapters, webhooks, lineage):

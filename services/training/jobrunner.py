@@ -1,13 +1,15 @@
 """``python -m services.training.jobrunner --job-id … --service-url …``: one job on Ray.
 
 This is the entrypoint the training service submits through the Ray Jobs API. It reads its
-spec and prepared data from the service (per-job token in ``TUNEFLEET_RUNNER_TOKEN``),
-evaluates the base model on the test split (the reported numbers; validation drives sweeps,
-pruning and ``auto_promote``), trains with :func:`services.training.ray.driver.run_training`
-(events and checkpoints stream back as they happen), evaluates the result, and sends it:
-an adapter archive (``lora``) or the path of a full model directory (``full``, ``transfer``,
-``hybrid`` merged into its base). Reports are retried with backoff so a training-service
-restart in the middle of a run loses nothing but a few metric events.
+spec and every split of its prepared dataset from the service (per-job token in
+``TUNEFLEET_RUNNER_TOKEN``; the splits reach the Ray Train workers through the object
+store, never a local path), evaluates the base model on the test split (the reported
+numbers; validation drives sweeps, pruning and ``auto_promote``), trains with
+:func:`services.training.ray.driver.run_training` (events and checkpoints stream back as
+they happen; checkpoints live on the spec's ``storage_path``), evaluates the result, and
+sends it: an adapter archive (``lora``) or the path of a full model directory (``full``,
+``transfer``, ``hybrid`` merged into its base). Reports are retried with backoff so a
+training-service restart in the middle of a run loses nothing but a few metric events.
 """
 
 from __future__ import annotations
@@ -72,13 +74,16 @@ class Reporter:
             log.warning("dropped an event report")
 
 
-def _read_split(rep: Reporter, split: str, dest: Path) -> list[dict[str, Any]]:
-    """A prepared split as rows (chat or prompt/completion, rendered later by the one
-    renderer in :mod:`shared.rendering`), also written to ``dest`` for the workers."""
-    text = rep.call("GET", f"/data/{split}").text
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    dest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return rows
+def _read_splits(rep: Reporter) -> dict[str, list[dict[str, Any]]]:
+    """Every non-empty split of the job's dataset (``train``, ``validation``, ``test``) as
+    prepared rows (chat or prompt/completion, rendered later by :mod:`shared.rendering`)."""
+    splits = {}
+    for name in rep.call("GET", "/data").json()["splits"]:
+        text = rep.call("GET", f"/data/{name}").text
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        if rows:
+            splits[name] = rows
+    return splits
 
 
 def _scores(result: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +131,11 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     from services.training.ray.driver import TrainSpec, run_training
     from services.training.ray.evaluate import load_model, load_tokenizer
 
-    train_rows = _read_split(rep, "train", work / "train.jsonl")
-    valid_rows = _read_split(rep, "validation", work / "validation.jsonl")
+    splits = _read_splits(rep)
+    train_rows, valid_rows = splits.get("train", []), splits.get("validation", [])
     # the reported numbers come from held-out rows nothing was selected on (datasets prepared
     # before the test split existed fall back to validation)
-    test_rows = _read_split(rep, "test", work / "test.jsonl") or valid_rows
+    test_rows = splits.get("test") or valid_rows
     total, ckpt_every, report_every = _plan(spec, len(train_rows))
     ensure_ray(work / "ray", log_to_driver=os.environ.get("TF_RAY_LOG_TO_DRIVER", "1") != "0")
     rep.event(
@@ -146,9 +151,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
             return
-        data: dict[str, Any] = {
-            k: m[k] for k in ("step", "train_loss", "valid_loss", "tokens_per_second") if k in m
-        }
+        keep = ("step", "train_loss", "valid_loss", "tokens_per_second", "resumed_from")
+        data: dict[str, Any] = {k: m[k] for k in keep if k in m}
         rep.event(
             f"Step {m['step']}/{m.get('total_steps', total)}: "
             f"training loss={m.get('train_loss', float('nan')):.4f}",
@@ -168,8 +172,8 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     hp = dict(spec.hyperparameters)
     train_spec = TrainSpec(
         base_model_path=Path(spec.base_model_path),
-        train_path=work / "train.jsonl",
-        valid_path=(work / "validation.jsonl") if valid_rows else None,
+        # the workers see what they train and validate on; the test split stays here
+        datasets={name: rows for name, rows in splits.items() if name != "test"},
         method=spec.method,
         task=spec.task,
         lora={"r": 8, "alpha": 16, "dropout": 0.05, **spec.lora},
@@ -184,12 +188,12 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     )
     result: dict[str, Any] = {"base": base_eval}
     if spec.sweep:
-        adapter_dir, model_dir, result["sweep"] = _sweep(rep, spec, train_spec)
+        adapter_dir, model_dir, result["sweep"] = _sweep(rep, spec, train_spec, work)
         result["final_metrics"] = result["sweep"]["best"]["metrics"]
     else:
         outcome = run_training(
             train_spec,
-            storage_path=Path(spec.storage_path),
+            storage_path=spec.storage_path,
             on_report=on_report,
             export_dir=work / "export",
         )
@@ -254,15 +258,19 @@ def _forward_trial(e: dict[str, Any]) -> None:
     _trial_reporter.event(f"Sweep {e.get('event', 'event')}: trial {e.get('trial_id')}", data=data)
 
 
-def _sweep(rep: Reporter, spec: RunnerSpec, base: Any) -> tuple[Any, Any, dict[str, Any]]:
+def _sweep(
+    rep: Reporter, spec: RunnerSpec, base: Any, work: Path
+) -> tuple[Any, Any, dict[str, Any]]:
     """Ray Tune over ``base``; every trial event is reported; returns the best weights."""
     from services.training.ray.sweep import parse_sweep, run_sweep
 
-    sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.valid_path is not None)
+    sweep = parse_sweep(spec.sweep, task=spec.task, has_validation=base.has_split("validation"))
 
     global _trial_reporter
     _trial_reporter = rep
-    out = run_sweep(base, sweep, Path(spec.storage_path), on_trial=_forward_trial)
+    out = run_sweep(
+        base, sweep, spec.storage_path, on_trial=_forward_trial, export_dir=work / "sweep"
+    )
     if out.best is None:
         raise RuntimeError("no sweep trial finished")
 

@@ -39,6 +39,15 @@ class TrainingSettings(ServiceSettings):
         description="embedded head's temp dir (short path!); default /tmp/tf-ray-<port>",
     )
     ray_num_cpus: int | None = Field(default=None, ge=1)
+    storage_path: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Ray Train checkpoints and results: a path every Ray node sees (shared "
+            "filesystem) or an S3-compatible URI (s3://bucket/prefix); default "
+            "<data_dir>/ray-runs (one machine)"
+        ),
+    )
     runner_python: str | None = Field(
         default=None, description="interpreter for the Ray job entrypoint; default this one"
     )
@@ -63,6 +72,12 @@ class TrainingSettings(ServiceSettings):
 
     def data_root(self) -> Path:
         return self.data_dir or self.home / "training"
+
+    def ray_storage(self) -> str:
+        """``storage_path``, a local one made absolute (Ray needs that), or the default."""
+        if self.storage_path and "://" in self.storage_path:
+            return self.storage_path.rstrip("/")
+        return str(Path(self.storage_path or self.data_root() / "ray-runs").resolve())
 
     def runner_callback_url(self) -> str:
         return (self.callback_url or f"http://{self.host}:{self.port}").rstrip("/")

@@ -8,7 +8,9 @@ from pydantic import BaseModel, Field
 
 from shared.modelref import ALIAS_RE, NAME_RE
 
-WebhookEvent = Literal["alias.moved", "alias.deleted", "version.created", "job.succeeded"]
+WebhookEvent = Literal[
+    "alias.moved", "alias.deleted", "version.created", "adapter.deleted", "job.succeeded"
+]
 
 
 class BaseModelCreate(BaseModel):

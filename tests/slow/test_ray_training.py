@@ -25,13 +25,9 @@ from tests.support.ray_cluster import start_test_ray, stop_test_ray
 
 pytestmark = pytest.mark.slow
 
-BASE = Path(__file__).resolve().parents[2] / "var" / "models" / "tiny-llama"
-
 
 @pytest.fixture(scope="module")
-def ray_head(tmp_path_factory: pytest.TempPathFactory):
-    if not (BASE / "model.safetensors").exists():
-        pytest.skip(f"base model not built: {BASE}")
+def ray_head(tmp_path_factory: pytest.TempPathFactory, model_dir: Path):
     t0 = time.perf_counter()
     info = start_test_ray(tmp_path_factory.mktemp("ray"))
     print(
@@ -44,13 +40,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def base_tok():
-    return load_tokenizer(BASE)
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+def base_tok(model_dir: Path):
+    return load_tokenizer(model_dir)
 
 
 def _short(metrics: dict) -> dict:
@@ -92,21 +83,21 @@ def test_embedded_head_is_local_and_token_protected(ray_head) -> None:
     )
 
 
-def test_lora_sentiment_reaches_high_accuracy(ray_head, base_tok, tmp_path: Path) -> None:
-    train = _write(tmp_path / "train.jsonl", samples.sentiment_examples(300, seed=1))
+def test_lora_sentiment_reaches_high_accuracy(
+    ray_head, base_tok, model_dir: Path, tmp_path: Path
+) -> None:
+    train = samples.sentiment_examples(300, seed=1)
     held_out = samples.sentiment_examples(60, seed=2)
-    valid = _write(tmp_path / "valid.jsonl", held_out)
     labels = samples.labels_for("sentiment")
 
     t0 = time.perf_counter()
-    base = evaluate(load_model(BASE), base_tok, held_out, "sentiment", labels)
+    base = evaluate(load_model(model_dir), base_tok, held_out, "sentiment", labels)
     t_base = time.perf_counter() - t0
 
     arrivals: list[tuple[float, dict]] = []
     spec = TrainSpec(
-        base_model_path=BASE,
-        train_path=train,
-        valid_path=valid,
+        base_model_path=model_dir,
+        datasets={"train": train, "validation": held_out},
         task="sentiment",
         method="lora",
         lora={"r": 8, "alpha": 16, "dropout": 0.0},
@@ -161,22 +152,22 @@ def test_lora_sentiment_reaches_high_accuracy(ray_head, base_tok, tmp_path: Path
         "adapter_model.safetensors",
     ]
     cfg = json.loads((out.adapter_dir / "adapter_config.json").read_text())
-    assert cfg["base_model_name_or_path"] == str(BASE)
+    assert cfg["base_model_name_or_path"] == str(model_dir)
     assert cfg["r"] == 8 and set(cfg["target_modules"]) >= {"q_proj", "down_proj"}
 
 
-def test_lora_translation_improves_chrf(ray_head, base_tok, tmp_path: Path) -> None:
-    train = _write(tmp_path / "train.jsonl", samples.translation_pairs(200, seed=1))
+def test_lora_translation_improves_chrf(
+    ray_head, base_tok, model_dir: Path, tmp_path: Path
+) -> None:
+    train = samples.translation_pairs(200, seed=1)
     held_out = samples.translation_pairs(40, seed=2)
-    valid = _write(tmp_path / "valid.jsonl", held_out)
 
     t0 = time.perf_counter()
-    base = evaluate(load_model(BASE), base_tok, held_out, "translation")
+    base = evaluate(load_model(model_dir), base_tok, held_out, "translation")
     t_base = time.perf_counter() - t0
     spec = TrainSpec(
-        base_model_path=BASE,
-        train_path=train,
-        valid_path=valid,
+        base_model_path=model_dir,
+        datasets={"train": train, "validation": held_out},
         task="translation",
         method="hybrid",  # LoRA + trainable embed_tokens/lm_head: copies names/nouns better
         lora={"r": 16, "alpha": 32, "dropout": 0.0},
@@ -215,13 +206,13 @@ def test_lora_translation_improves_chrf(ray_head, base_tok, tmp_path: Path) -> N
     assert any("lm_head" in k for k in keys) and any("embed_tokens" in k for k in keys)
 
 
-def test_worker_failure_resumes_from_checkpoint(ray_head, tmp_path: Path) -> None:
-    train = _write(tmp_path / "train.jsonl", samples.ticket_examples(120, seed=3))
+def test_worker_failure_resumes_from_checkpoint(ray_head, model_dir: Path, tmp_path: Path) -> None:
+    train = samples.ticket_examples(120, seed=3)
     marker = tmp_path / "killed-once"
     events: list[dict] = []
     spec = TrainSpec(
-        base_model_path=BASE,
-        train_path=train,
+        base_model_path=model_dir,
+        datasets={"train": train},
         task="ticket",
         hyperparameters={"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "max_len": 96},
         checkpoint_every=4,

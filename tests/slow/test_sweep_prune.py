@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,6 @@ from tests.support.ray_cluster import start_test_ray, stop_test_ray
 
 pytestmark = pytest.mark.slow
 
-BASE = Path(__file__).resolve().parents[2] / "var" / "models" / "tiny-llama"
 LABELS = samples.labels_for("sentiment")
 
 
@@ -38,13 +38,12 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    if not (BASE / "model.safetensors").exists():
-        pytest.skip(f"base model not built: {BASE}")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     d = tmp_path_factory.mktemp("data")
     return {
-        "train": _write(d / "train.jsonl", samples.sentiment_examples(160, seed=1)),
-        "valid": _write(d / "valid.jsonl", samples.sentiment_examples(45, seed=2)),
+        "train": samples.sentiment_examples(160, seed=1),
+        "validation": samples.sentiment_examples(45, seed=2),
+        "valid_path": _write(d / "valid.jsonl", samples.sentiment_examples(45, seed=2)),
     }
 
 
@@ -61,15 +60,14 @@ def _assert_cpus_released(timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def sweep_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+def sweep_run(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, model_dir: Path):
     t0 = time.perf_counter()
     start_test_ray(tmp_path_factory.mktemp("ray"))
     t_head = time.perf_counter() - t0
     events: list[dict] = []
     base = TrainSpec(
-        base_model_path=BASE,
-        train_path=data["train"],
-        valid_path=data["valid"],
+        base_model_path=model_dir,
+        datasets={"train": data["train"], "validation": data["validation"]},
         task="sentiment",
         lora={"r": 8, "alpha": 16, "dropout": 0.0},
         hyperparameters={"max_steps": 16, "batch_size": 8, "max_len": 96},
@@ -141,7 +139,9 @@ def held_out() -> list[dict]:
     return samples.sentiment_examples(30, seed=4)
 
 
-def test_pruning_reduces_rank_of_a_trained_adapter(sweep_run, held_out, tmp_path: Path) -> None:
+def test_pruning_reduces_rank_of_a_trained_adapter(
+    sweep_run, held_out, model_dir: Path, tmp_path: Path
+) -> None:
     from shared.archives import BaseModelSpec, inspect_adapter_dir
     from shared.safetensors_header import linear_shapes_from_model_dir
 
@@ -155,7 +155,7 @@ def test_pruning_reduces_rank_of_a_trained_adapter(sweep_run, held_out, tmp_path
     )
     assert done and done[0].config["r"] >= 2, outcome.trials
     src, rank = Path(done[0].adapter_dir), done[0].config["r"]
-    tok = load_tokenizer(BASE)
+    tok = load_tokenizer(model_dir)
 
     def accuracy(path: Path) -> float:
         return float(evaluate(load_model(path), tok, held_out, "sentiment", LABELS)["accuracy"])
@@ -178,13 +178,17 @@ def test_pruning_reduces_rank_of_a_trained_adapter(sweep_run, held_out, tmp_path
     assert report.tried[-1]["metric"] == report.metric_after  # the last passing candidate
     # ... and the registry's adapter validation accepts it
     spec = BaseModelSpec(
-        id="tiny-llama", names=(str(BASE),), linear_shapes=linear_shapes_from_model_dir(BASE)
+        id="tiny-llama",
+        names=(str(model_dir),),
+        linear_shapes=linear_shapes_from_model_dir(model_dir),
     )
     info = inspect_adapter_dir(tmp_path / "pruned", spec, max_rank=16)
     assert info.rank == report.after.rank
 
 
-def test_model_selection_ranks_a_tuned_base_first(sweep_run, data, tmp_path: Path) -> None:
+def test_model_selection_ranks_a_tuned_base_first(
+    sweep_run, data, model_dir: Path, tmp_path: Path
+) -> None:
     import shutil
 
     outcome, _ = sweep_run
@@ -192,13 +196,13 @@ def test_model_selection_ranks_a_tuned_base_first(sweep_run, data, tmp_path: Pat
     merged = tmp_path / "tuned-base"
     load_model(outcome.adapter_dir, merge=True).save_pretrained(str(merged))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (BASE / name).exists():
-            shutil.copy2(BASE / name, merged / name)
+        if (model_dir / name).exists():
+            shutil.copy2(model_dir / name, merged / name)
 
     t0 = time.perf_counter()
     ranking = rank_base_models(
-        {"tiny-llama": BASE, "tiny-llama-sentiment": merged},
-        data["valid"],
+        {"tiny-llama": model_dir, "tiny-llama-sentiment": merged},
+        data["valid_path"],
         "sentiment",
         few_shot=2,
         max_examples=20,

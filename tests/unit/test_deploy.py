@@ -233,6 +233,77 @@ def test_k8s_inference_requests_gpus_and_training_uses_kuberay() -> None:
     assert monitors == set(found)
 
 
+def _ray_pods() -> dict[str, dict[str, Any]]:
+    """Container spec per Ray group of the RayCluster: ``head`` and each worker group."""
+    (cluster,) = [o for o in k8s_objects() if o["kind"] == "RayCluster"]
+    spec = cluster["spec"]
+    groups = {"head": spec["headGroupSpec"]} | {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    return {name: g["template"]["spec"] for name, g in groups.items()}
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_kuberay_token_auth_on_every_node_and_client() -> None:
+    (trn,) = workloads()["training"]["spec"]["template"]["spec"]["containers"]
+    containers = {name: pod["containers"][0] for name, pod in _ray_pods().items()}
+    for name, c in {**containers, "training": trn}.items():
+        env = _env(c)
+        assert env["RAY_AUTH_MODE"]["value"] == "token", name
+        ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "tunefleet-secrets", "key": "ray-auth-token"}, name
+    (secret,) = load_docs(DEPLOY / "k8s" / "secret.example.yaml")
+    assert "ray-auth-token" in secret["stringData"]
+
+
+def test_kuberay_network_policy_admits_only_ray_pods_and_training() -> None:
+    (cluster,) = [o for o in k8s_objects() if o["kind"] == "RayCluster"]
+    (policy,) = [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
+    selector = {"ray.io/cluster": cluster["metadata"]["name"]}
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = []
+    for rule in policy["spec"]["ingress"]:
+        (peer,) = rule["from"]
+        assert set(peer) == {"podSelector"}, rule  # no ipBlock / namespace-wide peers
+        labels = peer["podSelector"]["matchLabels"]
+        sources.append(labels)
+        if labels != selector:
+            ports = {p["port"] for p in rule["ports"]}
+            assert ports <= {8265, 6379, 10001}, rule
+    assert selector in sources
+    assert {"app.kubernetes.io/name": "training"} in sources
+
+
+def test_kuberay_storage_is_shared_and_gpu_workers_get_cuda_torch() -> None:
+    (trn,) = workloads()["training"]["spec"]["template"]["spec"]["containers"]
+    storage = _env(trn)["TUNEFLEET_TRAINING_STORAGE_PATH"]["value"]
+    pvcs = {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == "PersistentVolumeClaim"}
+    training_pod = workloads()["training"]["spec"]["template"]["spec"]
+    for name, pod in {**_ray_pods(), "training": training_pod}.items():
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] in claims]
+        shared = [
+            m
+            for m in mounts
+            if storage.startswith(m["mountPath"].rstrip("/") + "/") and not m.get("readOnly")
+        ]
+        assert shared, f"{name}: {storage} is not on a mounted volume"
+        claim = pvcs[claims[max(shared, key=lambda m: len(m["mountPath"]))["name"]]]
+        assert claim["spec"]["accessModes"] == ["ReadWriteMany"], name
+    gpu = _ray_pods()["gpu-workers"]["containers"][0]
+    assert gpu["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    image = gpu["image"]
+    dockerfile = (DEPLOY / "compose" / f"Dockerfile.{image.removeprefix('tunefleet-')}").read_text()
+    assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
+    assert re.search(r"torch\S* --index-url https://download.pytorch.org/whl/cu\d+", dockerfile)
+
+
 def test_compose_runs_the_fleet_with_postgres_and_monitoring() -> None:
     (compose,) = load_docs(DEPLOY / "compose" / "docker-compose.yml")
     services = compose["services"]

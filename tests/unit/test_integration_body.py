@@ -38,3 +38,16 @@ def test_prompt_ending_in_whitespace_keeps_labels_as_given() -> None:
     prompt = integ.prompt_for(spec, RECORD, "record")
     constraint = label_constraint(prompt, integ.completion_body(spec, prompt)["choices_allowed"])
     assert constraint is not None and constraint.engine_choices == ["billing", "technical"]
+
+
+def test_a_system_message_makes_the_call_a_chat_completion() -> None:
+    spec = SPEC.model_copy(update={"system_prompt": "Route the case to one queue."})
+    prompt = integ.prompt_for(spec, RECORD, "record")
+    path, body = integ.model_call(spec, prompt)
+    assert path == "/v1/chat/completions"
+    assert body["messages"] == [
+        {"role": "system", "content": "Route the case to one queue."},
+        {"role": "user", "content": "Card charged\nCard charged twice"},
+    ]
+    assert body["choices_allowed"] == ["billing", "technical"] and body["temperature"] == 0
+    assert integ.model_call(SPEC, prompt)[0] == "/v1/completions"

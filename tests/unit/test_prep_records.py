@@ -360,3 +360,32 @@ def test_invalid_mappings_are_reported(mapping: dict[str, str], message: str) ->
     result = parse_upload(b"Subject,Description,Type\na,b,c\n", "x.csv", mapping)
     assert result.errors and all(e.line == 0 for e in result.errors)
     assert any(message in e.message for e in result.errors), result.errors
+
+
+def test_a_system_message_in_the_mapping_makes_chat_examples() -> None:
+    data = b"Subject,Body,Type\r\nCard charged,I was charged twice,billing\r\n"
+    system = "Route the support case to one queue."
+    mapping = {"Subject": "prompt", "Body": "prompt", "Type": "label", "$system": system}
+    result = parse_upload(data, "cases.csv", mapping)
+    assert result.errors == []
+    (ex,) = result.examples
+    assert ex.messages == [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Card charged\nI was charged twice"},
+        {"role": "assistant", "content": "billing"},
+    ]
+    assert ex.label == "billing"
+    records = json.dumps([{"Subject": "Parcel late", "Type": "shipping"}]).encode()
+    (chat,) = parse_upload(
+        records, "cases.json", {"Subject": "prompt", "Type": "label", "$system": system}
+    ).examples
+    assert chat.messages is not None and chat.messages[1]["content"] == "Parcel late"
+
+
+@pytest.mark.parametrize("value", ["", "   ", 7, "x" * 4001])
+def test_a_bad_system_message_names_the_mapping_entry(value: object) -> None:
+    data = b"Subject,Type\r\nCard charged,billing\r\n"
+    mapping = {"Subject": "prompt", "Type": "label", "$system": value}
+    result = parse_upload(data, "cases.csv", mapping)  # type: ignore[arg-type]
+    assert result.examples == []
+    assert [e.field for e in result.errors] == ["mapping.$system"]

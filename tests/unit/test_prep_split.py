@@ -1,7 +1,7 @@
 """Deterministic split (``split``), label balance (``labels``) and token lengths (``tokenize``).
 
-Length tests use the project's tiny-llama tokenizer (``AutoTokenizer``) and skip when the
-model has not been built (``make model``).
+Length tests use the project's tiny-llama tokenizer (``AutoTokenizer``) from the ``model_dir``
+fixture (built under ``TUNEFLEET_HOME`` when missing).
 """
 
 from __future__ import annotations
@@ -105,13 +105,10 @@ def test_no_labels() -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(models_root: Path) -> Any:
-    path = models_root / "tiny-llama"
-    if not (path / "tokenizer.json").exists():
-        pytest.skip("tiny-llama is not built (make model)")
+def tokenizer(model_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
 
 def test_length_report_with_the_tiny_llama_tokenizer(tokenizer: Any) -> None:

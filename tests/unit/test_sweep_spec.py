@@ -35,7 +35,9 @@ def test_range_sweep_samples() -> None:
 
 
 def test_apply_config_routes_lora_and_hyperparameters() -> None:
-    base = TrainSpec(base_model_path=Path("/m"), train_path=Path("/t"))
+    base = TrainSpec(
+        base_model_path=Path("/m"), datasets={"train": [{"prompt": "p", "completion": "c"}]}
+    )
     trial = apply_config(base, {"learning_rate": 0.01, "r": 4, "dropout": 0.1}, name="t1")
     assert trial.hyperparameters["learning_rate"] == 0.01 and trial.lora["r"] == 4
     assert trial.lora["dropout"] == 0.1 and trial.lora["alpha"] == 16 and trial.name == "t1"

@@ -1,7 +1,8 @@
 """Registry events (webhook, signed with the internal token): the hot-swap trigger.
 
 An alias move drops the cached resolution at once, so the next request re-resolves to the new
-immutable version; requests already running keep the version they resolved. The new version
+immutable version; requests already running keep the version they resolved. A deleted adapter
+drops its cached resolutions (versions too) and its metric series. The new version
 is also prewarmed in the background so the first request after a swap does not pay the load.
 """
 
@@ -40,6 +41,13 @@ async def registry_event(request: Request, srv: Srv) -> dict[str, Any]:
             )
             request.app.state.background.add(task)
             task.add_done_callback(request.app.state.background.discard)
+    if event.get("type") == "adapter.deleted" and tenant and data.get("adapter"):
+        adapter = str(data["adapter"])
+        dropped = srv.resolver.invalidate(tenant, adapter, versions_too=True)
+        series = srv.metrics.forget_adapter(tenant, adapter)
+        log.info(
+            "adapter deleted", extra={"adapter": adapter, "dropped": dropped, "series": series}
+        )
     return {"received": True}
 
 

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -136,6 +136,12 @@ def push_version(
                 # Not create_adapter: between our lookup and its own, a concurrent first push
                 # may commit the adapter, and its 409 would end this push; the insert's
                 # IntegrityError instead sends us round again to find it.
+                # A concurrent delete of another adapter with these same bytes may have
+                # removed the blob since put_file found it: check and restore it under the
+                # blob's lock, so this version is never committed without its archive.
+                lock_blob(s, digest)
+                if not store.exists(digest):
+                    store.put_file(archive)
                 adapter = find_adapter(s, tenant, name) or _insert_adapter(s, tenant, name)
                 number = (
                     s.scalar(
@@ -181,7 +187,14 @@ def push_version(
     raise InternalError("could not allocate a version number under contention")
 
 
-def delete_adapter(db: Database, store: FileArtifactStore, tenant: str, name: str) -> None:
+def delete_adapter(
+    db: Database,
+    store: FileArtifactStore,
+    tenant: str,
+    name: str,
+    *,
+    system_urls: list[str] | None = None,
+) -> None:
     """Remove an adapter with its versions and aliases; blobs no version uses any more go too.
 
     Inference replicas keep their own verified copies, so nothing they may still load is
@@ -197,8 +210,31 @@ def delete_adapter(db: Database, store: FileArtifactStore, tenant: str, name: st
                 code="adapter_has_aliases",
             )
         digests = {v.sha256 for v in adapter.versions}
+        numbers = sorted(v.number for v in adapter.versions)
         s.delete(adapter)
         s.flush()
-        still_used = set(s.scalars(select(VersionRow.sha256).where(VersionRow.sha256.in_(digests))))
-    for digest in digests - still_used:
-        store.delete(digest)
+        # replicas drop its cached resolutions and metric series; tenants may subscribe
+        enqueue_event(
+            s, tenant, "adapter.deleted", {"adapter": name, "versions": numbers}, system_urls or []
+        )
+    for digest in sorted(digests):
+        _delete_blob_unless_used(db, store, digest)
+
+
+def lock_blob(s: Session, digest: str) -> None:
+    """Serialize pushes and deletes of one blob until the transaction ends: SQLite's write
+    transactions exclude each other (once begun: ``connection()`` begins it now); Postgres
+    takes an advisory lock on the digest."""
+    s.connection()
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": int(digest[:15], 16)})
+
+
+def _delete_blob_unless_used(db: Database, store: FileArtifactStore, digest: str) -> None:
+    """Remove a blob no version uses, deciding and deleting under the blob's lock: a push of
+    the same bytes either committed first (the blob stays) or restores it before committing."""
+    with db.session(write=True) as s:
+        lock_blob(s, digest)
+        used = s.scalars(select(VersionRow.id).where(VersionRow.sha256 == digest).limit(1)).first()
+        if used is None:
+            store.delete(digest)

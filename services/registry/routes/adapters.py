@@ -60,7 +60,7 @@ def get_adapter(name: str, st: State, tenant: TenantId) -> AdapterOut:
 
 @router.delete("/v1/adapters/{name}")
 def delete_adapter(name: str, st: State, tenant: TenantId) -> dict[str, object]:
-    domain.delete_adapter(st.db, st.store, tenant, name)
+    domain.delete_adapter(st.db, st.store, tenant, name, system_urls=st.policy.system_urls)
     return {"id": name, "object": "adapter", "deleted": True}
 
 

@@ -5,6 +5,12 @@ The mapping sends source fields (CSV columns, JSON keys or dotted paths such as
 (the output), ``label``. Several sources of one target are joined with a newline in mapping
 order, empty ones skipped. Classification/sentiment map text → prompt and label → completion;
 translation maps text → prompt and target → completion.
+
+The reserved entry ``"$system": "<instructions>"`` (a literal text, not a source field) makes
+every record a chat conversation: that system message, the prompt as the user's turn, the
+completion as the assistant's. Such data trains through the base model's chat template and
+is served by ``/v1/chat/completions``; without it, records are prompt/completion pairs for
+``/v1/completions``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from services.training.data.example import Example
 from services.training.data.readers import ErrorSink, csv_rows, json_type, sniff_delimiter
 
 TARGETS = ("prompt", "text", "completion", "target", "label")
+SYSTEM_KEY = "$system"
+MAX_SYSTEM_CHARS = 4000
 _MISSING = object()
 
 
@@ -27,7 +35,16 @@ def _plan(mapping: Mapping[str, str] | Any, errors: ErrorSink) -> dict[str, list
         return None
     plan: dict[str, list[str]] = {}
     for source, target in mapping.items():
-        if not isinstance(source, str) or not source.strip():
+        if source == SYSTEM_KEY:
+            if not isinstance(target, str) or not target.strip():
+                errors.add(0, f"mapping.{SYSTEM_KEY}", "must be a non-empty system message")
+            elif len(target) > MAX_SYSTEM_CHARS:
+                errors.add(
+                    0, f"mapping.{SYSTEM_KEY}", f"is longer than {MAX_SYSTEM_CHARS} characters"
+                )
+            else:
+                plan[SYSTEM_KEY] = [target.strip()]
+        elif not isinstance(source, str) or not source.strip():
             errors.add(0, "mapping", f"source field names must be non-empty strings: {source!r}")
         elif target not in TARGETS:
             errors.add(
@@ -53,6 +70,8 @@ def _mapped_example(
     problems: list[tuple[str, str]] = []
     values: dict[str, str] = {}
     for target, sources in plan.items():
+        if target == SYSTEM_KEY:
+            continue
         parts: list[str] = []
         for source in sources:
             value = get(source)
@@ -70,7 +89,15 @@ def _mapped_example(
         return None
     label = values.get("label")
     completion = values.get("completion") or values.get("target") or values["label"]
-    return Example(line, values.get("prompt") or values["text"], completion, label)
+    prompt = values.get("prompt") or values["text"]
+    if SYSTEM_KEY in plan:
+        messages = [
+            {"role": "system", "content": plan[SYSTEM_KEY][0]},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": completion},
+        ]
+        return Example.from_messages(line, messages, label)
+    return Example(line, prompt, completion, label)
 
 
 def examples_from_records(
@@ -87,7 +114,7 @@ def examples_from_records(
             records.append((line, obj))
         else:
             errors.add(line, "json", f"expected a JSON object, got {json_type(obj)}")
-    sources = [s for group in plan.values() for s in group]
+    sources = [s for target, group in plan.items() if target != SYSTEM_KEY for s in group]
     for source in sources:
         if records and all(_lookup(obj, source) is _MISSING for _, obj in records):
             errors.add(0, source, f"mapped field {source!r} is not in any record")
@@ -140,7 +167,10 @@ def examples_from_csv(
     if plan is None:
         return []
     index = _column_index(
-        header, [s for group in plan.values() for s in group], header_line, errors
+        header,
+        [s for target, group in plan.items() if target != SYSTEM_KEY for s in group],
+        header_line,
+        errors,
     )
     if index is None:
         return []

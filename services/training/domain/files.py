@@ -35,7 +35,7 @@ def file_key(file_id: str) -> str:
     return f"files/{file_id}"
 
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # a prepared dataset's splits, in this order
 
 
 def dataset_key(dataset_id: str, split: str) -> str:
@@ -267,6 +267,11 @@ def prepare_dataset(
     with db.session(write=True) as s:
         s.add(row)
     return row
+
+
+def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:
+    """The splits a prepared dataset has (the job runner fetches each one)."""
+    return [name for name in SPLITS if store.exists(dataset_key(dataset_id, name))]
 
 
 def dataset_split(store: BlobStore, dataset_id: str, split: str) -> bytes:

@@ -1,7 +1,9 @@
 """Driver side of a fine-tuning run: build and fit a Ray Train V2 ``TorchTrainer``.
 
 ``run_training(spec, storage_path=…, on_report=…)`` needs a connected Ray
-(:func:`services.training.ray.cluster.ensure_ray`). It runs
+(:func:`services.training.ray.cluster.ensure_ray`). The datasets travel to the workers
+through the object store (:mod:`services.training.ray.datasets`), checkpoints go to
+``storage_path`` (a path every node sees or an S3-style URI, :mod:`.storage`). It runs
 :func:`~services.training.ray.train_loop.train_loop_per_worker` on ``spec.num_workers``
 workers (1 CPU each, or 1 GPU with ``use_gpu``), keeps the 2 newest checkpoints, restarts
 the worker group up to ``spec.max_failures`` times from the latest checkpoint, and finally
@@ -26,6 +28,7 @@ import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -35,6 +38,8 @@ from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
 
+from services.training.ray.datasets import put_splits
+from services.training.ray.storage import checkpoint_uri, is_uri, storage_root
 from services.training.ray.train_loop import METHODS, train_loop_per_worker
 
 logger = logging.getLogger(__name__)
@@ -43,11 +48,11 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 @dataclass
 class TrainSpec:
-    """Everything a run needs; paths are resolved to absolute ones."""
+    """Everything a run needs. ``datasets`` maps split names to row lists (or object refs
+    already in Ray's store): ``train`` is required, ``validation`` gives ``valid_loss``."""
 
     base_model_path: Path
-    train_path: Path
-    valid_path: Path | None = None
+    datasets: dict[str, Any] = field(default_factory=dict)
     method: str = "lora"
     task: str = "classification"
     lora: dict[str, Any] = field(default_factory=lambda: {"r": 8, "alpha": 16, "dropout": 0.05})
@@ -73,11 +78,14 @@ class TrainSpec:
     log_level: str = "WARNING"  # Ray Train's own logs ("INFO" logs every report)
     extra: dict[str, Any] = field(default_factory=dict)  # report_every, fail_at_step, ...
 
-    def loop_config(self) -> dict[str, Any]:
+    def has_split(self, name: str) -> bool:
+        return self.datasets.get(name) is not None
+
+    def loop_config(self, datasets: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The train loop's config; ``datasets`` = the splits as stored (refs) by the caller."""
         cfg = {
             "base_model_path": str(Path(self.base_model_path).resolve()),
-            "train_path": str(Path(self.train_path).resolve()),
-            "valid_path": str(Path(self.valid_path).resolve()) if self.valid_path else None,
+            "datasets": dict(self.datasets if datasets is None else datasets),
             "method": self.method,
             "task": self.task,
             "lora": dict(self.lora),
@@ -117,7 +125,7 @@ class _QueueReporter(UserCallback):
     ) -> None:
         event = dict(metrics[0]) if metrics else {}
         if checkpoint is not None:
-            event["checkpoint_path"] = checkpoint.path
+            event["checkpoint_path"] = checkpoint_uri(checkpoint)
         try:
             self.queue.put(event, timeout=10)
         except Exception:  # never break training because a listener went away
@@ -186,7 +194,7 @@ def export_weights(
 def run_training(
     spec: TrainSpec,
     *,
-    storage_path: Path,
+    storage_path: str | Path,
     on_report: Callable[[dict[str, Any]], None] | None = None,
     export_dir: Path | None = None,
 ) -> TrainOutcome:
@@ -206,32 +214,38 @@ def run_training(
     )
     from ray.train.v2.torch.torch_trainer import TorchTrainer
     from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r}; expected one of {METHODS}")
     if spec.num_workers < 1:
         raise ValueError("num_workers must be >= 1 (Ray Train local mode keeps no checkpoints)")
+    if not spec.has_split("train"):
+        raise ValueError("the spec has no 'train' split")
     if not ray.is_initialized():
         raise RuntimeError(
             "Ray is not connected; call services.training.ray.cluster.ensure_ray first"
         )
     t0 = time.perf_counter()
     name = spec.name or f"{spec.method}-{spec.task}-{uuid.uuid4().hex[:8]}"
-    storage_path = Path(storage_path).resolve()
-    storage_path.mkdir(parents=True, exist_ok=True)
+    storage = storage_root(storage_path)
+    refs = put_splits(spec.datasets)  # once per run; every worker (any node) reads them
 
-    queue = Queue(maxsize=0, actor_options={"num_cpus": 0})
+    # on the driver's node (as Train V2 puts its controller): a queue on a worker node
+    # would die with that node and silence every later report
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    queue = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
     events: list[dict[str, Any]] = []
     stop = threading.Event()
     drainer = threading.Thread(target=_drain, args=(queue, events, on_report, stop), daemon=True)
     drainer.start()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=spec.loop_config(),
+        train_loop_config=spec.loop_config(refs),
         scaling_config=ScalingConfig(num_workers=spec.num_workers, use_gpu=spec.use_gpu),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage_path),
+            storage_path=storage,
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[_QueueReporter(queue)],
@@ -268,12 +282,17 @@ def run_training(
     outcome = TrainOutcome(
         name=name,
         run_path=str(result.path),
-        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        checkpoint_path=checkpoint_uri(result.checkpoint) if result.checkpoint else None,
         metrics_history=history,
         final_metrics=dict(result.metrics) if result.metrics else None,
     )
     if result.checkpoint is not None:
-        dest = Path(export_dir) if export_dir else Path(result.path) / "export"
+        if export_dir is not None:
+            dest = Path(export_dir)
+        elif is_uri(storage):  # the export is for this process: a local dir
+            dest = Path(tempfile.mkdtemp(prefix="tf-export-"))
+        else:
+            dest = Path(result.path) / "export"
         with result.checkpoint.as_directory() as ckpt_dir:
             outcome.adapter_dir, outcome.model_dir = export_weights(
                 Path(ckpt_dir), dest, spec.base_model_path

@@ -1,6 +1,7 @@
 """Hyperparameter sweeps: Ray Tune trials, each one a full :func:`run_training` run.
 
-``run_sweep(base, sweep, storage_path, on_trial=None) -> SweepOutcome``; ``sweep`` is a
+``run_sweep(base, sweep, storage_path, on_trial=None, export_dir=None) -> SweepOutcome``;
+``sweep`` is a
 :class:`~services.training.ray.sweep_spec.SweepSpec` from ``parse_sweep(raw)`` (the API's
 ``sweep`` block; both re-exported here). Random search is seeded by ``base.seed``.
 
@@ -10,7 +11,10 @@ whose workers hold the CPUs) that calls :func:`run_training` with the
 trial's values, streams every train-loop report to Tune (``tune.report`` from the report
 thread is safe: the Tune session is process-global and the trial thread is blocked in
 ``fit()``), then reports a final result with the task metric (``evaluate`` on the
-validation file when the metric needs it) and the exported adapter path.
+validation split when the metric needs it, on a private export in the trial's own
+process) and the path of its final checkpoint on ``storage_path``. Trials may run on any
+node, so nothing they write locally is used afterwards: the driver exports each finished
+trial's weights from its checkpoint on the shared storage into ``export_dir``.
 
 ASHA compares trials by ``train_loss`` at equal ``step`` (every report has both; the
 sweep metric may only exist at the end) and stops the worse ones early (the stopped
@@ -26,14 +30,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from services.training.ray.driver import TrainSpec, run_training
+from services.training.ray import storage
+from services.training.ray.datasets import count_rows, put_splits
+from services.training.ray.driver import TrainSpec, export_weights, run_training
 from services.training.ray.sweep_spec import (
     EVAL_METRICS,
     SweepSpec,
@@ -53,8 +60,9 @@ class TrialSummary:
     config: dict[str, Any]
     status: str  # completed | stopped (ASHA) | failed
     metrics: dict[str, Any] = field(default_factory=dict)
-    adapter_dir: str | None = None
+    adapter_dir: str | None = None  # exported by the driver from checkpoint_path
     model_dir: str | None = None
+    checkpoint_path: str | None = None  # on the sweep's storage (path or URI)
     error: str | None = None
 
 
@@ -89,12 +97,11 @@ def _trial(config: dict[str, Any], *, base: TrainSpec, metric: str, root: str) -
     """One Tune trial: train with ``config``, stream reports, report the final metric."""
     from ray import tune
 
+    from services.training.ray.datasets import rows_of
     from services.training.ray.evaluate import evaluate
-    from services.training.ray.train_loop import read_jsonl
 
     trial_id = tune.get_context().get_trial_id()
     spec = apply_config(base, config, name=f"trial-{trial_id}")
-    trial_root = Path(root) / trial_id
     last: dict[str, Any] = {}
 
     def forward(event: dict[str, Any]) -> None:
@@ -102,21 +109,20 @@ def _trial(config: dict[str, Any], *, base: TrainSpec, metric: str, root: str) -
             last.update({k: event[k] for k in _REPORTED if k in event})
             tune.report(dict(last))
 
-    out = run_training(
-        spec, storage_path=trial_root / "runs", on_report=forward, export_dir=trial_root / "export"
-    )
-    final = dict(last)
-    final.update({k: v for k, v in (out.final_metrics or {}).items() if k in _REPORTED})
-    if metric in EVAL_METRICS and spec.valid_path is not None:
-        rows = read_jsonl(spec.valid_path)[:256]
-        result = evaluate(str(out.adapter_dir or out.model_dir), None, rows, spec.task)
-        final.update({k: result[k] for k in (*EVAL_METRICS, "eval_ppl") if k in result})
-    final.update(
-        final=True,
-        train_seconds=out.seconds,
-        adapter_dir=str(out.adapter_dir) if out.adapter_dir else None,
-        model_dir=str(out.model_dir) if out.model_dir else None,
-    )
+    with tempfile.TemporaryDirectory(prefix="tf-trial-") as local:  # this process only
+        out = run_training(
+            spec,
+            storage_path=storage.join(root, trial_id),
+            on_report=forward,
+            export_dir=Path(local),
+        )
+        final = dict(last)
+        final.update({k: v for k, v in (out.final_metrics or {}).items() if k in _REPORTED})
+        if metric in EVAL_METRICS and spec.has_split("validation"):
+            rows = rows_of(spec.datasets, "validation")[:256]
+            result = evaluate(str(out.adapter_dir or out.model_dir), None, rows, spec.task)
+            final.update({k: result[k] for k in (*EVAL_METRICS, "eval_ppl") if k in result})
+    final.update(final=True, train_seconds=out.seconds, checkpoint_path=out.checkpoint_path)
     tune.report(final)
 
 
@@ -223,8 +229,7 @@ def _estimate_steps(base: TrainSpec) -> int:
     hp = base.hyperparameters
     if hp.get("max_steps"):
         return int(hp["max_steps"])
-    with open(base.train_path, encoding="utf-8") as fh:
-        rows = sum(1 for line in fh if line.strip())
+    rows = count_rows(base.datasets, "train")
     per_epoch = math.ceil(rows / (base.num_workers * int(hp.get("batch_size", 8))))
     return max(1, per_epoch * int(hp.get("n_epochs", 1)))
 
@@ -232,10 +237,14 @@ def _estimate_steps(base: TrainSpec) -> int:
 def run_sweep(
     base: TrainSpec,
     sweep: SweepSpec,
-    storage_path: Path,
+    storage_path: str | Path,
     on_trial: Callable[[dict[str, Any]], None] | None = None,
+    export_dir: Path | None = None,
 ) -> SweepOutcome:
-    """Run ``sweep`` over ``base`` on the connected Ray cluster: every trial and the best."""
+    """Run ``sweep`` over ``base`` on the connected Ray cluster: every trial and the best.
+
+    Finished trials' weights are exported to ``export_dir/<trial_id>`` (default: next to
+    the runs for a local storage path, a temp dir for a URI)."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -247,9 +256,13 @@ def run_sweep(
         )
     t0 = time.perf_counter()
     name = f"sweep-{base.name or uuid.uuid4().hex[:8]}"
-    storage = Path(storage_path).resolve()
-    root = storage / name / "trials"
-    root.mkdir(parents=True, exist_ok=True)
+    store = storage.storage_root(storage_path)
+    root = storage.join(store, name, "trials")
+    if export_dir is None:
+        local = not storage.is_uri(store)
+        export_dir = Path(root) if local else Path(tempfile.mkdtemp(prefix="tf-sweep-"))
+    # the splits go to the object store once, not once per trial
+    base = replace(base, datasets=put_splits(base.datasets))
     mode = sweep.resolved_mode
     num_samples = (
         (sweep.num_trials or sweep.grid_size()) // sweep.grid_size()
@@ -270,7 +283,7 @@ def run_sweep(
         )
     else:
         scheduler = FIFOScheduler()
-    trainable = tune.with_parameters(_trial, base=base, metric=sweep.metric, root=str(root))
+    trainable = tune.with_parameters(_trial, base=base, metric=sweep.metric, root=root)
     tuner = tune.Tuner(
         # the trial only waits on its own TorchTrainer, whose workers hold the CPUs; Tune
         # rejects an all-zero request, and any CPU share here would keep a worker off a
@@ -287,7 +300,7 @@ def run_sweep(
             reuse_actors=False,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage), verbose=0, callbacks=[_callback(on_trial)]
+            name=name, storage_path=store, verbose=0, callbacks=[_callback(on_trial)]
         ),
     )
     grid = tuner.fit()
@@ -304,16 +317,16 @@ def run_sweep(
                 )
             )
             continue
-        trials.append(
-            TrialSummary(
-                trial_id,
-                config,
-                "completed" if last.get("final") else "stopped",
-                _clean(last),
-                adapter_dir=last.get("adapter_dir"),
-                model_dir=last.get("model_dir"),
-            )
+        summary = TrialSummary(
+            trial_id,
+            config,
+            "completed" if last.get("final") else "stopped",
+            _clean(last),
+            checkpoint_path=last.get("checkpoint_path"),
         )
+        if summary.checkpoint_path:
+            _export(summary, export_dir / trial_id, base.base_model_path)
+        trials.append(summary)
     done = [
         t
         for t in trials
@@ -325,15 +338,29 @@ def run_sweep(
         best = pick(done, key=lambda t: float(t.metrics[sweep.metric]))
     outcome = SweepOutcome(
         name=name,
-        path=str(storage / name),
+        path=storage.join(store, name),
         metric=sweep.metric,
         mode=mode,
         best=best,
         trials=trials,
         seconds=time.perf_counter() - t0,
     )
-    (storage / name / "sweep.json").write_text(json.dumps(outcome.to_dict(), indent=2, default=str))
+    storage.write_text(
+        storage.join(store, name, "sweep.json"),
+        json.dumps(outcome.to_dict(), indent=2, default=str),
+    )
     return outcome
+
+
+def _export(trial: TrialSummary, dest: Path, base_model_path: Path) -> None:
+    """Fill ``trial.adapter_dir``/``model_dir`` from its checkpoint on the shared storage."""
+    from ray.train import Checkpoint
+
+    assert trial.checkpoint_path is not None
+    with Checkpoint(trial.checkpoint_path).as_directory() as ckpt_dir:
+        adapter, model = export_weights(Path(ckpt_dir), dest, base_model_path)
+    trial.adapter_dir = str(adapter) if adapter else None
+    trial.model_dir = str(model) if model else None
 
 
 __all__ = [

@@ -3,8 +3,9 @@
 ``train_loop_per_worker(config)`` is handed to ``ray.train.torch.TorchTrainer``. Config::
 
     base_model_path   model dir (HF format)
-    train_path        prepared JSONL rows ({"messages"} or {"prompt", "completion"});
-                      valid_path likewise (optional)
+    datasets          {split: rows or ObjectRef} (:mod:`services.training.ray.datasets`):
+                      "train" prepared rows ({"messages"} or {"prompt", "completion"});
+                      "validation" likewise (optional)
     method            "lora" | "hybrid" | "full" | "transfer"
     lora              {r, alpha, dropout, target_modules, use_rslora, use_dora}
     hyperparameters   {n_epochs, batch_size (per worker), learning_rate, max_len,
@@ -219,6 +220,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from services.training.ray.datasets import split_rows
+
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(int(config.get("num_threads", 1)))
@@ -235,11 +238,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
 
     tokenizer = AutoTokenizer.from_pretrained(config["base_model_path"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = read_jsonl(config["train_path"])
+    rows = split_rows(config, "train")
     encoded = [encode_example(tokenizer, r, max_len, append_eos) for r in rows]
     valid = []
-    if config.get("valid_path"):
-        vrows = read_jsonl(config["valid_path"])[: int(config.get("max_valid", 256))]
+    if vrows := split_rows(config, "validation", int(config.get("max_valid", 256))):
         valid = [encode_example(tokenizer, r, max_len, append_eos) for r in vrows]
 
     steps_per_epoch = max(1, math.ceil(len(encoded) / (world * bs)))

@@ -68,12 +68,21 @@ async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
         checkpoint_every=body.effective_hyperparameters().checkpoint_every or 0,
         labels=labels,
         model_output_dir=str(out_dir.resolve()),
-        storage_path=str((st.settings.data_root() / "ray-runs").resolve()),
+        storage_path=st.settings.ray_storage(),
         compare_alias=compare,
         compare_version=version,
         sweep=body.sweep,
         prune=body.prune,
     )
+
+
+@router.get("/data")
+def splits(job_id: str, st: State, token: RunnerToken) -> dict[str, list[str]]:
+    """The names of the splits the job's dataset has; each is read from ``/data/{split}``."""
+    row = _job(st, job_id, token)
+    if not row.dataset_id:
+        raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
+    return {"splits": files.dataset_splits(st.store, row.dataset_id)}
 
 
 @router.get("/data/{split}")
