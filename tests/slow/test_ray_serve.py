@@ -71,8 +71,11 @@ def serve_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 async def serve_proxy(serve_env: None) -> AsyncIterator[tuple[str, object]]:
     """A Ray head with token auth and Serve's HTTP proxy on a free loopback port."""
+    import ray
     from ray import serve
 
+    if ray.is_initialized():  # a head left by an earlier module lacks this env: start anew
+        stop_test_ray()
     t0 = time.perf_counter()
     start_test_ray(include_dashboard=False)
     port = free_port()
