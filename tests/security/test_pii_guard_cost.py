@@ -22,6 +22,7 @@ from asgi_lifespan import LifespanManager
 from tests.security.test_operator_scope import BOOTSTRAP, gateway_app
 
 ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
+CHARS = 60_000  # just under the guard's 64 Ki-character cap: as costly as one request gets
 
 
 def phone_text(chars: int) -> str:
@@ -53,7 +54,7 @@ async def test_masking_a_large_message_does_not_stall_other_requests(
     gw: tuple[httpx.AsyncClient, dict[str, str]],
 ) -> None:
     http, key = gw
-    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": phone_text(48_000)}]}
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": phone_text(CHARS)}]}
     answered: list[float] = []  # when each /healthz answer arrived
     done = asyncio.Event()
 
@@ -75,10 +76,11 @@ async def test_masking_a_large_message_does_not_stall_other_requests(
     # a /healthz every ~20 ms: the longest silence between two answers is the stall
     stamps = [t0, *answered, time.perf_counter()]
     worst = max(b - a for a, b in itertools.pairwise(stamps))
-    result = {"chars": 48_000, "request_s": round(scan_s, 2), "healthz_answers": len(answered)}
+    result = {"chars": CHARS, "request_s": round(scan_s, 2), "healthz_answers": len(answered)}
     print("RESULT pii_guard_concurrency", json.dumps(result | {"worst_gap_s": round(worst, 3)}))
-    assert scan_s > 1.0, "the message should be expensive to scan, or this proves nothing"
-    assert worst < min(0.8, scan_s / 3), worst  # old code: silent for the whole scan
+    # relative, not absolute: on a fast machine the scan is shorter, the stall bound too
+    assert scan_s > 0.25, "the message should take many /healthz intervals to scan"
+    assert worst < scan_s / 3, worst  # old code: silent for the whole scan
 
 
 async def test_text_beyond_the_guards_cap_is_refused_at_once(

@@ -301,7 +301,8 @@ def test_kuberay_storage_is_shared_and_gpu_workers_get_cuda_torch() -> None:
     assert gpu["resources"]["requests"]["nvidia.com/gpu"] == "1"
     image = gpu["image"]
     dockerfile = (DEPLOY / "compose" / f"Dockerfile.{image.removeprefix('tunefleet-')}").read_text()
-    assert dockerfile.startswith("#") and "FROM nvidia/cuda:" in dockerfile
+    # CUDA torch (its wheels bring the CUDA libraries and NCCL), not the CPU wheel
+    assert dockerfile.startswith("#")
     assert re.search(r"torch\S* --index-url https://download.pytorch.org/whl/cu\d+", dockerfile)
 
 
