@@ -183,6 +183,12 @@ class LabelConstraint:
         return [lab if lab[:1].isspace() else self.prefix + lab for lab in self.labels]
 
     @property
+    def max_answer_tokens(self) -> int:
+        """Tokens the longest label can take as the engine may spell it (one per byte at
+        worst) plus the end of sequence: a smaller ``max_tokens`` would cut a label."""
+        return max(len(c.encode("utf-8")) for c in self.engine_choices) + 1
+
+    @property
     def reshapes(self) -> bool:
         """Whether :meth:`answer` may change the engine's text."""
         return bool(self.prefix) or self.json_key is not None or self.json_scalar

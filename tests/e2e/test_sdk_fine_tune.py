@@ -234,9 +234,13 @@ def test_files_and_jobs_stay_inside_the_tenant(front: Front) -> None:
     """What the jobs above left behind: the tenant's own, invisible (404) to another tenant,
     out of reach of an app key, and audited."""
     sdk = front.integrator
-    files = list(sdk.files.list())
     jobs = list(sdk.fine_tuning.jobs.list())
-    assert files and jobs
+    assert len(jobs) == 3
+    sdk.files.create(
+        file=("more.jsonl", io.BytesIO(Q.to_jsonl(_rows_for_audit()))), purpose="fine-tune"
+    )
+    files = list(sdk.files.list())
+    assert len(files) == 4
     job = jobs[0]
     assert [e.object for e in sdk.fine_tuning.jobs.list_events(job.id)][:1] == [
         "fine_tuning.job.event"
@@ -262,5 +266,11 @@ def test_files_and_jobs_stay_inside_the_tenant(front: Front) -> None:
         front.app.files.list()
     with pytest.raises(openai.PermissionDeniedError):
         front.app.fine_tuning.jobs.create(model="tiny-llama", training_file=files[0].id)
-    entries = httpx.get(f"{front.url}/admin/audit?tenant=acme", headers=admin).json()["data"]
-    assert {"post /v1/files", "post /v1/fine_tuning/jobs"} <= {e["action"] for e in entries}
+    # the newest 100 entries (the jobs' polling is audited too: reads of job data)
+    url = f"{front.url}/admin/audit?tenant=acme&limit=100"
+    actions = {e["action"] for e in httpx.get(url, headers=admin).json()["data"]}
+    assert {"post /v1/files", "post /v1/fine_tuning/jobs/{job_id}/cancel"} <= actions
+
+
+def _rows_for_audit() -> list[dict[str, Any]]:
+    return Q.chat_rows("router", "train", 20, seed=3)

@@ -139,6 +139,7 @@ def test_labels_as_users_write_them() -> None:
     chat = label_constraint(None, ["billing", "technical"])
     assert chat is not None and chat.engine_choices == ["billing", "technical"]
     assert not chat.reshapes
+    assert raw.max_answer_tokens == len(" technical") + 1  # never cut a label short
     spaced = label_constraint("Category: ", ["billing"])
     assert spaced is not None and spaced.engine_choices == ["billing"]
 

@@ -124,6 +124,10 @@ class Server:
             )
         else:
             max_tokens = body.max_tokens
+        # A label constraint answers one whole label: room for the longest one however the
+        # engine spells it (at worst a token per byte) and its end, never a cut-off label.
+        needed = max((c.max_answer_tokens for c in constraints if c is not None), default=0)
+        max_tokens = max(max_tokens, min(needed, room))
         adapter = f"{res.adapter}@v{res.version}" if res.kind == "adapter" else res.ref
         return Prepared(
             resolution=res,
