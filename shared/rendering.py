@@ -155,12 +155,6 @@ def render_row(tokenizer: Any, row: Mapping[str, Any]) -> list[int]:
     return render_prompt(tokenizer, prompt)
 
 
-def row_prefix(row: Mapping[str, Any]) -> str:
-    """:func:`answer_prefix` for the request a prepared row stands for."""
-    messages, prompt = row_request(row)
-    return "" if messages is not None else answer_prefix(prompt)
-
-
 # --------------------------------------------------------------------------- labels
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from services.training.ray.evaluate import classify, constrained_pick
+from services.training.ray.evaluate import _gold_pair, classify, constrained_pick
 from services.training.ray.train_loop import encode_example
 from shared.rendering import (
     IGNORE_INDEX,
@@ -84,6 +84,7 @@ def test_chat_prompt_part_equals_what_inference_renders(tokenizer: Any, chat: li
     answer = tokenizer(chat[last]["content"], add_special_tokens=False)["input_ids"]
     assert ids[len(served) :] == [*answer, tokenizer.eos_token_id]
     assert labels[len(served) :] == ids[len(served) :]
+    assert _gold_pair(tokenizer, {"messages": chat}) == (ids, len(served))  # evaluator's view
     # the template's own text matches the chat template inference applies
     text = tokenizer.apply_chat_template(
         [

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from shared.rendering import (
+    IGNORE_INDEX,
     encode_training_row,
     label_constraint,
     render_row,
@@ -85,9 +86,12 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def _gold_pair(tokenizer: Any, row: Mapping[str, Any]) -> tuple[list[int], int]:
-    """Token ids of a row as training encodes it, and where its (last) answer starts."""
-    ids, _ = encode_training_row(tokenizer, row, max_len=1 << 30, append_eos=True)
-    start = len(render_row(tokenizer, row))
+    """Token ids of a row as training encodes it, and where its (last) answer starts: the
+    trailing run of learnt tokens (the generation header before it is never learnt)."""
+    ids, labels = encode_training_row(tokenizer, row, max_len=1 << 30, append_eos=True)
+    start = len(labels)
+    while start > 0 and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
     return ids, start
 
 

@@ -52,12 +52,6 @@ METHODS = ("lora", "hybrid", "full", "transfer")
 STATE_FILE = "state.json"
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file (blank lines skipped)."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
 def encode_example(
     tokenizer: Any, row: dict[str, Any], max_len: int, append_eos: bool = True
 ) -> tuple[list[int], list[int]]:
