@@ -64,6 +64,11 @@ def _plan(mapping: Mapping[str, str] | Any, errors: ErrorSink) -> dict[str, list
     return None if errors.items else plan
 
 
+def _source_fields(plan: dict[str, list[str]]) -> list[str]:
+    """Every mapped source field, in mapping order (the literal system message is none)."""
+    return [s for target, group in plan.items() if target != SYSTEM_KEY for s in group]
+
+
 def _mapped_example(
     line: int, get: Callable[[str], Any], plan: dict[str, list[str]], errors: ErrorSink
 ) -> Example | None:
@@ -114,8 +119,7 @@ def examples_from_records(
             records.append((line, obj))
         else:
             errors.add(line, "json", f"expected a JSON object, got {json_type(obj)}")
-    sources = [s for target, group in plan.items() if target != SYSTEM_KEY for s in group]
-    for source in sources:
+    for source in _source_fields(plan):
         if records and all(_lookup(obj, source) is _MISSING for _, obj in records):
             errors.add(0, source, f"mapped field {source!r} is not in any record")
     if errors.items:
@@ -166,12 +170,7 @@ def examples_from_csv(
     plan = _plan(mapping, errors)
     if plan is None:
         return []
-    index = _column_index(
-        header,
-        [s for target, group in plan.items() if target != SYSTEM_KEY for s in group],
-        header_line,
-        errors,
-    )
+    index = _column_index(header, _source_fields(plan), header_line, errors)
     if index is None:
         return []
     examples = []
