@@ -24,11 +24,14 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from gateway.domain.admin import Actor
+from gateway.storage.offloop import in_session
 from gateway.storage.tables import IdempotencyRow
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
+from shared.db import Database
 from shared.errors import TunefleetError
-from shared.schemas.erasure import ErasureRequest
+from shared.schemas.erasure import ErasureReport, ErasureRequest, RetentionSet, TenantRetention
 
 LINEAGE_BATCH = 100  # ids of each kind per lineage query (the registry takes up to 200)
 
@@ -117,3 +120,97 @@ def forget_replays(s: Session, *, tenant: str | None, file_ids: list[str]) -> in
     for t, k in stale:
         s.execute(delete(IdempotencyRow).where(IdempotencyRow.tenant == t, IdempotencyRow.key == k))
     return len(stale)
+
+
+def subject_details(secret: str, body: ErasureRequest) -> dict[str, Any]:
+    """What the audit entry says about whom was erased: the scope and the subject's HMACs."""
+    if body.subject is None:
+        return {"scope": "tenant"}
+    details: dict[str, Any] = {"scope": "subject"}
+    if body.subject.email:
+        details["subject_email_hmac"] = subject_digest(secret, "email", body.subject.email)
+    if body.subject.id:
+        details["subject_id_hmac"] = subject_digest(secret, "id", body.subject.id)
+    return details
+
+
+async def _audit(
+    db: Database,
+    actor: Actor,
+    tenant: str | None,
+    action: str,
+    outcome: str,
+    details: dict[str, Any],
+    target: str | None = None,
+) -> int:
+    """Append the call's audit entry (off the loop); returns its id."""
+    return await in_session(
+        db,
+        lambda s: (
+            actor.record(
+                s,
+                tenant=tenant,
+                action=action,
+                target=target or tenant or "",
+                outcome=outcome,
+                details=details,
+            ).id
+        ),
+        write=True,
+    )
+
+
+async def erase_audited(
+    db: Database,
+    secret: str,
+    training: TrainingClient,
+    registry: RegistryClient,
+    body: ErasureRequest,
+    actor: Actor,
+) -> ErasureReport:
+    """Erase (``erase``), forget the gateway's replays of the erased data, and audit the
+    call whatever its outcome (a failure is audited with its status, then re-raised)."""
+    details = subject_details(secret, body)
+    target = f"tenant:{body.tenant}" if body.tenant else "subject"
+    try:
+        report = await erase(training, registry, body)
+    except TunefleetError as exc:
+        await _audit(
+            db, actor, body.tenant, "data.erasure", str(exc.status), details, target=target
+        )
+        raise
+    file_ids = [f["id"] for f in report["files"]]
+    report["replays_forgotten"] = await in_session(
+        db, lambda s: forget_replays(s, tenant=body.tenant, file_ids=file_ids), write=True
+    )
+    details |= {
+        "files": len(report["files"]),
+        "datasets": len(report["datasets"]),
+        "jobs": len(report["jobs"]),
+        "adapter_versions": (
+            None
+            if report["adapter_versions"] is None
+            else [v["ref"] for v in report["adapter_versions"]]
+        ),
+    }
+    outcome = "ok" if report["lineage_error"] is None else "partial"
+    report["audit_id"] = await _audit(
+        db, actor, body.tenant, "data.erasure", outcome, details, target=target
+    )
+    report |= {"scope": details["scope"], "tenant": body.tenant}
+    report["subject_hmac"] = details.get("subject_email_hmac") or details.get("subject_id_hmac")
+    return ErasureReport.model_validate(report)
+
+
+async def set_retention_audited(
+    db: Database, training: TrainingClient, tenant: str, body: RetentionSet, actor: Actor
+) -> TenantRetention:
+    """Set the tenant's retention in the training service; audited whatever the outcome."""
+    details: dict[str, Any] = {"days": body.days}
+    try:
+        out = await training.set_retention(tenant, body.days)
+    except TunefleetError as exc:
+        await _audit(db, actor, tenant, "tenant.retention", str(exc.status), details)
+        raise
+    await _audit(db, actor, tenant, "tenant.retention", "ok", details)
+    return TenantRetention(tenant=tenant, days=out.days)

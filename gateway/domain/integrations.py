@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from shared.errors import InvalidRequest
 from shared.modelref import NAME_RE, parse_model
+from shared.schemas.integrations import MAX_BATCH
 from shared.schemas.openai import MAX_CHOICES_ALLOWED
 
 System = Literal["salesforce", "dynamics", "sap", "hubspot", "zendesk", "generic"]
@@ -37,7 +38,6 @@ ID_FIELDS: dict[str, str] = {
     "zendesk": "id",
     "generic": "id",
 }
-MAX_BATCH = 100
 VAR_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
 

@@ -3,154 +3,96 @@
 A tenant's admin/sre see and change their own tenant only (another tenant is a 404);
 creating tenants, raising a tenant's rate and verifying the fleet's audit chain are
 fleet-wide, for platform keys (``Principal.platform``), which only the bootstrap admin
-grants (keys of the ``system`` tenant)."""
+grants (keys of the ``system`` tenant).
+
+Database work runs off the event loop: reads are plain ``def`` handlers (FastAPI's thread
+pool), changes go through ``in_session``."""
 
 from __future__ import annotations
 
-import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
-from sqlalchemy import select
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
-from gateway.deps import Caller, State
-from gateway.domain import audit
-from gateway.domain.keys import SYSTEM_TENANT, create_key, create_tenant, get_tenant
+from gateway.deps import Caller, GatewayState, State
+from gateway.domain import admin as domain
+from gateway.domain.keys import SYSTEM_TENANT, Principal
 from gateway.routes import proxy
-from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow, UsageRow
+from gateway.storage.offloop import in_session
 from shared.app import request_id_of
-from shared.auth import TENANT_RE
-from shared.errors import Forbidden, NotFound
-from shared.schemas.common import MAX_LIMIT
+from shared.errors import Forbidden
+from shared.schemas.admin import (
+    AuditEntry,
+    AuditVerification,
+    KeyCreate,
+    KeyCreated,
+    KeyOut,
+    KeyRevoked,
+    TenantCreate,
+    TenantOut,
+    TenantUpdate,
+    UsageOut,
+)
+from shared.schemas.common import MAX_LIMIT, ListResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 DAY = r"^\d{4}-\d{2}-\d{2}$"
 
 
-class TenantCreate(BaseModel):
-    id: str = Field(pattern=TENANT_RE.pattern)
-    name: str = Field(default="", max_length=200)
+def _actor(request: Request, who: Principal) -> domain.Actor:
+    return domain.Actor(who, request_id_of(request))
 
 
-class TenantUpdate(BaseModel):
-    pii_mode: str | None = Field(default=None, pattern=r"^(off|mask|block)$")
-    rpm: int | None = Field(default=None, ge=1)
-
-
-class KeyCreate(BaseModel):
-    tenant: str = Field(pattern=TENANT_RE.pattern)
-    role: str = Field(pattern=r"^(app|integrator|sre|admin)$")
-    name: str = Field(default="", max_length=200)
-    expires_in_s: int | None = Field(default=None, ge=60)
-
-
-def _tenant_out(t: TenantRow) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "object": "tenant",
-        "name": t.name,
-        "pii_mode": t.pii_mode,
-        "rpm": t.rpm,
-        "created": t.created_at,
-    }
-
-
-def _key_out(k: ApiKeyRow) -> dict[str, Any]:
-    return {
-        "id": k.id,
-        "object": "api_key",
-        "tenant": k.tenant,
-        "role": k.role,
-        "name": k.name,
-        "prefix": k.prefix,
-        "expires_at": k.expires_at,
-        "revoked": k.revoked_at is not None,
-        "created": k.created_at,
-    }
-
-
-async def _write(st: State, fn: Any) -> Any:
-    def run() -> Any:
-        with st.db.session(write=True) as s:
-            return fn(s)
-
-    return await anyio.to_thread.run_sync(run)
-
-
-async def _created(request: Request, st: State, who: Caller, make: Any) -> Response:
-    """A 201 JSON answer from ``make()``, once per ``Idempotency-Key``."""
+async def _created(
+    request: Request, st: GatewayState, who: Principal, make: Callable[[Session], BaseModel]
+) -> Response:
+    """A 201 answer from ``make(session)`` (a write unit of work, off the loop), once per
+    ``Idempotency-Key``."""
 
     async def call() -> Response:
-        return JSONResponse(await make(), status_code=201)
+        out = await in_session(st.db, make, write=True)
+        return JSONResponse(out.model_dump(mode="json"), status_code=201)
 
     return await proxy.idempotent(request, st, who, await request.body(), call)
 
 
-@router.post("/tenants", status_code=201, response_model=None)
+@router.post("/tenants", status_code=201, response_model=TenantOut)
 async def add_tenant(body: TenantCreate, request: Request, st: State, who: Caller) -> Response:
     who.require_platform("admin_write", "creating a tenant")
-
-    def do(s: Any) -> dict[str, Any]:
-        out = _tenant_out(create_tenant(s, body.id, body.name))
-        audit.record(
-            s,
-            tenant=body.id,
-            actor=who.key_id,
-            action="tenant.create",
-            target=body.id,
-            request_id=request_id_of(request),
-        )
-        return out
-
-    return await _created(request, st, who, lambda: _write(st, do))
+    actor = _actor(request, who)
+    return await _created(request, st, who, lambda s: domain.add_tenant(s, body, actor))
 
 
 @router.patch("/tenants/{tenant_id}")
 async def update_tenant(
     tenant_id: str, body: TenantUpdate, request: Request, st: State, who: Caller
-) -> dict[str, Any]:
+) -> TenantOut:
     """Per-tenant policy: PII guard mode (the tenant's admin) and request rate (a fleet
     limit: platform operators only)."""
     who.require_tenant("admin_write", tenant_id)
     changes = body.model_dump(exclude_none=True)
     if "rpm" in changes:
         who.require_platform("admin_write", "changing a tenant's rpm")
-
-    def do(s: Any) -> dict[str, Any]:
-        row = get_tenant(s, tenant_id)
-        for field, value in changes.items():
-            setattr(row, field, value)
-        audit.record(
-            s,
-            tenant=tenant_id,
-            actor=who.key_id,
-            action="tenant.update",
-            target=tenant_id,
-            request_id=request_id_of(request),
-            details=changes,
-        )
-        return _tenant_out(row)
-
-    out = await _write(st, do)
+    actor = _actor(request, who)
+    out = await in_session(
+        st.db, lambda s: domain.update_tenant(s, tenant_id, changes, actor), write=True
+    )
     st.auth_cache.clear()  # policies ride on the cached principal: refresh at once
-    return out  # type: ignore[no-any-return]
+    return out
 
 
 @router.get("/tenants")
-async def list_tenants(st: State, who: Caller) -> dict[str, Any]:
+def list_tenants(st: State, who: Caller) -> ListResponse[TenantOut]:
     only = who.visible_tenant("admin_read", None)
     with st.db.session() as s:
-        stmt = select(TenantRow).order_by(TenantRow.id)
-        if only is not None:
-            stmt = stmt.where(TenantRow.id == only)
-        rows = s.scalars(stmt).all()
-        return {"object": "list", "data": [_tenant_out(t) for t in rows], "has_more": False}
+        return ListResponse(data=domain.list_tenants(s, only))
 
 
-@router.post("/keys", status_code=201, response_model=None)
+@router.post("/keys", status_code=201, response_model=KeyCreated)
 async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> Response:
     """Creates a key and shows it once; only its keyed hash is stored. A key of the
     ``system`` tenant is a platform key: only the bootstrap admin creates those."""
@@ -161,61 +103,24 @@ async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> 
             code="platform_role_required",
             param="tenant",
         )
-    expires = int(time.time()) + body.expires_in_s if body.expires_in_s else None
-
-    def do(s: Any) -> dict[str, Any]:
-        row, key = create_key(
-            s, st.key_secret, tenant=body.tenant, role=body.role, name=body.name, expires_at=expires
-        )
-        audit.record(
-            s,
-            tenant=body.tenant,
-            actor=who.key_id,
-            action="key.create",
-            target=row.id,
-            request_id=request_id_of(request),
-            details={"role": body.role},
-        )
-        return {**_key_out(row), "key": key}
-
-    return await _created(request, st, who, lambda: _write(st, do))
+    actor = _actor(request, who)
+    return await _created(request, st, who, lambda s: domain.add_key(s, st.key_secret, body, actor))
 
 
 @router.get("/keys")
-async def list_keys(st: State, who: Caller, tenant: str | None = None) -> dict[str, Any]:
+def list_keys(st: State, who: Caller, tenant: str | None = None) -> ListResponse[KeyOut]:
     tenant = who.visible_tenant("admin_read", tenant or None)
     with st.db.session() as s:
-        stmt = select(ApiKeyRow).order_by(ApiKeyRow.created_at)
-        if tenant:
-            get_tenant(s, tenant)
-            stmt = stmt.where(ApiKeyRow.tenant == tenant)
-        return {"object": "list", "data": [_key_out(k) for k in s.scalars(stmt)], "has_more": False}
+        return ListResponse(data=domain.list_keys(s, tenant))
 
 
 @router.delete("/keys/{key_id}")
-async def revoke_key(key_id: str, request: Request, st: State, who: Caller) -> dict[str, Any]:
+async def revoke_key(key_id: str, request: Request, st: State, who: Caller) -> KeyRevoked:
     who.require("admin_write")
-
-    def do(s: Any) -> dict[str, Any]:
-        row = s.get(ApiKeyRow, key_id)
-        missing = f"API key {key_id!r} not found"
-        if row is None:
-            raise NotFound(missing, param="key_id")
-        who.require_tenant("admin_write", row.tenant, what=missing)
-        row.revoked_at = row.revoked_at or int(time.time())
-        audit.record(
-            s,
-            tenant=row.tenant,
-            actor=who.key_id,
-            action="key.revoke",
-            target=key_id,
-            request_id=request_id_of(request),
-        )
-        return {**_key_out(row), "deleted": True}
-
-    out = await _write(st, do)
+    actor = _actor(request, who)
+    out = await in_session(st.db, lambda s: domain.revoke_key(s, key_id, actor), write=True)
     st.auth_cache.clear()  # revocation takes effect at once on this gateway
-    return out  # type: ignore[no-any-return]
+    return out
 
 
 @router.get("/usage")
@@ -225,67 +130,29 @@ async def usage(
     tenant: str | None = None,
     date_from: Annotated[str | None, Query(alias="from", pattern=DAY)] = None,
     date_to: Annotated[str | None, Query(alias="to", pattern=DAY)] = None,
-) -> dict[str, Any]:
+) -> ListResponse[UsageOut]:
     """Tokens by tenant, model and UTC day (``from``/``to`` as YYYY-MM-DD, inclusive)."""
     tenant = who.visible_tenant("admin_read", tenant or None)
     await st.usage.flush()  # include what the request path tallied in the last second
-    with st.db.session() as s:
-        stmt = select(UsageRow).order_by(UsageRow.day, UsageRow.tenant, UsageRow.model)
-        if tenant:
-            stmt = stmt.where(UsageRow.tenant == tenant)
-        if date_from:
-            stmt = stmt.where(UsageRow.day >= date_from)
-        if date_to:
-            stmt = stmt.where(UsageRow.day <= date_to)
-        data = [
-            {
-                "object": "usage",
-                "tenant": u.tenant,
-                "key_id": u.key_id,
-                "model": u.model,
-                "day": u.day,
-                "requests": u.requests,
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-            }
-            for u in s.scalars(stmt)
-        ]
-    return {"object": "list", "data": data, "has_more": False}
+    data = await in_session(st.db, lambda s: domain.usage(s, tenant, date_from, date_to))
+    return ListResponse(data=data)
 
 
 @router.get("/audit")
-async def list_audit(
+def list_audit(
     st: State,
     who: Caller,
     tenant: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-) -> dict[str, Any]:
+) -> ListResponse[AuditEntry]:
     tenant = who.visible_tenant("admin_read", tenant or None)
     with st.db.session() as s:
-        stmt = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
-        if tenant:
-            stmt = stmt.where(AuditRow.tenant == tenant)
-        data = [
-            {
-                "id": r.id,
-                "object": "audit.entry",
-                "at": r.at,
-                "tenant": r.tenant,
-                "actor": r.actor,
-                "action": r.action,
-                "target": r.target,
-                "outcome": r.outcome,
-                "request_id": r.request_id,
-                "details": r.details,
-                "hash": r.hash,
-            }
-            for r in s.scalars(stmt)
-        ]
-    return {"object": "list", "data": data, "has_more": False}
+        return ListResponse(data=domain.audit_entries(s, tenant, limit))
 
 
 @router.get("/audit/verify")
-async def verify_audit(st: State, who: Caller) -> dict[str, Any]:
+def verify_audit(st: State, who: Caller) -> AuditVerification:
+    """Walks the whole hash chain: a plain ``def`` handler, so it runs in the thread pool."""
     who.require_platform("admin_read", "verifying the fleet's audit chain")
     with st.db.session() as s:
-        return {"object": "audit.verification", **audit.verify_chain(s)}
+        return domain.verify_audit(s)

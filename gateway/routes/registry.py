@@ -1,7 +1,11 @@
 """Adapter registry routes, passed through with the caller's tenant (API.md: registry).
 
 Reads need role app+; state changes integrator+, are audited with their outcome, and creates
-honour ``Idempotency-Key`` and the tenant's ``max_adapters`` quota."""
+honour ``Idempotency-Key`` and the tenant's ``max_adapters`` quota.
+
+The registry's answers are relayed as they come (bytes, not re-serialized), so each route
+names the wire model it relays (``response_model``, for the OpenAPI) and the request body it
+forwards (``openapi_extra``: the body is streamed, never parsed here)."""
 
 from __future__ import annotations
 
@@ -14,25 +18,22 @@ from gateway.deps import Caller, State
 from gateway.routes import proxy
 from shared.bodylimit import UPLOAD_ROUTE
 from shared.errors import RateLimited
+from shared.openapi import BINARY, binary_response, json_body, multipart_body, schema_of
+from shared.schemas.common import Deleted, ListResponse
+from shared.schemas.registry import (
+    AdapterCreate,
+    AdapterOut,
+    AdapterVersionOut,
+    AliasMoveOut,
+    AliasOut,
+    AliasSet,
+    BaseModelPublic,
+    VersionMetadata,
+    WebhookCreate,
+    WebhookOut,
+)
 
 router = APIRouter(tags=["adapters"])
-
-READS = [
-    "/v1/adapters",
-    "/v1/adapters/{name}",
-    "/v1/adapters/{name}/versions",
-    "/v1/adapters/{name}/versions/{version}",
-    "/v1/adapters/{name}/versions/{version}/archive",
-    "/v1/adapters/{name}/alias-moves",
-    "/v1/adapters/{name}/aliases/{alias}",
-    "/v1/webhooks",
-]
-WRITES = [
-    ("DELETE", "/v1/adapters/{name}"),
-    ("PUT", "/v1/adapters/{name}/aliases/{alias}"),
-    ("DELETE", "/v1/adapters/{name}/aliases/{alias}"),
-]
-CREATES = ["/v1/adapters", "/v1/adapters/{name}/versions", "/v1/webhooks"]
 
 
 async def read(request: Request, st: State, who: Caller) -> Response:
@@ -41,13 +42,12 @@ async def read(request: Request, st: State, who: Caller) -> Response:
 
 
 @router.get("/v1/base-models")
-async def base_models(st: State, who: Caller) -> dict[str, Any]:
+async def base_models(st: State, who: Caller) -> ListResponse[BaseModelPublic]:
     """The catalog, without the registry host's model directories (``path``): clients name
     base models by id; where they live on a server is nobody else's business."""
     who.require("read")
     models = await st.registry.list_base_models(who.tenant)
-    data = [m.model_dump(exclude={"path"}) for m in models]
-    return {"object": "list", "data": data, "has_more": False}
+    return ListResponse(data=[BaseModelPublic(**m.model_dump(exclude={"path"})) for m in models])
 
 
 async def write(request: Request, st: State, who: Caller) -> Response:
@@ -93,12 +93,58 @@ async def create(request: Request, st: State, who: Caller) -> Response:
     return await proxy.idempotent(request, st, who, body, call)
 
 
-for _path in READS:
-    router.add_api_route(_path, read, methods=["GET"])
-for _method, _path in WRITES:
-    router.add_api_route(_path, write, methods=[_method])
-for _path in CREATES:
-    extra = (
-        UPLOAD_ROUTE if _path == "/v1/adapters/{name}/versions" else None
-    )  # multipart, streamed through
-    router.add_api_route(_path, create, methods=["POST"], openapi_extra=extra)
+READS: list[tuple[str, Any]] = [
+    ("/v1/adapters", ListResponse[AdapterOut]),
+    ("/v1/adapters/{name}", AdapterOut),
+    ("/v1/adapters/{name}/versions", ListResponse[AdapterVersionOut]),
+    ("/v1/adapters/{name}/versions/{version}", AdapterVersionOut),
+    ("/v1/adapters/{name}/versions/{version}/archive", None),  # bytes: see below
+    ("/v1/adapters/{name}/alias-moves", ListResponse[AliasMoveOut]),
+    ("/v1/adapters/{name}/aliases/{alias}", AliasOut),
+    ("/v1/webhooks", ListResponse[WebhookOut]),
+]
+WRITES: list[tuple[str, str, Any, dict[str, Any] | None]] = [
+    ("DELETE", "/v1/adapters/{name}", Deleted, None),
+    ("PUT", "/v1/adapters/{name}/aliases/{alias}", AliasOut, json_body(AliasSet)),
+    ("DELETE", "/v1/adapters/{name}/aliases/{alias}", Deleted, None),
+]
+VERSION_PUSH = multipart_body(
+    {
+        "file": {**BINARY, "description": "the adapter archive (.tar.gz)"},
+        "metadata": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": schema_of(VersionMetadata),
+            "description": "VersionMetadata as JSON",
+        },
+    },
+    ["file", "metadata"],
+    **UPLOAD_ROUTE,  # multipart, streamed through
+)
+CREATES: list[tuple[str, Any, dict[str, Any]]] = [
+    ("/v1/adapters", AdapterOut, json_body(AdapterCreate)),
+    ("/v1/adapters/{name}/versions", AdapterVersionOut, VERSION_PUSH),
+    ("/v1/webhooks", WebhookOut, json_body(WebhookCreate)),
+]
+
+for _path, _model in READS:
+    if _model is None:
+        archive = binary_response("application/gzip", "the version's archive (.tar.gz)")
+        router.add_api_route(
+            _path, read, methods=["GET"], response_class=Response, responses=archive
+        )
+    else:
+        router.add_api_route(_path, read, methods=["GET"], response_model=_model)
+for _method, _path, _model, _extra in WRITES:
+    router.add_api_route(
+        _path, write, methods=[_method], response_model=_model, openapi_extra=_extra
+    )
+for _path, _model, _extra in CREATES:
+    router.add_api_route(
+        _path,
+        create,
+        methods=["POST"],
+        status_code=201,
+        response_model=_model,
+        openapi_extra=_extra,
+    )

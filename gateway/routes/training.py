@@ -4,9 +4,14 @@ Role integrator+ for everything (API.md). State changes are audited, and so are 
 file's content (training data is customer data). Creates honour ``Idempotency-Key``; a new job
 is refused (429) while the tenant already runs ``max_jobs`` jobs. Uploads are streamed to the
 training service and cut off at ``max_upload_bytes`` (413).
+
+The training service's answers are relayed as they come; each route names the wire model it
+relays (``response_model``) and the body it forwards (``openapi_extra``), for the OpenAPI.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -16,23 +21,52 @@ from gateway.domain.keys import Principal
 from gateway.routes import proxy
 from shared.bodylimit import UPLOAD_ROUTE
 from shared.errors import RateLimited
+from shared.openapi import BINARY, binary_response, json_body, multipart_body
+from shared.schemas.common import ListResponse
+from shared.schemas.training import (
+    CheckpointOut,
+    EventOut,
+    FileDeleted,
+    FileOut,
+    JobCreate,
+    JobOut,
+    ModelSelectionOut,
+    ModelSelectionRequest,
+)
 
 router = APIRouter(tags=["fine-tuning"])
 ACTIVE = {"validating_files", "queued", "running"}
 
-READS = [
-    "/v1/files",
-    "/v1/files/{file_id}",
-    "/v1/fine_tuning/jobs",
-    "/v1/fine_tuning/jobs/{job_id}",
-    "/v1/fine_tuning/jobs/{job_id}/events",
-    "/v1/fine_tuning/jobs/{job_id}/checkpoints",
+READS: list[tuple[str, Any]] = [
+    ("/v1/files", ListResponse[FileOut]),
+    ("/v1/files/{file_id}", FileOut),
+    ("/v1/fine_tuning/jobs", ListResponse[JobOut]),
+    ("/v1/fine_tuning/jobs/{job_id}", JobOut),
+    ("/v1/fine_tuning/jobs/{job_id}/events", ListResponse[EventOut]),
+    ("/v1/fine_tuning/jobs/{job_id}/checkpoints", ListResponse[CheckpointOut]),
 ]
-WRITES = [
-    ("DELETE", "/v1/files/{file_id}"),
-    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel"),
+WRITES: list[tuple[str, str, Any]] = [
+    ("DELETE", "/v1/files/{file_id}", FileDeleted),
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/cancel", JobOut),
 ]
-CREATES = ["/v1/files", "/v1/fine_tuning/jobs", "/v1/fine_tuning/model_selection"]
+FILE_UPLOAD = multipart_body(
+    {
+        "file": {**BINARY, "description": "JSONL, CSV or a CRM/ERP export"},
+        "purpose": {"type": "string", "enum": ["fine-tune"], "default": "fine-tune"},
+        "mapping": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "column mapping as a JSON object (field -> source column)",
+        },
+    },
+    ["file"],
+    **UPLOAD_ROUTE,  # multipart, streamed through
+)
+CREATES: list[tuple[str, Any, dict[str, Any]]] = [
+    ("/v1/files", FileOut, FILE_UPLOAD),
+    ("/v1/fine_tuning/jobs", JobOut, json_body(JobCreate)),
+    ("/v1/fine_tuning/model_selection", ModelSelectionOut, json_body(ModelSelectionRequest)),
+]
 
 
 def _url(st: GatewayState) -> str:
@@ -89,11 +123,18 @@ async def create(request: Request, st: State, who: Caller) -> Response:
     return await proxy.idempotent(request, st, who, body, call)
 
 
-for _path in READS:
-    router.add_api_route(_path, read, methods=["GET"])
-router.add_api_route("/v1/files/{file_id}/content", read_content, methods=["GET"])
-for _method, _path in WRITES:
-    router.add_api_route(_path, write, methods=[_method])
-for _path in CREATES:
-    extra = UPLOAD_ROUTE if _path == "/v1/files" else None  # multipart, streamed through
-    router.add_api_route(_path, create, methods=["POST"], openapi_extra=extra)
+for _path, _model in READS:
+    router.add_api_route(_path, read, methods=["GET"], response_model=_model)
+router.add_api_route(
+    "/v1/files/{file_id}/content",
+    read_content,
+    methods=["GET"],
+    response_class=Response,
+    responses=binary_response("application/octet-stream", "the file as uploaded"),
+)
+for _method, _path, _model in WRITES:
+    router.add_api_route(_path, write, methods=[_method], response_model=_model)
+for _path, _model, _extra in CREATES:
+    router.add_api_route(
+        _path, create, methods=["POST"], response_model=_model, openapi_extra=_extra
+    )

@@ -23,3 +23,11 @@ class Page(BaseModel):
 
     after: str | None = None
     limit: int = Field(default=DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+
+
+class Deleted(BaseModel):
+    """What a DELETE answers (the object's kind in ``object``)."""
+
+    id: str
+    object: str
+    deleted: Literal[True] = True

@@ -3,10 +3,13 @@ training service's `/internal` routes (the gateway forwards the same bodies)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from shared.auth import TENANT_RE
 from shared.errors import InvalidRequest
+from shared.schemas.registry import Lineage
 
 EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 
@@ -58,5 +61,44 @@ class ErasureOut(BaseModel):
 
 class RetentionOut(BaseModel):
     object: str = "training.retention"
+    tenant: str
+    days: int | None
+
+
+class AffectedVersion(BaseModel):
+    """An adapter version trained on erased data: retrain or retire it."""
+
+    object: Literal["adapter.version.affected"] = "adapter.version.affected"
+    ref: str
+    tenant: str
+    adapter: str
+    version: int
+    lineage: Lineage
+    matched: list[str] = Field(description="the erased ids its lineage names")
+
+
+class ErasureReport(BaseModel):
+    """The gateway's answer to ``POST /admin/erasure`` (audited as ``audit_id``)."""
+
+    object: Literal["erasure.report"] = "erasure.report"
+    files: list[ErasedItem]
+    datasets: list[ErasedItem]
+    jobs: list[ErasedItem]
+    jobs_cancelled: list[str]
+    adapter_versions: list[AffectedVersion] | None = Field(
+        description="null when the registry could not answer (see lineage_error)"
+    )
+    lineage_error: str | None
+    replays_forgotten: int
+    audit_id: int
+    scope: Literal["tenant", "subject"]
+    tenant: str | None
+    subject_hmac: str | None
+
+
+class TenantRetention(BaseModel):
+    """``/admin/retention/{tenant}``: how long a tenant's files and datasets are kept."""
+
+    object: Literal["tenant.retention"] = "tenant.retention"
     tenant: str
     days: int | None

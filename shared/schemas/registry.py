@@ -21,10 +21,11 @@ class BaseModelCreate(BaseModel):
     max_context: int | None = Field(default=None, ge=16)
 
 
-class BaseModelOut(BaseModel):
+class BaseModelPublic(BaseModel):
+    """A catalog entry as the gateway shows it: no registry-host directory (``path``)."""
+
     id: str
     object: Literal["base_model"] = "base_model"
-    path: str
     hub_id: str | None
     revision: str | None
     weights_sha256: str | None
@@ -33,6 +34,12 @@ class BaseModelOut(BaseModel):
     has_chat_template: bool
     owned_by: str
     created: int
+
+
+class BaseModelOut(BaseModelPublic):
+    """A catalog entry with the model's directory on the registry host (internal callers)."""
+
+    path: str
 
 
 class AdapterCreate(BaseModel):

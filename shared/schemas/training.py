@@ -202,6 +202,45 @@ class FileDeleted(BaseModel):
     datasets_deleted: list[str] = []
 
 
+class ModelSelectionRequest(BaseModel):
+    """``POST /v1/fine_tuning/model_selection``: rank catalog base models on a file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation_file: str = Field(max_length=64, description="a file- id (prompt/completion)")
+    task: Task
+    models: list[str] | None = Field(
+        default=None, min_length=1, max_length=16, description="catalog ids; default all"
+    )
+    few_shot: int = Field(default=3, ge=0, le=16)
+    max_examples: int = Field(default=64, ge=1, le=512)
+
+
+class RankedModel(BaseModel):
+    """One candidate's scores; task metrics (accuracy, macro_f1, chrf) only where they apply."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    rank: int
+    metric: str
+    score: float | None
+    eval_loss: float | None
+    eval_ppl: float | None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+    chrf: float | None = None
+    n: int
+    few_shot: int
+    seconds: float
+
+
+class ModelSelectionOut(BaseModel):
+    object: Literal["fine_tuning.model_selection"] = "fine_tuning.model_selection"
+    task: Task
+    data: list[RankedModel] = Field(description="best first")
+
+
 # --- runner <-> service (internal, per-job token) ---------------------------------------
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
 from services.training.data.pipeline import prepare, to_jsonl
 from services.training.deps import State
@@ -21,21 +20,9 @@ from services.training.domain import files
 from shared.auth import TenantId
 from shared.errors import InvalidRequest, Unprocessable
 from shared.modelref import NAME_RE
-from shared.schemas.training import Task
+from shared.schemas.training import ModelSelectionRequest
 
 router = APIRouter(tags=["fine-tuning"])
-
-
-class ModelSelectionRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    validation_file: str = Field(max_length=64, description="a file- id (prompt/completion)")
-    task: Task
-    models: list[str] | None = Field(
-        default=None, min_length=1, max_length=16, description="catalog ids; default all"
-    )
-    few_shot: int = Field(default=3, ge=0, le=16)
-    max_examples: int = Field(default=64, ge=1, le=512)
 
 
 def _ranker() -> Any:
