@@ -15,10 +15,12 @@ from typing import Any
 import httpx
 
 from shared.clients.base import DEFAULT_TIMEOUT, ServiceClient
-from shared.errors import InvalidRequest, NotFound
+from shared.errors import InternalError, InvalidRequest, NotFound
+from shared.schemas.common import ListResponse
 
 JSON = dict[str, Any]
 DEFAULT_URL = "http://127.0.0.1:8000"
+ListPage = ListResponse[JSON]
 
 
 class GatewayClient(ServiceClient):
@@ -48,17 +50,33 @@ class GatewayClient(ServiceClient):
             key or os.environ.get("TUNEFLEET_API_KEY") or "",
         )
 
+    async def _object(self, method: str, path: str, **kw: Any) -> JSON:
+        """One call whose answer is a JSON object (every public call but file content)."""
+        data = await self.json(method, path, **kw)
+        if not isinstance(data, dict):
+            raise InternalError(
+                f"gateway answered {method} {path} with {type(data).__name__}, not an object",
+                code="unexpected_response",
+            )
+        return data
+
+    async def _page(self, path: str, **kw: Any) -> ListPage:
+        """One page of a list (API.md: ``{"object": "list", "data": [...], "has_more"}``)."""
+        return ListPage.model_validate(await self._object("GET", path, **kw))
+
+    async def _data(self, path: str, **kw: Any) -> list[JSON]:
+        return (await self._page(path, **kw)).data
+
     async def _list(self, path: str, **params: Any) -> list[JSON]:
         """Every page of a cursor-paginated list (``after``/``limit``)."""
         out: list[JSON] = []
         query = {k: v for k, v in params.items() if v is not None}
         while True:
-            page = await self.json("GET", path, params=query)
-            data = list(page.get("data", []))
-            out.extend(data)
-            if not page.get("has_more") or not data or "id" not in data[-1]:
+            page = await self._page(path, params=query)
+            out.extend(page.data)
+            if not page.has_more or not page.data or "id" not in page.data[-1]:
                 return out
-            query["after"] = data[-1]["id"]
+            query["after"] = page.data[-1]["id"]
 
     # ------------------------------------------------------------------ files
     async def upload_file(
@@ -68,7 +86,7 @@ class GatewayClient(ServiceClient):
         if mapping:
             form["mapping"] = json.dumps(mapping)
         with path.open("rb") as fh:
-            return await self.json(  # type: ignore[no-any-return]
+            return await self._object(
                 "POST", "/v1/files", files={"file": (path.name, fh)}, data=form
             )
 
@@ -76,40 +94,31 @@ class GatewayClient(ServiceClient):
         return await self._list("/v1/files")
 
     async def get_file(self, file_id: str) -> JSON:
-        return await self.json("GET", f"/v1/files/{file_id}")  # type: ignore[no-any-return]
+        return await self._object("GET", f"/v1/files/{file_id}")
 
     async def delete_file(self, file_id: str) -> JSON:
-        return await self.json("DELETE", f"/v1/files/{file_id}")  # type: ignore[no-any-return]
+        return await self._object("DELETE", f"/v1/files/{file_id}")
 
     # ------------------------------------------------------------------ fine-tuning
     async def create_job(self, body: JSON, *, idempotency_key: str | None = None) -> JSON:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        return await self.json(  # type: ignore[no-any-return]
-            "POST", "/v1/fine_tuning/jobs", json=body, headers=headers
-        )
+        return await self._object("POST", "/v1/fine_tuning/jobs", json=body, headers=headers)
 
     async def list_jobs(self, *, limit: int = 20) -> list[JSON]:
-        page = await self.json("GET", "/v1/fine_tuning/jobs", params={"limit": limit})
-        return list(page.get("data", []))
+        return await self._data("/v1/fine_tuning/jobs", params={"limit": limit})
 
     async def get_job(self, job_id: str) -> JSON:
-        return await self.json("GET", f"/v1/fine_tuning/jobs/{job_id}")  # type: ignore[no-any-return]
+        return await self._object("GET", f"/v1/fine_tuning/jobs/{job_id}")
 
     async def cancel_job(self, job_id: str) -> JSON:
-        return await self.json(  # type: ignore[no-any-return]
-            "POST", f"/v1/fine_tuning/jobs/{job_id}/cancel", idempotent=True
-        )
+        return await self._object("POST", f"/v1/fine_tuning/jobs/{job_id}/cancel", idempotent=True)
 
     async def job_events(self, job_id: str, *, limit: int = 100) -> list[JSON]:
         """Events newest first, as OpenAI returns them."""
-        page = await self.json(
-            "GET", f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit}
-        )
-        return list(page.get("data", []))
+        return await self._data(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": limit})
 
     async def job_checkpoints(self, job_id: str) -> list[JSON]:
-        page = await self.json("GET", f"/v1/fine_tuning/jobs/{job_id}/checkpoints")
-        return list(page.get("data", []))
+        return await self._data(f"/v1/fine_tuning/jobs/{job_id}/checkpoints")
 
     # ------------------------------------------------------------------ registry
     async def base_models(self) -> list[JSON]:
@@ -119,20 +128,18 @@ class GatewayClient(ServiceClient):
         return await self._list("/v1/adapters", limit=100)
 
     async def get_adapter(self, name: str) -> JSON:
-        return await self.json("GET", f"/v1/adapters/{name}")  # type: ignore[no-any-return]
+        return await self._object("GET", f"/v1/adapters/{name}")
 
     async def list_versions(self, name: str) -> list[JSON]:
-        page = await self.json("GET", f"/v1/adapters/{name}/versions", params={"limit": 100})
-        return list(page.get("data", []))
+        return await self._data(f"/v1/adapters/{name}/versions", params={"limit": 100})
 
     async def set_alias(self, name: str, alias: str, version: int) -> JSON:
-        return await self.json(  # type: ignore[no-any-return]
+        return await self._object(
             "PUT", f"/v1/adapters/{name}/aliases/{alias}", json={"version": version}
         )
 
     async def alias_moves(self, name: str) -> list[JSON]:
-        page = await self.json("GET", f"/v1/adapters/{name}/alias-moves", params={"limit": 100})
-        return list(page.get("data", []))
+        return await self._data(f"/v1/adapters/{name}/alias-moves", params={"limit": 100})
 
     async def rollback(self, name: str, alias: str) -> JSON:
         """Point ``alias`` back at the version it held before its last move."""
@@ -151,68 +158,56 @@ class GatewayClient(ServiceClient):
 
     # ------------------------------------------------------------------ inference
     async def models(self) -> list[JSON]:
-        page = await self.json("GET", "/v1/models")
-        return list(page.get("data", []))
+        return await self._data("/v1/models")
 
     async def chat(self, model: str, messages: list[JSON], **options: Any) -> JSON:
         body = {"model": model, "messages": messages, **options}
-        return await self.json(  # type: ignore[no-any-return]
-            "POST", "/v1/chat/completions", json=body
-        )
+        return await self._object("POST", "/v1/chat/completions", json=body)
 
     async def complete(self, model: str, prompt: str | list[str], **options: Any) -> JSON:
         body = {"model": model, "prompt": prompt, **options}
-        return await self.json("POST", "/v1/completions", json=body)  # type: ignore[no-any-return]
+        return await self._object("POST", "/v1/completions", json=body)
 
     # ------------------------------------------------------------------ integrations
     async def create_integration(self, spec: JSON) -> JSON:
-        return await self.json("POST", "/v1/integrations", json=spec)  # type: ignore[no-any-return]
+        return await self._object("POST", "/v1/integrations", json=spec)
 
     async def list_integrations(self) -> list[JSON]:
-        page = await self.json("GET", "/v1/integrations")
-        return list(page.get("data", []))
+        return await self._data("/v1/integrations")
 
     async def test_integration(self, name: str, samples: list[JSON]) -> JSON:
-        return await self.json(  # type: ignore[no-any-return]
+        return await self._object(
             "POST", f"/v1/integrations/{name}/test", json={"samples": samples}, idempotent=True
         )
 
     async def invoke_integration(self, name: str, records: list[JSON] | JSON) -> JSON:
         body = {"records": records} if isinstance(records, list) else {"record": records}
-        return await self.json(  # type: ignore[no-any-return]
-            "POST", f"/v1/integrations/{name}/invoke", json=body
-        )
+        return await self._object("POST", f"/v1/integrations/{name}/invoke", json=body)
 
     # ------------------------------------------------------------------ admin
     async def list_tenants(self) -> list[JSON]:
-        page = await self.json("GET", "/admin/tenants")
-        return list(page.get("data", []))
+        return await self._data("/admin/tenants")
 
     async def create_tenant(self, tenant_id: str, name: str = "") -> JSON:
-        return await self.json(  # type: ignore[no-any-return]
-            "POST", "/admin/tenants", json={"id": tenant_id, "name": name}
-        )
+        return await self._object("POST", "/admin/tenants", json={"id": tenant_id, "name": name})
 
     async def list_keys(self, tenant: str | None = None) -> list[JSON]:
-        page = await self.json("GET", "/admin/keys", params={"tenant": tenant} if tenant else {})
-        return list(page.get("data", []))
+        return await self._data("/admin/keys", params={"tenant": tenant} if tenant else {})
 
     async def create_key(self, tenant: str, role: str, name: str = "") -> JSON:
         """The returned ``key`` is shown this once; only its hash is stored."""
-        return await self.json(  # type: ignore[no-any-return]
+        return await self._object(
             "POST", "/admin/keys", json={"tenant": tenant, "role": role, "name": name}
         )
 
     async def revoke_key(self, key_id: str) -> JSON:
-        return await self.json("DELETE", f"/admin/keys/{key_id}")  # type: ignore[no-any-return]
+        return await self._object("DELETE", f"/admin/keys/{key_id}")
 
     async def usage(self, tenant: str | None = None) -> list[JSON]:
-        page = await self.json("GET", "/admin/usage", params={"tenant": tenant} if tenant else {})
-        return list(page.get("data", []))
+        return await self._data("/admin/usage", params={"tenant": tenant} if tenant else {})
 
     async def audit(self, tenant: str | None = None, limit: int = 50) -> list[JSON]:
         params: dict[str, Any] = {"limit": limit}
         if tenant:
             params["tenant"] = tenant
-        page = await self.json("GET", "/admin/audit", params=params)
-        return list(page.get("data", []))
+        return await self._data("/admin/audit", params=params)
