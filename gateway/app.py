@@ -82,13 +82,13 @@ def create_app(
             db,
             token,
         )
-        with db.session(write=True) as s:
-            written = bootstrap_admin(
-                s,
-                key_secret,
-                settings.admin_key.get_secret_value() if settings.admin_key else None,
-                settings.admin_key_file(),
-            )
+        configured = settings.admin_key.get_secret_value() if settings.admin_key else None
+
+        def bootstrap() -> str | None:
+            with db.session(write=True) as s:
+                return bootstrap_admin(s, key_secret, configured, settings.admin_key_file())
+
+        written = await anyio.to_thread.run_sync(bootstrap)  # never block the event loop
         if written:
             log.info("bootstrap admin key written", extra={"path": written})
         upstream = httpx.AsyncClient(

@@ -41,6 +41,12 @@ class ServiceSettings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     log_json: bool = True
+    slow_callback_ms: float | None = Field(
+        default=None,
+        gt=0,
+        description="asyncio debug mode: log every event-loop callback that runs longer "
+        "(finds blocking calls on the loop; costs throughput, for tests and diagnosis)",
+    )
 
     def resolved_token(self) -> str:
         """The internal token: from the environment, else a 0600 file shared by the fleet."""

@@ -25,12 +25,12 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.admin import Actor
-from gateway.storage.offloop import in_session
 from gateway.storage.tables import IdempotencyRow
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
 from shared.db import Database
 from shared.errors import TunefleetError
+from shared.offloop import in_session
 from shared.schemas.erasure import ErasureReport, ErasureRequest, RetentionSet, TenantRetention
 
 LINEAGE_BATCH = 100  # ids of each kind per lineage query (the registry takes up to 200)

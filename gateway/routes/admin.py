@@ -22,9 +22,9 @@ from gateway.deps import Caller, GatewayState, State
 from gateway.domain import admin as domain
 from gateway.domain.keys import SYSTEM_TENANT, Principal
 from gateway.routes import proxy
-from gateway.storage.offloop import in_session
 from shared.app import request_id_of
 from shared.errors import Forbidden
+from shared.offloop import in_session
 from shared.schemas.admin import (
     AuditEntry,
     AuditVerification,

@@ -14,9 +14,9 @@ from gateway.deps import Caller, GatewayState, State
 from gateway.domain.admin import Actor
 from gateway.domain.erasure import erase_audited, set_retention_audited
 from gateway.domain.keys import get_tenant
-from gateway.storage.offloop import in_session
 from shared.app import request_id_of
 from shared.auth import TENANT_RE
+from shared.offloop import in_session
 from shared.schemas.erasure import ErasureReport, ErasureRequest, RetentionSet, TenantRetention
 
 router = APIRouter(prefix="/admin", tags=["admin"])

@@ -22,10 +22,10 @@ from gateway.domain.keys import Principal
 from gateway.domain.templates import check_template, render
 from gateway.routes import proxy
 from gateway.routes.inference import answer_text, generate
-from gateway.storage.offloop import in_session
 from shared.app import request_id_of
 from shared.errors import InvalidRequest, error_from_envelope
 from shared.jsonbody import loads_untrusted
+from shared.offloop import in_session
 from shared.openapi import json_body
 from shared.schemas.common import ListResponse
 from shared.schemas.integrations import (
