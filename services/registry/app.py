@@ -38,8 +38,12 @@ def create_app(
         url = settings.db_url()
         await anyio.to_thread.run_sync(run_migrations, url, MIGRATIONS, VERSION_TABLE)
         db = Database(url)
-        with db.session(write=True) as s:
-            catalog.seed_catalog(s, settings.models_root())
+
+        def seed() -> None:  # reads (and hashes) model directories: off the event loop
+            with db.session(write=True) as s:
+                catalog.seed_catalog(s, settings.models_root())
+
+        await anyio.to_thread.run_sync(seed)
         dispatcher = WebhookDispatcher(
             db,
             system_secret=token,
