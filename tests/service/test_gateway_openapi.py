@@ -140,3 +140,19 @@ async def test_typed_client_against_the_gateway(tmp_path: Path) -> None:
             for e in entries:
                 _exact(AuditEntry, e)
             assert await gw.usage("acme") == []
+            # a key's quota has no "effective" (only a tenant's has), as before the models
+            for body, has_effective in (
+                ({"key_id": created["id"], "rpm": 5}, False),
+                ({"tenant": "acme", "tpm": 1000}, True),
+            ):
+                quota = await gw._object("PUT", "/admin/quotas", json=body)
+                assert ("effective" in quota) is has_effective, quota
+            listed = await gw._object("GET", "/admin/quotas", params={"tenant": "acme"})
+            assert [q["scope"] for q in listed["data"]] == ["key", "tenant"]
+            assert set(listed["defaults"]) == {
+                "rpm",
+                "tpm",
+                "max_streams",
+                "max_adapters",
+                "max_jobs",
+            }
