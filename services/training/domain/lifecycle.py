@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy.orm import Session
 
 from services.training.domain import files, hyper, jobs
 from services.training.domain.backend import RayBackend
@@ -25,6 +27,7 @@ from services.training.storage.tables import DatasetRow, JobRow
 from shared.clients.registry import RegistryClient
 from shared.db import Database
 from shared.errors import InvalidRequest, TunefleetError
+from shared.offloop import in_session
 from shared.schemas.training import JobCreate
 
 log = logging.getLogger(__name__)
@@ -120,11 +123,10 @@ class JobLifecycle:
             self._tokens.pop(job_id, None)
 
     async def _prepare_and_submit(self, job_id: str) -> None:
-        with self.db.session() as s:
-            row = s.get(JobRow, job_id)
-            assert row is not None
-            tenant, body = row.tenant, JobCreate.model_validate(row.request)
-            seed = row.seed
+        row = await in_session(self.db, lambda s: s.get(JobRow, job_id))
+        assert row is not None
+        tenant, body = row.tenant, JobCreate.model_validate(row.request)
+        seed = row.seed
         tok = await self.tokenizer(tenant, body.model)
         hp = body.effective_hyperparameters()
         max_len = hp.max_len or self.max_len
@@ -144,10 +146,13 @@ class JobLifecycle:
                 max_len=max_len,
             )
         )
-        with self.db.session(write=True) as s:
+
+        def set_dataset(s: Session) -> None:
             row = s.get(JobRow, job_id)
             assert row is not None
             row.dataset_id = ds.id
+
+        await in_session(self.db, set_dataset, write=True)
         n_train = int(ds.report["split"]["train"])
         resolved = hyper.resolve(
             hp,
@@ -156,29 +161,35 @@ class JobLifecycle:
             num_workers=body.resources.num_workers,
             max_len=max_len,
         )
-        moved = jobs.advance(
-            self.db,
-            job_id,
-            "queued",
-            dataset_id=ds.id,
-            hyperparameters=resolved,
-            message=f"Validated files; prepared dataset {ds.id}",
-            data={"dataset_id": ds.id, "prep_report": ds.report},
+        moved = await anyio.to_thread.run_sync(
+            lambda: jobs.advance(
+                self.db,
+                job_id,
+                "queued",
+                dataset_id=ds.id,
+                hyperparameters=resolved,
+                message=f"Validated files; prepared dataset {ds.id}",
+                data={"dataset_id": ds.id, "prep_report": ds.report},
+            )
         )
         if not moved:  # cancelled meanwhile
             return
         token = self._tokens.get(job_id)
         if token is None:  # re-launched after a restart: the old token is only hashed
-            token = self._rotate_token(job_id)
+            token = await anyio.to_thread.run_sync(self._rotate_token, job_id)
         submission = await anyio.to_thread.run_sync(
             self.backend.submit, job_id, self.callback_url, token
         )
-        with self.db.session(write=True) as s:
+
+        def record_submission(s: Session) -> bool:
+            """Store the Ray submission; True when a cancel came in meanwhile."""
             row = s.get(JobRow, job_id)
             assert row is not None
             row.ray_job_id = submission
             jobs.add_event(s, job_id, f"Submitted to Ray as {submission}")
-            cancelled = row.cancel_requested
+            return row.cancel_requested
+
+        cancelled = await in_session(self.db, record_submission, write=True)
         if cancelled:
             await anyio.to_thread.run_sync(self.backend.stop, submission)
 
@@ -221,14 +232,20 @@ class JobLifecycle:
 
     async def cancel(self, tenant: str, job_id: str) -> None:
         """Idempotent: a terminal job stays as it is; otherwise it ends ``cancelled``."""
-        with self.db.session(write=True) as s:
-            row = jobs.get_job(s, tenant, job_id)
-            if row.status in ("succeeded", "failed", "cancelled"):
-                return
-            row.cancel_requested = True
-            submission = row.ray_job_id
-        jobs.advance(self.db, job_id, "cancelled", message="Job cancelled")
-        if submission:
+
+        def request_cancel() -> tuple[bool, str | None]:
+            """(still running, its Ray submission); marks it cancel-requested."""
+            with self.db.session(write=True) as s:
+                row = jobs.get_job(s, tenant, job_id)
+                if row.status in ("succeeded", "failed", "cancelled"):
+                    return False, None
+                row.cancel_requested = True
+                submission = row.ray_job_id
+            jobs.advance(self.db, job_id, "cancelled", message="Job cancelled")
+            return True, submission
+
+        running, submission = await anyio.to_thread.run_sync(request_cancel)
+        if running and submission:
             await anyio.to_thread.run_sync(self.backend.stop, submission)
 
     # --- monitor / reconcile --------------------------------------------------------
@@ -256,33 +273,33 @@ class JobLifecycle:
 
     async def reconcile(self) -> None:
         """Compare every submitted, unfinished job with its Ray job."""
-        with self.db.session() as s:
-            active = [(r.id, r.ray_job_id) for r in jobs.active_jobs(s) if r.ray_job_id]
+        active = await in_session(
+            self.db, lambda s: [(r.id, r.ray_job_id) for r in jobs.active_jobs(s) if r.ray_job_id]
+        )
         for job_id, submission in active:
             status, message = await anyio.to_thread.run_sync(self.backend.status, submission)
             if status in ("PENDING", "RUNNING"):
                 continue
             if status == "MISSING":
-                jobs.fail(
-                    self.db,
-                    job_id,
+                code, why = (
                     "ray_job_lost",
                     "the Ray cluster no longer knows this job (an embedded Ray head does not "
                     "outlive the service; set RAY_ADDRESS to keep jobs across restarts)",
                 )
             elif status == "STOPPED":
-                jobs.advance(self.db, job_id, "cancelled", message="Ray job was stopped")
+                stopped = functools.partial(jobs.advance, message="Ray job was stopped")
+                await anyio.to_thread.run_sync(stopped, self.db, job_id, "cancelled")
+                continue
             elif status == "SUCCEEDED":
                 # the runner reports before it exits; give a retried report a moment
                 await asyncio.sleep(self.poll_s)
-                jobs.fail(
-                    self.db, job_id, "runner_lost", "the Ray job ended without reporting a result"
-                )
+                code, why = "runner_lost", "the Ray job ended without reporting a result"
             else:
                 # Ray appends the driver's last log lines; those stay in Ray's logs
                 short = (message or "").split(", last available logs", 1)[0]
                 detail = f": {short[:300]}" if short else ""
-                jobs.fail(self.db, job_id, "training_failed", f"Ray job {status.lower()}{detail}")
+                code, why = "training_failed", f"Ray job {status.lower()}{detail}"
+            await anyio.to_thread.run_sync(jobs.fail, self.db, job_id, code, why)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

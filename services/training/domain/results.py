@@ -18,11 +18,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from services.training.domain import jobs
 from services.training.storage.tables import JobRow
 from shared.clients.registry import RegistryClient
 from shared.db import Database
 from shared.errors import Conflict, TunefleetError
+from shared.offloop import in_session
 from shared.schemas.registry import Lineage, VersionMetadata
 from shared.schemas.training import JobCreate, RunnerResult
 
@@ -61,16 +64,17 @@ async def finish(
     report: RunnerResult,
     archive: Path | None,
 ) -> None:
-    """Register the result and move the job to ``succeeded`` (or ``failed``)."""
-    with db.session() as s:
-        row = s.get(JobRow, job_id)
-        assert row is not None
-        if row.status in ("succeeded", "failed", "cancelled"):
-            if row.status == "succeeded":
-                return  # a retried report after a restart: already done
-            raise Conflict(f"job {job_id} is {row.status}", code="job_finished")
-        body = JobCreate.model_validate(row.request)
-        tenant, name, dataset_id = row.tenant, adapter_name(row), row.dataset_id
+    """Register the result and move the job to ``succeeded`` (or ``failed``).
+
+    Database work runs in worker threads: this is awaited by an HTTP handler."""
+    row = await in_session(db, lambda s: s.get(JobRow, job_id))
+    assert row is not None
+    if row.status in ("succeeded", "failed", "cancelled"):
+        if row.status == "succeeded":
+            return  # a retried report after a restart: already done
+        raise Conflict(f"job {job_id} is {row.status}", code="job_finished")
+    body = JobCreate.model_validate(row.request)
+    tenant, name, dataset_id = row.tenant, adapter_name(row), row.dataset_id
     result = dict(report.result)
     lineage = Lineage(
         job_id=job_id,
@@ -106,19 +110,20 @@ async def finish(
         else:
             raise TunefleetError("the runner sent neither an adapter nor a model", code="no_result")
     except TunefleetError as exc:
-        jobs.fail(
-            db, job_id, "registry_push_failed", f"could not register the result: {exc.message}"
-        )
+        why = f"could not register the result: {exc.message}"
+        await anyio.to_thread.run_sync(jobs.fail, db, job_id, "registry_push_failed", why)
         return
-    jobs.advance(
-        db,
-        job_id,
-        "succeeded",
-        fine_tuned_model=model,
-        trained_tokens=report.trained_tokens,
-        result=result,
-        message=f"The job has successfully completed: {model}",
-        data={"fine_tuned_model": model, **_flat_metrics(result)},
+    await anyio.to_thread.run_sync(
+        lambda: jobs.advance(
+            db,
+            job_id,
+            "succeeded",
+            fine_tuned_model=model,
+            trained_tokens=report.trained_tokens,
+            result=result,
+            message=f"The job has successfully completed: {model}",
+            data={"fine_tuned_model": model, **_flat_metrics(result)},
+        )
     )
 
 

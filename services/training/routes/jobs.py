@@ -5,12 +5,15 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Header, Query
+from sqlalchemy.orm import Session
 
 from services.training.deps import State
 from services.training.domain import files, jobs
 from shared.auth import TenantId
 from shared.errors import InvalidRequest
+from shared.offloop import in_session
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
 from shared.schemas.training import CheckpointOut, EventOut, JobCreate, JobOut
 
@@ -27,12 +30,14 @@ async def create_job(
 ) -> JobOut:
     # What can be checked now is checked now (400 naming the field, nothing stored); the
     # data itself is validated by the job (validating_files → failed invalid_training_file).
-    with st.db.session() as s:
+    def check_files(s: Session) -> None:
         files.get_file(s, tenant, body.training_file, param="training_file")
         if body.validation_file:
             files.get_file(s, tenant, body.validation_file, param="validation_file")
         if body.test_file:
             files.get_file(s, tenant, body.test_file, param="test_file")
+
+    await in_session(st.db, check_files)
     if body.resources.num_workers > st.settings.max_workers:
         raise InvalidRequest(
             f"resources.num_workers must be <= {st.settings.max_workers}",
@@ -50,10 +55,11 @@ async def create_job(
     _check_sweep_prune(body)
     await st.lifecycle.base_model(tenant, body.model)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
-    row, token = jobs.create_job(st.db, tenant, body, seed, idempotency_key)
+    row, token = await anyio.to_thread.run_sync(
+        jobs.create_job, st.db, tenant, body, seed, idempotency_key
+    )
     if token is None:  # a retry: answer with the job as it is now
-        with st.db.session() as s:
-            return jobs.job_out(jobs.get_job(s, tenant, row.id))
+        return await in_session(st.db, lambda s: jobs.job_out(jobs.get_job(s, tenant, row.id)))
     st.lifecycle.launch(row.id, token)
     return jobs.job_out(row)
 
@@ -76,8 +82,7 @@ def get_job(job_id: str, st: State, tenant: TenantId) -> JobOut:
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel", response_model=JobOut)
 async def cancel_job(job_id: str, st: State, tenant: TenantId) -> JobOut:
     await st.lifecycle.cancel(tenant, job_id)
-    with st.db.session() as s:
-        return jobs.job_out(jobs.get_job(s, tenant, job_id))
+    return await in_session(st.db, lambda s: jobs.job_out(jobs.get_job(s, tenant, job_id)))
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events", response_model=ListResponse[EventOut])

@@ -22,6 +22,7 @@ from services.training.deps import RunnerToken, State
 from services.training.domain import files, jobs, results
 from services.training.storage.tables import DatasetRow, JobRow
 from shared.errors import InvalidRequest, NotFound
+from shared.offloop import in_session
 from shared.schemas.training import (
     JobCreate,
     RunnerCheckpoint,
@@ -39,13 +40,17 @@ def _job(st: State, job_id: str, token: str) -> JobRow:
         return jobs.runner_job(s, job_id, token)
 
 
+async def _job_off_loop(st: State, job_id: str, token: str) -> JobRow:
+    return await anyio.to_thread.run_sync(_job, st, job_id, token)
+
+
 @router.get("/spec", response_model=RunnerSpec)
 async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
-    row = _job(st, job_id, token)
+    row = await _job_off_loop(st, job_id, token)
     body = JobCreate.model_validate(row.request)
     base = await st.lifecycle.base_model(row.tenant, row.model)
-    with st.db.session() as s:
-        ds = s.get(DatasetRow, row.dataset_id) if row.dataset_id else None
+    dataset_id = row.dataset_id
+    ds = await in_session(st.db, lambda s: s.get(DatasetRow, dataset_id) if dataset_id else None)
     if ds is None or row.hyperparameters is None:
         raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
     labels = sorted((ds.report.get("labels") or {}).get("counts", {})) or None
@@ -97,7 +102,7 @@ def data(job_id: str, split: str, st: State, token: RunnerToken) -> Response:
 @router.get("/incumbent")
 async def incumbent(job_id: str, st: State, token: RunnerToken) -> Response:
     """The archive of the version behind the job's auto_promote alias (to evaluate it)."""
-    row = _job(st, job_id, token)
+    row = await _job_off_loop(st, job_id, token)
     path = await st.lifecycle.incumbent(row, download=True)
     if path is None:
         raise NotFound("no version behind the alias", code="no_incumbent")
@@ -156,7 +161,7 @@ async def result(
     report: Annotated[str, Form(max_length=1 << 20)],
     archive: Annotated[UploadFile | None, File()] = None,
 ) -> dict[str, bool]:
-    row = _job(st, job_id, token)
+    row = await _job_off_loop(st, job_id, token)
     try:
         parsed = RunnerResult.model_validate_json(report)
     except ValidationError as exc:

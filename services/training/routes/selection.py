@@ -20,6 +20,7 @@ from services.training.domain import files
 from shared.auth import TenantId
 from shared.errors import InvalidRequest, Unprocessable
 from shared.modelref import NAME_RE
+from shared.offloop import in_session
 from shared.schemas.training import ModelSelectionRequest
 
 router = APIRouter(tags=["fine-tuning"])
@@ -39,15 +40,16 @@ def _ranker() -> Any:
 @router.post("/v1/fine_tuning/model_selection")
 async def model_selection(body: ModelSelectionRequest, st: State, tenant: TenantId) -> Any:
     rank = _ranker()
-    with st.db.session() as s:
-        row = files.get_file(s, tenant, body.validation_file, param="validation_file")
+    row = await in_session(
+        st.db, lambda s: files.get_file(s, tenant, body.validation_file, param="validation_file")
+    )
     catalog = {m.id: m.path for m in await st.lifecycle.registry.list_base_models(tenant)}
     names = body.models or sorted(catalog)
     for i, name in enumerate(names):
         if not NAME_RE.fullmatch(name) or name not in catalog:
             raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
     tok = await st.lifecycle.tokenizer(tenant, names[0])
-    data = st.store.get(files.file_key(row.id))
+    data = await anyio.to_thread.run_sync(st.store.get, files.file_key(row.id))
 
     def run() -> list[dict[str, Any]]:
         prepared = prepare(
