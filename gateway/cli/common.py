@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
@@ -63,8 +64,17 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def plain(data: Any) -> Any:
+    """Wire models (what the typed client returns) as the JSON the gateway sent."""
+    if isinstance(data, BaseModel):
+        return data.model_dump(mode="json", by_alias=True)
+    if isinstance(data, list):
+        return [plain(x) for x in data]
+    return data
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json.dumps(plain(data), indent=2, default=str) + "\n")
 
 
 def table(
@@ -78,6 +88,7 @@ def table(
 
 def show(data: Any, as_json: bool, columns: Sequence[str] | None = None, title: str = "") -> None:
     """JSON for scripts, a rich table (lists) or key/value table (objects) for people."""
+    data = plain(data)
     if as_json:
         emit_json(data)
     elif isinstance(data, list):

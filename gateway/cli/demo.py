@@ -98,8 +98,8 @@ async def run_demo(url: str, key: str, workdir: Path, *, tenant: str, max_steps:
             console.print(f"tenant {tenant} created")
         except Conflict:
             console.print(f"tenant {tenant} exists: reusing it")
-        integrator = (await admin.create_key(tenant, "integrator", "demo integrator"))["key"]
-        app_key = (await admin.create_key(tenant, "app", "demo CRM connector"))["key"]
+        integrator = (await admin.create_key(tenant, "integrator", "demo integrator")).key
+        app_key = (await admin.create_key(tenant, "app", "demo CRM connector")).key
         console.print("keys: integrator (data, jobs, adapters) and app (inference only)")
 
     async with GatewayClient(url, integrator, timeout=300) as api:
@@ -189,16 +189,16 @@ async def run_demo(url: str, key: str, workdir: Path, *, tenant: str, max_steps:
                 for r in held_out
             ],
         )
-        console.print(f"connector test on 8 held-out cases: accuracy {test['accuracy']:.0%}")
+        console.print(f"connector test on 8 held-out cases: accuracy {test.accuracy:.0%}")
 
     async with GatewayClient(url, app_key, timeout=300) as crm:
         new = [
             {k: r[k] for k in ("Id", "Subject", "Description")}
             for r in case_rows(5, seed=4, start=95000)
         ]
-        answer = await crm.invoke_integration("case-router", new)
+        mapped = await crm.invoke_integration("case-router", new)
         table = Table("Id", "Subject", "Type (model)", title="new Salesforce cases, classified")
-        for rec, out in zip(new, answer["data"], strict=True):
+        for rec, out in zip(new, mapped.data, strict=True):
             table.add_row(rec["Id"], rec["Subject"], str(out.get("Type")))
         console.print(table)
 

@@ -6,7 +6,17 @@ from typing import Annotated, Any
 
 import typer
 
-from gateway.cli.common import JsonOpt, call, emit_json, fail, out, parse_json_arg, show, table
+from gateway.cli.common import (
+    JsonOpt,
+    call,
+    emit_json,
+    fail,
+    out,
+    parse_json_arg,
+    plain,
+    show,
+    table,
+)
 
 app = typer.Typer(help="CRM/ERP connectors", no_args_is_help=True)
 Spec = Annotated[str, typer.Argument(help="JSON or @file")]
@@ -38,10 +48,10 @@ def test(ctx: typer.Context, name: str, samples: Spec, as_json: JsonOpt = False)
     if as_json:
         emit_json(result)
         return
-    rows: list[dict[str, Any]] = list(result.get("results") or [])
+    rows: list[dict[str, Any]] = plain(result.results)
     if rows:
         out.print(table(rows, list(rows[0].keys())[:6], f"{name} test"))
-    out.print(f"accuracy: {result.get('accuracy')}")
+    out.print(f"accuracy: {result.accuracy}")
 
 
 @app.command("invoke")
@@ -51,5 +61,4 @@ def invoke(ctx: typer.Context, name: str, records: Spec, as_json: JsonOpt = Fals
     if not isinstance(body, dict | list):
         fail("records must be a JSON object or a list of objects")
     result = call(ctx, lambda c: c.invoke_integration(name, body))
-    rows = result.get("data", result.get("results", result))
-    show(rows, as_json, title=name)
+    show(result.data, as_json, title=name)

@@ -16,7 +16,16 @@ import httpx
 
 from shared.clients.base import DEFAULT_TIMEOUT, ServiceClient
 from shared.errors import InternalError, InvalidRequest, NotFound
+from shared.schemas.admin import (
+    AuditEntry,
+    KeyCreated,
+    KeyOut,
+    KeyRevoked,
+    TenantOut,
+    UsageOut,
+)
 from shared.schemas.common import ListResponse
+from shared.schemas.integrations import IntegrationOut, InvokeOut, TestReport
 
 JSON = dict[str, Any]
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -169,45 +178,53 @@ class GatewayClient(ServiceClient):
         return await self._object("POST", "/v1/completions", json=body)
 
     # ------------------------------------------------------------------ integrations
-    async def create_integration(self, spec: JSON) -> JSON:
-        return await self._object("POST", "/v1/integrations", json=spec)
+    async def create_integration(self, spec: JSON) -> IntegrationOut:
+        return IntegrationOut.model_validate(
+            await self._object("POST", "/v1/integrations", json=spec)
+        )
 
-    async def list_integrations(self) -> list[JSON]:
-        return await self._data("/v1/integrations")
+    async def list_integrations(self) -> list[IntegrationOut]:
+        return [IntegrationOut.model_validate(x) for x in await self._data("/v1/integrations")]
 
-    async def test_integration(self, name: str, samples: list[JSON]) -> JSON:
-        return await self._object(
+    async def test_integration(self, name: str, samples: list[JSON]) -> TestReport:
+        data = await self._object(
             "POST", f"/v1/integrations/{name}/test", json={"samples": samples}, idempotent=True
         )
+        return TestReport.model_validate(data)
 
-    async def invoke_integration(self, name: str, records: list[JSON] | JSON) -> JSON:
+    async def invoke_integration(self, name: str, records: list[JSON] | JSON) -> InvokeOut:
         body = {"records": records} if isinstance(records, list) else {"record": records}
-        return await self._object("POST", f"/v1/integrations/{name}/invoke", json=body)
+        data = await self._object("POST", f"/v1/integrations/{name}/invoke", json=body)
+        return InvokeOut.model_validate(data)
 
     # ------------------------------------------------------------------ admin
-    async def list_tenants(self) -> list[JSON]:
-        return await self._data("/admin/tenants")
+    async def list_tenants(self) -> list[TenantOut]:
+        return [TenantOut.model_validate(x) for x in await self._data("/admin/tenants")]
 
-    async def create_tenant(self, tenant_id: str, name: str = "") -> JSON:
-        return await self._object("POST", "/admin/tenants", json={"id": tenant_id, "name": name})
+    async def create_tenant(self, tenant_id: str, name: str = "") -> TenantOut:
+        data = await self._object("POST", "/admin/tenants", json={"id": tenant_id, "name": name})
+        return TenantOut.model_validate(data)
 
-    async def list_keys(self, tenant: str | None = None) -> list[JSON]:
-        return await self._data("/admin/keys", params={"tenant": tenant} if tenant else {})
+    async def list_keys(self, tenant: str | None = None) -> list[KeyOut]:
+        params = {"tenant": tenant} if tenant else {}
+        return [KeyOut.model_validate(x) for x in await self._data("/admin/keys", params=params)]
 
-    async def create_key(self, tenant: str, role: str, name: str = "") -> JSON:
+    async def create_key(self, tenant: str, role: str, name: str = "") -> KeyCreated:
         """The returned ``key`` is shown this once; only its hash is stored."""
-        return await self._object(
-            "POST", "/admin/keys", json={"tenant": tenant, "role": role, "name": name}
-        )
+        body = {"tenant": tenant, "role": role, "name": name}
+        return KeyCreated.model_validate(await self._object("POST", "/admin/keys", json=body))
 
-    async def revoke_key(self, key_id: str) -> JSON:
-        return await self._object("DELETE", f"/admin/keys/{key_id}")
+    async def revoke_key(self, key_id: str) -> KeyRevoked:
+        return KeyRevoked.model_validate(await self._object("DELETE", f"/admin/keys/{key_id}"))
 
-    async def usage(self, tenant: str | None = None) -> list[JSON]:
-        return await self._data("/admin/usage", params={"tenant": tenant} if tenant else {})
+    async def usage(self, tenant: str | None = None) -> list[UsageOut]:
+        params = {"tenant": tenant} if tenant else {}
+        return [UsageOut.model_validate(x) for x in await self._data("/admin/usage", params=params)]
 
-    async def audit(self, tenant: str | None = None, limit: int = 50) -> list[JSON]:
+    async def audit(self, tenant: str | None = None, limit: int = 50) -> list[AuditEntry]:
         params: dict[str, Any] = {"limit": limit}
         if tenant:
             params["tenant"] = tenant
-        return await self._data("/admin/audit", params=params)
+        return [
+            AuditEntry.model_validate(x) for x in await self._data("/admin/audit", params=params)
+        ]

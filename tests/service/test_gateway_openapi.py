@@ -127,22 +127,35 @@ async def test_typed_client_against_the_gateway(tmp_path: Path) -> None:
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
         async with GatewayClient("http://gateway", BOOTSTRAP, transport=transport) as gw:
-            _exact(TenantOut, await gw.create_tenant("acme", "Acme"))
+            # the typed client validates every answer with the route's own response model;
+            # the raw JSON must have exactly the model's fields (nothing added or dropped)
+            tenant = await gw.create_tenant("acme", "Acme")
+            assert (tenant.id, tenant.name) == ("acme", "Acme")
             created = await gw.create_key("acme", "sre", "ops")
-            _exact(KeyCreated, created)
+            assert created.key.startswith("tf-") and created.role == "sre"
             keys = await gw.list_keys("acme")
-            assert [k["id"] for k in keys] == [created["id"]]
-            _exact(KeyOut, keys[0])
-            _exact(TenantOut, (await gw.list_tenants())[0])
-            _exact(KeyRevoked, await gw.revoke_key(created["id"]))
+            assert [k.id for k in keys] == [created.id]
+            assert [t.id for t in await gw.list_tenants()] == ["acme", "system"]
+            revoked = await gw.revoke_key(created.id)
+            assert revoked.revoked and revoked.deleted
             entries = await gw.audit("acme")
-            assert [e["action"] for e in entries] == ["key.revoke", "key.create", "tenant.create"]
-            for e in entries:
-                _exact(AuditEntry, e)
+            assert [e.action for e in entries] == ["key.revoke", "key.create", "tenant.create"]
             assert await gw.usage("acme") == []
+            for model, path, params in (
+                (TenantOut, "/admin/tenants", {}),
+                (KeyOut, "/admin/keys", {"tenant": "acme"}),
+                (AuditEntry, "/admin/audit", {"tenant": "acme"}),
+            ):
+                for item in await gw._data(path, params=params):
+                    _exact(model, item)
+            _exact(
+                KeyCreated,
+                await gw._object("POST", "/admin/keys", json={"tenant": "acme", "role": "app"}),
+            )
+            _exact(KeyRevoked, await gw._object("DELETE", f"/admin/keys/{created.id}"))
             # a key's quota has no "effective" (only a tenant's has), as before the models
             for body, has_effective in (
-                ({"key_id": created["id"], "rpm": 5}, False),
+                ({"key_id": created.id, "rpm": 5}, False),
                 ({"tenant": "acme", "tpm": 1000}, True),
             ):
                 quota = await gw._object("PUT", "/admin/quotas", json=body)
