@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.training import samples
+from shared.datasets import samples
 from tests.support.training import TrainingStack, training_stack
 
 

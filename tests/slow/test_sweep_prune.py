@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from services.training import samples
 from services.training.ray.driver import TrainSpec
 from services.training.ray.evaluate import evaluate, load_model, load_tokenizer
 from services.training.ray.prune import prune_adapter
@@ -25,6 +24,7 @@ from services.training.ray.sweep import (
     run_sweep,
 )
 from services.training.selection import rank_base_models
+from shared.datasets import samples
 from tests.support.ray_cluster import start_test_ray, stop_test_ray
 
 pytestmark = pytest.mark.slow
