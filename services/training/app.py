@@ -13,9 +13,9 @@ from fastapi import APIRouter, FastAPI
 
 from services.training.deps import TrainingState
 from services.training.domain import metrics as job_metrics
-from services.training.domain.backend import RayBackend
 from services.training.domain.lifecycle import JobLifecycle
 from services.training.domain.retention import RetentionPurger
+from services.training.ray.backend import RayBackend
 from services.training.routes import erasure, files, jobs, runner, selection
 from services.training.settings import TrainingSettings
 from services.training.storage.files import BlobStore, Cipher
