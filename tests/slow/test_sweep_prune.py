@@ -142,8 +142,8 @@ def held_out() -> list[dict]:
 def test_pruning_reduces_rank_of_a_trained_adapter(
     sweep_run, held_out, model_dir: Path, tmp_path: Path
 ) -> None:
-    from shared.archives import BaseModelSpec, inspect_adapter_dir
-    from shared.safetensors_header import linear_shapes_from_model_dir
+    from shared.adapters import BaseModelSpec, inspect_adapter_dir
+    from shared.adapters.safetensors_header import linear_shapes_from_model_dir
 
     outcome, _ = sweep_run
     # ASHA decides which trials run to the end (timing-dependent on a busy machine): prune
