@@ -3,19 +3,29 @@ idempotency records, quotas, integrations."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared import db
+from shared.db import now
 
 
-def now() -> int:
-    return int(time.time())
+class Base(db.Base):
+    """The gateway's tables: their own ``MetaData``, migrated by the gateway's Alembic."""
 
-
-class Base(DeclarativeBase):
-    pass
+    __abstract__ = True
+    metadata = MetaData()
 
 
 class TenantRow(Base):

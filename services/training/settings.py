@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from shared import db
 from shared.settings import ServiceSettings
 
 
@@ -64,11 +65,7 @@ class TrainingSettings(ServiceSettings):
     )
 
     def db_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        path = self.data_root() / "training.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
+        return db.db_url(self.database_url, self.data_root() / "training.db")
 
     def data_root(self) -> Path:
         return self.data_dir or self.home / "training"

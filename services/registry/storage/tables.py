@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from shared import db
+from shared.db import now
 
 
-def now() -> int:
-    return int(time.time())
+class Base(db.Base):
+    """The registry's tables: their own ``MetaData``, migrated by the registry's Alembic."""
 
-
-class Base(DeclarativeBase):
-    pass
+    __abstract__ = True
+    metadata = MetaData()
 
 
 class BaseModelRow(Base):
