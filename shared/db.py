@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 
@@ -127,11 +127,12 @@ def run_migrations(url: str, script_location: Path, version_table: str) -> None:
 class Base(DeclarativeBase):
     """Declarative base of every service's tables.
 
-    Each SQL owner subclasses it once, abstract and with a ``MetaData`` of its own, so its
-    tables and its Alembic migrations stay its own even when several services' models are
-    imported into one process::
-
-        class Base(db.Base):
-            __abstract__ = True
-            metadata = MetaData()
+    Each SQL owner subclasses it once, abstract (``class Base(db.Base): __abstract__ = True``),
+    and that subclass gets a ``MetaData`` of its own: an owner's tables and Alembic migrations
+    stay its own even when several services' models are imported into one process.
     """
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        if cls.__dict__.get("__abstract__") and "metadata" not in cls.__dict__:
+            cls.metadata = MetaData()
+        super().__init_subclass__(**kw)

@@ -5,16 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Text,
-    UniqueConstraint,
-)
+from sqlalchemy import JSON, BigInteger, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared import db
@@ -22,10 +13,7 @@ from shared.db import now
 
 
 class Base(db.Base):
-    """The gateway's tables: their own ``MetaData``, migrated by the gateway's Alembic."""
-
-    __abstract__ = True
-    metadata = MetaData()
+    __abstract__ = True  # with a MetaData of its own (see shared.db.Base), its own Alembic
 
 
 class TenantRow(Base):

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    ForeignKey,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    UniqueConstraint,
-)
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared import db
@@ -21,10 +12,7 @@ from shared.db import now
 
 
 class Base(db.Base):
-    """The training's tables: their own ``MetaData``, migrated by the training's Alembic."""
-
-    __abstract__ = True
-    metadata = MetaData()
+    __abstract__ = True  # with a MetaData of its own (see shared.db.Base), its own Alembic
 
 
 class FileRow(Base):
