@@ -24,7 +24,7 @@ from services.inference.engine.resolver import ModelResolver
 from services.inference.metrics import InferenceMetrics
 from services.inference.routes import admin, events, openai
 from services.inference.settings import InferenceSettings
-from shared.adapters import BaseModelSpec, linear_shapes_from_model_dir
+from shared.adapters.archive import BaseModelSpec, linear_shapes_from_model_dir
 from shared.app import create_service_app
 from shared.auth import InternalAuth
 from shared.clients.registry import RegistryClient

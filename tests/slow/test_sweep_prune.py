@@ -142,7 +142,7 @@ def held_out() -> list[dict]:
 def test_pruning_reduces_rank_of_a_trained_adapter(
     sweep_run, held_out, model_dir: Path, tmp_path: Path
 ) -> None:
-    from shared.adapters import BaseModelSpec, inspect_adapter_dir
+    from shared.adapters.archive import BaseModelSpec, inspect_adapter_dir
     from shared.adapters.safetensors_header import linear_shapes_from_model_dir
 
     outcome, _ = sweep_run

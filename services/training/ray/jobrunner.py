@@ -223,7 +223,7 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
     if spec.method == "lora" and adapter_dir is not None:
-        from shared.adapters import pack_adapter_dir
+        from shared.adapters.archive import pack_adapter_dir
 
         archive = pack_adapter_dir(adapter_dir, work / "adapter.tar.gz")
         with archive.open("rb") as fh:
