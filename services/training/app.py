@@ -100,7 +100,12 @@ def create_app(
             db.dispose()
 
     app = create_service_app(
-        "training", internal_token=token, lifespan=lifespan, title="tunefleet training"
+        "training",
+        internal_token=token,
+        lifespan=lifespan,
+        title="tunefleet training",
+        # the larger of the two upload caps, plus the form fields and multipart framing
+        max_upload_bytes=lambda: max(settings.max_upload_bytes, settings.max_result_bytes) + 2**20,
     )
     api = APIRouter(dependencies=[InternalAuth])
     for module in (files, jobs, selection, erasure):
