@@ -237,16 +237,16 @@ def prepare_dataset(
         if existing is not None:
             return existing
     prepared = prepare(
-        store.get(file_key(train.id)),
+        store.source(file_key(train.id)),
         train.filename,
         mapping=train.mapping,
         task=task,
         tokenizer=tokenizer,
         max_len=max_len,
-        validation=store.get(file_key(valid.id)) if valid else None,
+        validation=store.source(file_key(valid.id)) if valid else None,
         validation_filename=valid.filename if valid else None,
         seed=seed,
-        test=store.get(file_key(held.id)) if held else None,
+        test=store.source(file_key(held.id)) if held else None,
         test_filename=held.filename if held else None,
         test_fraction=test_fraction,
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.responses import FileResponse
 
 from services.training.deps import State
 from services.training.domain import files as domain
@@ -87,8 +89,10 @@ def get_file(file_id: str, st: State, tenant: TenantId) -> FileOut:
 def file_content(file_id: str, st: State, tenant: TenantId) -> Response:
     with st.db.session() as s:
         row = domain.get_file(s, tenant, file_id)
-    data = st.store.get(domain.file_key(row.id))
-    return Response(data, media_type="application/octet-stream")
+    source = st.store.source(domain.file_key(row.id))
+    if isinstance(source, Path):  # streamed from disk, not read whole
+        return FileResponse(source, media_type="application/octet-stream")
+    return Response(source, media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted)

@@ -48,7 +48,7 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
         if not NAME_RE.fullmatch(name) or name not in catalog:
             raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
     tok = await st.lifecycle.tokenizer(tenant, names[0])
-    data = st.store.get(files.file_key(row.id))
+    data = st.store.source(files.file_key(row.id))  # a file is read line by line
 
     def run() -> list[dict[str, Any]]:
         prepared = prepare(

@@ -103,6 +103,16 @@ class BlobStore:
             raise NotFound(f"stored object {key} is missing", code="blob_missing") from None
         return self.cipher.decrypt(blob) if self.cipher else blob
 
+    def source(self, key: str) -> bytes | Path:
+        """What a reader of ``key`` gets: the file itself when nothing is encrypted (read it
+        line by line, never whole), else the decrypted bytes (the cipher seals whole blobs)."""
+        if self.cipher is not None:
+            return self.get(key)
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"stored object {key} is missing", code="blob_missing")
+        return path
+
     def delete(self, key: str) -> None:
         """Remove ``key`` (a file or a folder of keys); missing is fine."""
         path = self._path(key)
