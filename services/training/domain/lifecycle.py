@@ -21,7 +21,7 @@ import anyio
 from sqlalchemy.orm import Session
 
 from services.training.domain import files, hyper, jobs
-from services.training.domain.backend import RayBackend
+from services.training.ray.backend import RayBackend
 from services.training.storage.files import BlobStore
 from services.training.storage.tables import DatasetRow, JobRow
 from shared.clients.registry import RegistryClient

@@ -1,12 +1,11 @@
 """``POST /v1/fine_tuning/model_selection``: rank catalog base models on a tenant's file.
 
 The file goes through the same preparation as training data (PII redacted, normalized), then
-``services.training.selection.rank_base_models`` scores each candidate few-shot on it.
+:func:`services.training.selection.rank_base_models` scores each candidate few-shot on it.
 """
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,9 @@ from fastapi import APIRouter
 from services.training.data.pipeline import prepare, to_jsonl
 from services.training.deps import State
 from services.training.domain import files
+from services.training.selection import rank_base_models
 from shared.auth import TenantId
-from shared.errors import InvalidRequest, Unprocessable
+from shared.errors import InvalidRequest
 from shared.modelref import NAME_RE
 from shared.offloop import in_session
 from shared.schemas.training import ModelSelectionRequest
@@ -26,20 +26,8 @@ from shared.schemas.training import ModelSelectionRequest
 router = APIRouter(tags=["fine-tuning"])
 
 
-def _ranker() -> Any:
-    try:
-        module = importlib.import_module("services.training.selection")
-    except ImportError:
-        module = None
-    rank = getattr(module, "rank_base_models", None)
-    if rank is None:
-        raise Unprocessable("model selection is not available yet", code="not_supported")
-    return rank
-
-
 @router.post("/v1/fine_tuning/model_selection")
 async def model_selection(body: ModelSelectionRequest, st: State, tenant: TenantId) -> Any:
-    rank = _ranker()
     row = await in_session(
         st.db, lambda s: files.get_file(s, tenant, body.validation_file, param="validation_file")
     )
@@ -49,7 +37,8 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
         if not NAME_RE.fullmatch(name) or name not in catalog:
             raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
     tok = await st.lifecycle.tokenizer(tenant, names[0])
-    data = await anyio.to_thread.run_sync(st.store.get, files.file_key(row.id))
+    # a file is read line by line; an encrypted one is decrypted whole: off the loop
+    data = await anyio.to_thread.run_sync(st.store.source, files.file_key(row.id))
 
     def run() -> list[dict[str, Any]]:
         prepared = prepare(
@@ -66,7 +55,7 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
             path.write_bytes(to_jsonl(prepared.train))  # rendered by the scorer, as served
             labels = sorted(prepared.report.labels.counts if prepared.report.labels else {})
             return list(
-                rank(
+                rank_base_models(
                     {n: Path(catalog[n]) for n in names},
                     path,
                     body.task,
