@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 from shared.errors import InvalidRequest
 
+MODEL_REF_HEADER = "X-Tunefleet-Model-Ref"
+"""Set by the gateway on a generation it forwards: the immutable ref (``tenant/name@vN`` or a
+base id) it resolved ``model`` to. The replica serves that ref as given."""
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 DEFAULT_ALIAS = "production"
