@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from gateway.deps import GatewayState, authenticate_before_body
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
+from gateway.domain.fasthop import new_session
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.generation import Generations
 from gateway.domain.idempotency import ExpiredPurger
@@ -99,7 +100,10 @@ def create_app(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
         replicas = ReplicaSet(settings.inference_urls, http)
-        upstream = Upstream(http, replicas)
+        # Generations take the lean client (gateway/domain/fasthop.py) over the network; an
+        # injected transport (in-process tests) carries everything through httpx instead.
+        hop = new_session(settings.upstream_timeout_s) if upstream_transport is None else None
+        upstream = Upstream(http, replicas, hop=hop)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=3.0)
         training = TrainingClient(
             settings.training_url, token, transport=upstream_transport, timeout=timeout

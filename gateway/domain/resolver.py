@@ -13,6 +13,7 @@ use keep serving through a registry outage; only models never resolved get the 5
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -47,6 +48,13 @@ class ModelResolver:
         self.stale_max_s = stale_max_s
         self.max_entries = max_entries
         self._cache: dict[tuple[str, str], _Entry] = {}
+        # Single flight: requests arriving while one lookup of a key is under way wait for it
+        # (when an entry expires under load, the registry is asked once, not once per request).
+        # The lookup is its own task: a waiter's cancellation never cancels it for the others.
+        self._inflight: dict[tuple[str, str], asyncio.Task[Resolution]] = {}
+        # Bumped by every invalidation: a lookup that began before one does not store its
+        # answer (it may name the version the alias just left).
+        self._epoch = 0
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -67,6 +75,16 @@ class ModelResolver:
         now = time.monotonic()
         if entry is not None and entry.expires > now:
             return entry.resolution
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(key, entry, now))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _lookup(self, key: tuple[str, str], entry: _Entry | None, now: float) -> Resolution:
+        tenant, model = key
+        epoch = self._epoch
         try:
             res = await self.registry.resolve(tenant, model, timeout=self.timeout_s)
         except ServiceUnavailable as exc:  # unreachable, or a 5xx
@@ -78,6 +96,8 @@ class ModelResolver:
                 code="registry_unavailable",
                 retry_after=2,
             ) from exc
+        if epoch != self._epoch:
+            return res  # an invalidation came meanwhile: answer this request, keep nothing
         if len(self._cache) >= self.max_entries and key not in self._cache:
             self._cache.clear()  # bounded: drop everything rather than track LRU order
         self._cache[key] = _Entry(res, now + self.ttl_s, now)
@@ -85,6 +105,7 @@ class ModelResolver:
 
     def invalidate(self, tenant: str, adapter: str | None) -> int:
         """Drop ``tenant``'s cached resolutions of ``adapter`` (all of the tenant's if None)."""
+        self._epoch += 1
         doomed = [
             k
             for k, e in self._cache.items()

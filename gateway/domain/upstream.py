@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
 
+import aiohttp
 import httpx
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from gateway.domain import fasthop
 from gateway.domain.keys import Principal
 from gateway.domain.routing import ReplicaSet
 from shared.errors import InvalidRequest, ServiceUnavailable, error_from_envelope
@@ -57,6 +59,24 @@ MID_STREAM_ERROR = (
 )
 
 
+class Answered(Protocol):
+    """An opened upstream answer: ``httpx.Response`` or ``fasthop.HopResponse``."""
+
+    status_code: int
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def aread(self) -> bytes: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+STREAM_ERRORS = (httpx.HTTPError, *fasthop.HOP_ERRORS)
+
+
 def internal_headers(
     token: str, who: Principal, passed: dict[str, str] | None = None
 ) -> dict[str, str]:
@@ -76,19 +96,42 @@ def passed_headers(client_headers: Any) -> dict[str, str]:
     return {k: v for k in PASS_REQUEST_HEADERS if (v := client_headers.get(k))}
 
 
-def response_headers(resp: httpx.Response) -> dict[str, str]:
+def response_headers(resp: Answered) -> dict[str, str]:
     return {k: v for k in PASS_RESPONSE_HEADERS if (v := resp.headers.get(k))}
 
 
 class Upstream:
     """The gateway's one client for internal services (see the module docstring)."""
 
-    def __init__(self, http: httpx.AsyncClient, replicas: ReplicaSet) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        replicas: ReplicaSet,
+        *,
+        hop: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """``hop``: the lean client generations go through (``fasthop``); None: ``http``."""
         self.http = http
         self.replicas = replicas
+        self.hop = hop
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        if self.hop is not None:
+            await self.hop.close()
+
+    async def _post(self, url: str, headers: dict[str, str], raw: bytes) -> Answered:
+        """One POST, no retry; 503 ``inference_unavailable`` if nothing answered."""
+        if self.hop is None:
+            return await self.open(
+                "POST", url, headers=headers, content=raw, service="inference", retry=False
+            )
+        try:
+            return await fasthop.post(self.hop, url, headers, raw)
+        except fasthop.HOP_ERRORS as exc:
+            raise ServiceUnavailable(
+                "inference is unreachable", code="inference_unavailable", retry_after=2
+            ) from exc
 
     # ------------------------------------------------------------------ one call
     async def open(
@@ -171,22 +214,20 @@ class Upstream:
     # ------------------------------------------------------------------ inference
     async def generate(
         self, path: str, *, key: str, headers: dict[str, str], raw: bytes
-    ) -> httpx.Response:
+    ) -> Answered:
         """The opened (streaming) answer of the best replica for ``key`` (the immutable ref),
         failing over once to the next if the first answered nothing."""
         last: ServiceUnavailable | None = None
-        headers = {**headers, MULTIPLEX_HEADER: key, MODEL_REF_HEADER: key}
+        headers = {
+            **headers,
+            "content-type": "application/json",
+            MULTIPLEX_HEADER: key,
+            MODEL_REF_HEADER: key,
+        }
         ranked = (await self.replicas.pick(key))[:2]
         for i, replica in enumerate(ranked):
             try:
-                resp = await self.open(
-                    "POST",
-                    f"{replica.url}{path}",
-                    headers=headers,
-                    content=raw,
-                    service="inference",
-                    retry=False,  # the failover below is the retry
-                )
+                resp = await self._post(f"{replica.url}{path}", headers, raw)
             except ServiceUnavailable as exc:
                 self.replicas.mark_down(replica)
                 last = exc
@@ -206,7 +247,7 @@ class Upstream:
         )
 
 
-async def relay(resp: httpx.Response) -> Response:
+async def relay(resp: Answered) -> Response:
     """The upstream answer as ours: streamed unless it is JSON."""
     headers = response_headers(resp)
     # JSON answers are small and read whole (callers may keep them: idempotency); anything
@@ -225,11 +266,11 @@ async def relay(resp: httpx.Response) -> Response:
     return Response(body, status_code=resp.status_code, headers=headers)
 
 
-async def _chunks(resp: httpx.Response) -> AsyncIterator[bytes]:
+async def _chunks(resp: Answered) -> AsyncIterator[bytes]:
     try:
         async for chunk in resp.aiter_raw():
             yield chunk
-    except httpx.HTTPError:
+    except STREAM_ERRORS:
         yield MID_STREAM_ERROR  # the replica died mid-stream: a clean error event, no hang
 
 
@@ -258,7 +299,7 @@ def _usage_of(event: bytes) -> dict[str, Any] | None:
 
 
 async def relay_events(
-    resp: httpx.Response, on_usage: UsageSink, *, hide_usage: bool
+    resp: Answered, on_usage: UsageSink, *, hide_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     """The upstream SSE stream, whole events at a time; reports the usage chunk. Closing this
     generator (client gone) closes the upstream response, which cancels the generation."""
@@ -281,7 +322,7 @@ async def relay_events(
                 yield b"".join(out)
         if buf:
             yield buf
-    except httpx.HTTPError:
+    except STREAM_ERRORS:
         yield MID_STREAM_ERROR
     finally:
         await resp.aclose()

@@ -7,11 +7,11 @@ so the OpenAPI document shows them, and streams as ``text/event-stream``.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
@@ -88,19 +88,31 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 async def cancel_on_disconnect(
     request: Request, work: Callable[[], Awaitable[Response]]
 ) -> Response:
-    """Run ``work`` but abandon it (closing the upstream call) if the client goes away."""
-    out: list[Response] = []
+    """Run ``work`` but abandon it (closing the upstream call) if the client goes away.
 
-    async def watch(scope: anyio.CancelScope) -> None:
+    One plain watcher task rather than a task group: this runs for every generation, and an
+    anyio task group costs about a tenth of the gateway's CPU per request."""
+    me = asyncio.current_task()
+    assert me is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
-        scope.cancel()
+        gone = True
+        me.cancel()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch, tg.cancel_scope)
-        out.append(await work())
-        tg.cancel_scope.cancel()
-    return out[0] if out else Response(status_code=499)
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work()
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        me.uncancel()
+        return Response(status_code=499)
+    finally:
+        watcher.cancel()
 
 
 async def _generate(path: str, request: Request, st: State, who: Caller) -> Response:

@@ -3,6 +3,8 @@ registry is down; a model never resolved gets 503 with Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -74,3 +76,26 @@ async def test_outage_costs_one_lookup_per_ttl_and_events_drop_entries() -> None
         for _ in range(5):
             assert (await resolver.resolve("acme", "router")).ref == "acme/router@v1"
         assert calls["n"] == 1
+
+
+async def test_single_flight_and_no_store_across_an_invalidation() -> None:
+    """Concurrent misses ask the registry once; a lookup overtaken by an alias event answers
+    its request but is not cached (it may name the version the alias just left)."""
+    calls = {"n": 0}
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        await release.wait()
+        return httpx.Response(200, json=RESOLUTION)
+
+    registry = RegistryClient("http://registry", "t", transport=httpx.MockTransport(handler))
+    async with registry:
+        resolver = ModelResolver(registry, ttl_s=60)
+        waiting = [asyncio.create_task(resolver.resolve("acme", "router")) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        resolver.invalidate("acme", "router")  # the alias moved while the lookup ran
+        release.set()
+        refs = {r.ref for r in await asyncio.gather(*waiting)}
+        assert refs == {"acme/router@v1"} and calls["n"] == 1
+        assert resolver.cached("acme", "router") is None
