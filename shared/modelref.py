@@ -7,6 +7,7 @@ means the ``production`` alias; the engine only ever sees immutable versions
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -67,6 +68,7 @@ def version_ref(tenant: str, name: str, version: int) -> str:
     return f"{tenant}/{name}@v{version}"
 
 
+@functools.lru_cache(maxsize=4096)  # per request on the gateway; bounded, pure
 def canonical_model(model: str) -> str:
     """One spelling per meaning, for caches and the registry query: ``a@1``, ``a@01``,
     ``a@v001`` are ``a@v1``; surrounding whitespace goes. A string the parser refuses is
