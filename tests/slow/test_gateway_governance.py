@@ -190,6 +190,11 @@ async def test_alias_webhook_reroutes_and_stream_usage(f: Fleet, archives: list[
     )
     assert raw.headers["x-tunefleet-adapter-version"] == "acme/router@v2"
     assert st.resolver.cached("acme", "router").ref == "acme/router@v2"
+    # resolved once: the replica served the ref the gateway forwarded and holds no alias answer
+    # of its own (nothing there could serve a moved alias stale)
+    replica = f.inference_app.state.server.resolver
+    assert all(res.alias is None for res in replica._cache.values()), replica._cache
+    assert ("acme", "router@v2") in replica._cache
     r = await f.gateway.post("/internal/registry-events", json={"type": "alias.moved"})
     assert r.status_code == 401
     # streamed answers are accounted from the final usage chunk, which the client did not
