@@ -215,7 +215,7 @@ def make_adapters(
 
 def make_archives(adapters: list[tuple[str, Path]], out_dir: Path) -> list[Path]:
     """The registry upload archive (``.tar.gz``) of each adapter directory, cached."""
-    from shared.archives import pack_adapter_dir
+    from shared.adapters.archive import pack_adapter_dir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     archives = []

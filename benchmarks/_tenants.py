@@ -50,7 +50,7 @@ class Tenants:
 
         from services.registry.app import create_app
         from services.registry.settings import RegistrySettings
-        from shared.archives import BaseModelSpec, linear_shapes_from_model_dir
+        from shared.adapters.archive import BaseModelSpec, linear_shapes_from_model_dir
         from shared.clients.registry import RegistryClient
         from shared.schemas.registry import VersionMetadata
 

@@ -4,7 +4,7 @@
         [--max-len 128] [--rows 400] [--rank 8] [--rounds 1] [--plain-2threads]
         [--out benchmarks/results/training_throughput-<host>.json]
 
-Same ``tiny-llama`` base, LoRA config, sentiment rows (``services.training.samples``),
+Same ``tiny-llama`` base, LoRA config, sentiment rows (``shared.datasets.samples``),
 per-worker batch size and step count in every scenario; each rank sees the rows the Ray
 train loop's sharding gives it (``epoch_shard``), so the plain loop with ``world=1`` runs
 exactly the batches of the 1-worker Ray run. Scenarios:
@@ -198,8 +198,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from services.training import samples
     from services.training.ray.cluster import ensure_ray, shutdown_ray
+    from shared.datasets import samples
 
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="tf-tb-", dir="/tmp"))

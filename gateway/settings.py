@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from shared import db
 from shared.settings import ServiceSettings
 
 
@@ -59,11 +60,7 @@ class GatewaySettings(ServiceSettings):
     )
 
     def db_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        path = self.home / "gateway" / "gateway.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
+        return db.db_url(self.database_url, self.home / "gateway" / "gateway.db")
 
     def admin_key_file(self) -> Path:
         return self.home / "admin_key"

@@ -8,17 +8,31 @@ without reading each other's tables.
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+
+def now() -> int:
+    """Unix seconds: the timestamp every table stores (``created_at``, ``updated_at`` …)."""
+    return int(time.time())
 
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
+
+
+def db_url(database_url: str | None, sqlite_path: Path) -> str:
+    """A service's database: ``database_url`` when set, else SQLite at ``sqlite_path``."""
+    if database_url:
+        return database_url
+    sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return sqlite_url(sqlite_path)
 
 
 def normalize_url(url: str) -> str:
@@ -111,4 +125,14 @@ def run_migrations(url: str, script_location: Path, version_table: str) -> None:
 
 
 class Base(DeclarativeBase):
-    """Declarative base; each service's models subclass it with their own metadata."""
+    """Declarative base of every service's tables.
+
+    Each SQL owner subclasses it once, abstract (``class Base(db.Base): __abstract__ = True``),
+    and that subclass gets a ``MetaData`` of its own: an owner's tables and Alembic migrations
+    stay its own even when several services' models are imported into one process.
+    """
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        if cls.__dict__.get("__abstract__") and "metadata" not in cls.__dict__:
+            cls.metadata = MetaData()
+        super().__init_subclass__(**kw)

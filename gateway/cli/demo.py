@@ -28,8 +28,8 @@ from rich.table import Table
 
 from gateway.cli.common import conn, fail
 from gateway.cli.watch import sparkline, step_points, watch_job
-from services.training.samples import TICKET_LABELS, ticket_examples
 from shared.clients.gateway import GatewayClient
+from shared.datasets.samples import TICKET_LABELS, ticket_examples
 from shared.errors import Conflict, TunefleetError
 
 console = Console(stderr=True)

@@ -24,8 +24,8 @@ from services.inference.engine.resolver import ModelResolver
 from services.inference.metrics import InferenceMetrics
 from services.inference.routes import admin, events, openai
 from services.inference.settings import InferenceSettings
+from shared.adapters.archive import BaseModelSpec, linear_shapes_from_model_dir
 from shared.app import create_service_app
-from shared.archives import BaseModelSpec, linear_shapes_from_model_dir
 from shared.auth import InternalAuth
 from shared.clients.registry import RegistryClient
 from shared.metrics import new_registry

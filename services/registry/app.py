@@ -18,8 +18,8 @@ from services.registry.routes import adapters, lineage, webhooks
 from services.registry.routes import catalog as catalog_routes
 from services.registry.settings import RegistrySettings
 from services.registry.storage.artifacts import FileArtifactStore
+from shared.adapters.archive import ArchiveLimits
 from shared.app import create_service_app
-from shared.archives import ArchiveLimits
 from shared.auth import InternalAuth
 from shared.db import Database, run_migrations
 

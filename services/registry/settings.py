@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from shared import db
 from shared.settings import ServiceSettings
 
 
@@ -46,11 +47,7 @@ class RegistrySettings(ServiceSettings):
     )
 
     def db_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        path = self.home / "registry" / "registry.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
+        return db.db_url(self.database_url, self.home / "registry" / "registry.db")
 
     def artifacts_root(self) -> Path:
         return self.artifact_dir or self.home / "artifacts"

@@ -13,9 +13,9 @@ from fastapi import APIRouter, FastAPI
 
 from services.training.deps import TrainingState
 from services.training.domain import metrics as job_metrics
-from services.training.domain.backend import RayBackend
 from services.training.domain.lifecycle import JobLifecycle
 from services.training.domain.retention import RetentionPurger
+from services.training.ray.backend import RayBackend
 from services.training.routes import erasure, files, jobs, runner, selection
 from services.training.settings import TrainingSettings
 from services.training.storage.files import BlobStore, Cipher
@@ -100,7 +100,12 @@ def create_app(
             db.dispose()
 
     app = create_service_app(
-        "training", internal_token=token, lifespan=lifespan, title="tunefleet training"
+        "training",
+        internal_token=token,
+        lifespan=lifespan,
+        title="tunefleet training",
+        # the larger of the two upload caps, plus the form fields and multipart framing
+        max_upload_bytes=lambda: max(settings.max_upload_bytes, settings.max_result_bytes) + 2**20,
     )
     api = APIRouter(dependencies=[InternalAuth])
     for module in (files, jobs, selection, erasure):

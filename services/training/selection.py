@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.datasets.samples import labels_for
 from shared.errors import InvalidRequest
 from shared.rendering import completion_text
 
@@ -166,8 +167,6 @@ def rank_base_models(
         )
     examples = [with_shots(r, rows[:few_shot]) for r in rows[few_shot:]]
     if labels is None and task in ("sentiment", "ticket"):
-        from services.training.samples import labels_for
-
         labels = labels_for(task)
     metric = TASK_METRIC[task]
     scored: list[dict[str, Any]] = []

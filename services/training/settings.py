@@ -7,7 +7,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
+from shared import db
 from shared.settings import ServiceSettings
+from shared.uploads import DEFAULT_MAX_UPLOAD_BYTES
 
 
 class TrainingSettings(ServiceSettings):
@@ -51,7 +53,18 @@ class TrainingSettings(ServiceSettings):
     runner_python: str | None = Field(
         default=None, description="interpreter for the Ray job entrypoint; default this one"
     )
-    max_upload_bytes: int = Field(default=64 * 2**20, ge=1024)
+    # Below shared.uploads' 1 GiB default on purpose: uploads are spooled to disk, but their
+    # preparation still holds the parsed rows in memory (about 8x the file at peak).
+    max_upload_bytes: int = Field(
+        default=64 * 2**20,
+        ge=1024,
+        description="largest training file accepted (413 naming the limit above it)",
+    )
+    max_result_bytes: int = Field(
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        ge=1024,
+        description="largest result archive a job's runner may send back",
+    )
     default_base_model: str = Field(default="tiny-llama")
     max_len: int = Field(default=256, ge=16, le=32768)
     # Held-out share of a training upload when a job names no test_file: the job's base and
@@ -64,11 +77,7 @@ class TrainingSettings(ServiceSettings):
     )
 
     def db_url(self) -> str:
-        if self.database_url:
-            return self.database_url
-        path = self.data_root() / "training.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{path.resolve()}"
+        return db.db_url(self.database_url, self.data_root() / "training.db")
 
     def data_root(self) -> Path:
         return self.data_dir or self.home / "training"

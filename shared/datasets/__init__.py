@@ -1,1 +1,2 @@
-"""Deterministic data sets for measuring fine-tuning quality (see :mod:`.quality`)."""
+"""Deterministic data sets: labeled samples for demos and tests (:mod:`.samples`), and
+sets for measuring fine-tuning quality (:mod:`.quality`)."""

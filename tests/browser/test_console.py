@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.training import samples
+from shared.datasets import samples
 from tests.support.adapters import make_adapter, pack
 from tests.support.postgres import free_port
 from tests.support.procs import ServiceProcess, service

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.training import samples
+from shared.datasets import samples
 from tests.fault.procs import start_at, wait_port_free
 from tests.support.postgres import free_port
 from tests.support.procs import ServiceProcess, service

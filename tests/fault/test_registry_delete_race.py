@@ -152,8 +152,8 @@ async def test_delete_racing_a_push_of_the_same_bytes(
 def test_safetensors_header_over_the_cap_is_refused(tmp_path: Path) -> None:
     """A 17 MiB header (valid JSON padded with spaces, as the format allows) is refused before
     it is parsed; the old limit was the Rust loader's 100 MB."""
+    from shared.adapters.safetensors_header import MAX_HEADER_BYTES, read_safetensors_header
     from shared.errors import InvalidRequest
-    from shared.safetensors_header import MAX_HEADER_BYTES, read_safetensors_header
 
     n = 17 * 2**20
     weights = tmp_path / "adapter_model.safetensors"

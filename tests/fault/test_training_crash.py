@@ -37,9 +37,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.training.samples import ticket_examples
 from services.training.storage.files import TMP_PREFIX, BlobStore
 from shared.crypto import DataCipher
+from shared.datasets.samples import ticket_examples
 from tests.fault.procs import kill_during, kill_hard, start_at
 from tests.support.postgres import free_port
 from tests.support.procs import ServiceProcess, service

@@ -23,9 +23,9 @@ from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
-from services.training import samples
 from services.training.app import create_app as create_training
 from services.training.settings import TrainingSettings
+from shared.datasets import samples
 from tests.support.training import UnreachableRay
 
 TOKEN = "erasure-test-token"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from services.training import samples
+from shared.datasets import samples
 from tests.support.training import TrainingStack, training_stack
 
 
@@ -151,6 +151,9 @@ def test_bad_uploads(stack: TrainingStack) -> None:
     assert r.status_code == 400 and _error(r)["param"] == "file"
     r = stack.upload(b"x" * ((4 << 20) + 1))
     assert r.status_code == 413 and _error(r)["code"] == "file_too_large"
+    assert "4194304 bytes (4 MiB)" in _error(r)["message"]  # the limit, named
+    staging = list(stack.home.rglob("staging"))
+    assert staging and not [p for d in staging for p in d.iterdir()]  # nothing left behind
     r = stack.upload(b"a,b\n1,2\n", filename="x.csv", mapping="{not json")
     assert r.status_code == 400 and _error(r)["param"] == "mapping"
     r = stack.upload(b"a,b\n1,2\n", filename="x.csv", mapping='{"a": "nonsense"}')

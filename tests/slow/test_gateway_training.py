@@ -13,9 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.training import samples
 from services.training.app import create_app as create_training
 from services.training.settings import TrainingSettings
+from shared.datasets import samples
 from tests.slow.test_gateway import auth, onboard
 from tests.support.fleet import ADMIN_KEY, TOKEN, Fleet, fleet
 from tests.support.training import UnreachableRay

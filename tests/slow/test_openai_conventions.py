@@ -28,7 +28,7 @@ import httpx
 import openai
 import pytest
 
-from services.training import samples
+from shared.datasets import samples
 from tests.support.adapters import make_adapter, pack
 from tests.support.postgres import free_port
 from tests.unit.test_openai_params import MEANINGFUL

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from services.training import samples
 from services.training.ray.driver import TrainSpec, run_training
 from services.training.ray.evaluate import evaluate, load_model, load_tokenizer
+from shared.datasets import samples
 from tests.support.ray_cluster import start_test_ray, stop_test_ray
 
 pytestmark = pytest.mark.slow

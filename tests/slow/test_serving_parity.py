@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from services.training.ray.evaluate import classify, load_model, load_tokenizer
-from shared.archives import pack_adapter_dir
+from shared.adapters.archive import pack_adapter_dir
 from shared.datasets import quality as Q
 from tests.slow.test_gateway import auth, onboard
 from tests.support.adapters import train_adapter

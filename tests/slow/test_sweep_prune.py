@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from services.training import samples
 from services.training.ray.driver import TrainSpec
 from services.training.ray.evaluate import evaluate, load_model, load_tokenizer
 from services.training.ray.prune import prune_adapter
@@ -25,6 +24,7 @@ from services.training.ray.sweep import (
     run_sweep,
 )
 from services.training.selection import rank_base_models
+from shared.datasets import samples
 from tests.support.ray_cluster import start_test_ray, stop_test_ray
 
 pytestmark = pytest.mark.slow
@@ -142,8 +142,8 @@ def held_out() -> list[dict]:
 def test_pruning_reduces_rank_of_a_trained_adapter(
     sweep_run, held_out, model_dir: Path, tmp_path: Path
 ) -> None:
-    from shared.archives import BaseModelSpec, inspect_adapter_dir
-    from shared.safetensors_header import linear_shapes_from_model_dir
+    from shared.adapters.archive import BaseModelSpec, inspect_adapter_dir
+    from shared.adapters.safetensors_header import linear_shapes_from_model_dir
 
     outcome, _ = sweep_run
     # ASHA decides which trials run to the end (timing-dependent on a busy machine): prune

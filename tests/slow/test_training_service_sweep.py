@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.training import samples
+from shared.datasets import samples
 from tests.support.ray_cluster import start_test_ray, stop_test_ray
 from tests.support.training import TrainingStack, training_stack
 

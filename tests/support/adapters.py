@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from shared.archives import pack_adapter_dir
+from shared.adapters.archive import pack_adapter_dir
 
 
 def make_adapter(

@@ -31,7 +31,7 @@ from fastapi import FastAPI
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 from services.training.app import create_app as create_training
-from services.training.domain.backend import RayBackend
+from services.training.ray.backend import RayBackend
 from services.training.ray.cluster import RayInfo
 from services.training.settings import TrainingSettings
 from services.training.storage.files import BlobStore

@@ -1,4 +1,4 @@
-"""shared.archives: safe extraction and strict validation of PEFT LoRA adapter archives.
+"""shared.adapters.archive: safe extraction and strict validation of PEFT LoRA adapter archives.
 
 Real adapters are made with ``peft`` on tiny random Llama models saved to temporary dirs;
 malicious archives are crafted with ``tarfile``.
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from shared.archives import (
+from shared.adapters.archive import (
     AdapterInfo,
     ArchiveLimits,
     BaseModelSpec,

@@ -1,4 +1,5 @@
-"""The training blob store: atomic writes and the sweep of writes a crash cut short."""
+"""The training blob store: atomic writes, uploads moved in, sources read line by line, and
+the sweep of writes a crash cut short."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from services.training.storage.files import TMP_PREFIX, BlobStore
+from shared.crypto import DataCipher
+from shared.errors import NotFound
 
 
 def test_put_is_atomic_and_a_failed_write_leaves_nothing(
@@ -47,3 +50,23 @@ def test_sweep_removes_only_old_partial_writes(tmp_path: Path) -> None:
     assert store.sweep_partial(older_than_s=3600) == 1
     assert not old.exists() and fresh.exists()
     assert store.get("datasets/ds1/train.jsonl") == b"{}\n"
+
+
+def test_put_file_moves_and_source_is_the_file_unless_encrypted(tmp_path: Path) -> None:
+    plain = BlobStore(tmp_path / "plain")
+    src = plain.staging_dir() / f"{TMP_PREFIX}up"
+    src.write_bytes(b"a\nb\n")
+    plain.put_file("files/x", src)
+    assert not src.exists()  # moved, not copied
+    assert plain.source("files/x") == tmp_path / "plain" / "files" / "x"
+    assert plain.get("files/x") == b"a\nb\n"
+    with pytest.raises(NotFound):
+        plain.source("files/missing")
+
+    sealed = BlobStore(tmp_path / "sealed", DataCipher([os.urandom(32)]))
+    src = sealed.staging_dir() / f"{TMP_PREFIX}up"
+    src.write_bytes(b"secret\n")
+    sealed.put_file("files/x", src)
+    assert not src.exists()
+    assert b"secret" not in (tmp_path / "sealed" / "files" / "x").read_bytes()
+    assert sealed.source("files/x") == b"secret\n"  # decrypted: the cipher seals whole blobs

@@ -27,7 +27,7 @@ from pathlib import Path
 import anyio
 
 from services.inference.engine.base import AdapterHandle, AdapterLoadError, InferenceEngine
-from shared.archives import BaseModelSpec, validate_archive
+from shared.adapters.archive import BaseModelSpec, validate_archive
 from shared.errors import (
     InvalidRequest,
     NotFound,

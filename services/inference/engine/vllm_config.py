@@ -1,11 +1,9 @@
 """vLLM engine configuration and the small helpers around it: the device, the
 ``AsyncEngineArgs`` for an :class:`EngineConfig`, the stats recorder hooked into ``AsyncLLM``,
-and how an adapter's rank and vLLM's ``add_lora`` refusals are read."""
+and how vLLM's ``add_lora`` refusals are read (adapter checks: :mod:`shared.adapters`)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from vllm.config.structured_outputs import StructuredOutputsConfig
@@ -19,7 +17,6 @@ GIB = 1 << 30
 # of them and the exact limit is enforced by VllmEngine itself.
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 SHUTDOWN_GRACE_S = 15.0
-ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def resolve_device(requested: str) -> str:
@@ -85,14 +82,6 @@ class StatsRecorder(StatLoggerBase):
 
     def log_engine_initialized(self) -> None:
         pass
-
-
-def adapter_rank(path: Path) -> int:
-    """The largest LoRA rank in a PEFT ``adapter_config.json`` (``r``, ``rank_pattern``)."""
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    ranks = [int(cfg.get("r", 0))]
-    ranks += [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
-    return max(ranks)
 
 
 def refusal_reason(message: str) -> str:

@@ -43,14 +43,14 @@ from services.inference.engine.base import (
     InvalidGenerationRequest,
 )
 from services.inference.engine.vllm_config import (
-    ADAPTER_WEIGHTS,
     SHUTDOWN_GRACE_S,
     StatsRecorder,
-    adapter_rank,
     engine_args,  # looked up at start(): benchmarks patch vllm_engine.engine_args
     refusal_reason,
     resolve_device,
 )
+from shared.adapters.checks import adapter_dir_rank, has_adapter_weights
+from shared.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +224,13 @@ class VllmEngine:
             raise AdapterLoadError(
                 f"adapter {ref}: no PEFT adapter directory at {path}", ref=ref, reason="not_found"
             )
-        if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        if not has_adapter_weights(path):
             raise AdapterLoadError(
                 f"adapter {ref}: no adapter weights in {path}", ref=ref, reason="not_found"
             )
         try:
-            rank = adapter_rank(path)
-        except (OSError, ValueError, TypeError) as e:
+            rank = adapter_dir_rank(path)
+        except (OSError, InvalidRequest) as e:
             raise AdapterLoadError(
                 f"adapter {ref}: unreadable adapter_config.json: {e}",
                 ref=ref,

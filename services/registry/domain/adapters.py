@@ -1,9 +1,9 @@
 """Adapters (named lines of versions) and their immutable versions.
 
-A push validates the archive completely (``shared.archives``) before anything is stored, then
-stores the blob (atomic, content-addressed) and records the version in one transaction. Two
-simultaneous pushes race only on the version number; the unique constraint decides and the
-loser retries with the next number.
+A push validates the archive completely (``shared.adapters.archive``) before anything is
+stored, then stores the blob (atomic, content-addressed) and records the version in one
+transaction. Two simultaneous pushes race only on the version number; the unique constraint
+decides and the loser retries with the next number.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from services.registry.domain import catalog
 from services.registry.domain.events import enqueue_event
 from services.registry.storage.artifacts import FileArtifactStore
 from services.registry.storage.tables import AdapterRow, VersionRow
-from shared.archives import ArchiveLimits, validate_archive
+from shared.adapters.archive import ArchiveLimits, validate_archive
 from shared.db import Database
 from shared.errors import Conflict, InternalError, NotFound, Unprocessable
 from shared.modelref import version_ref

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from services.registry.domain.adapters import get_adapter, get_version
 from services.registry.domain.events import enqueue_event
-from services.registry.storage.tables import AliasMoveRow, AliasRow, now
-from shared.db import Database
+from services.registry.storage.tables import AliasMoveRow, AliasRow
+from shared.db import Database, now
 from shared.errors import InvalidRequest, NotFound
 from shared.modelref import ALIAS_RE, version_ref
 

@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from services.registry.storage.tables import BaseModelRow
-from shared.archives import BaseModelSpec, linear_shapes_from_model_dir
+from shared.adapters.archive import BaseModelSpec, linear_shapes_from_model_dir
 from shared.errors import Conflict, InvalidRequest, NotFound
 
 log = logging.getLogger(__name__)

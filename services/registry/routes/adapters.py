@@ -19,7 +19,7 @@ from services.registry.domain import aliases
 from services.registry.domain.views import adapter_out, alias_out, move_out, version_out
 from shared.app import request_id_of
 from shared.auth import TenantId
-from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.errors import InvalidRequest
 from shared.jsonbody import loads_untrusted
 from shared.modelref import NAME_RE
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
@@ -32,6 +32,7 @@ from shared.schemas.registry import (
     AliasSet,
     VersionMetadata,
 )
+from shared.uploads import spool_upload
 
 router = APIRouter(tags=["adapters"])
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
@@ -75,23 +76,6 @@ def _metadata(raw: str) -> VersionMetadata:
         raise InvalidRequest(f"metadata.{field}: {err['msg']}", param=f"metadata.{field}") from exc
 
 
-def _spool(upload: UploadFile, dest_dir: Path, limit: int) -> Path:
-    """Copy the upload to a private temp file, refusing more than ``limit`` bytes."""
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=".tar.gz", dir=dest_dir)
-    written = 0
-    with os.fdopen(fd, "wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                out.close()
-                os.unlink(name)
-                raise PayloadTooLarge(
-                    f"archive exceeds {limit} bytes", param="file", code="archive_too_large"
-                )
-            out.write(chunk)
-    return Path(name)
-
-
 @router.post("/v1/adapters/{name}/versions", response_model=AdapterVersionOut, status_code=201)
 def push_version(
     name: str,
@@ -105,20 +89,25 @@ def push_version(
     if not NAME_RE.fullmatch(name):
         raise InvalidRequest(f"adapter name {name!r} is invalid", param="name")
     meta = _metadata(metadata)
-    archive = _spool(file, st.store.staging_dir(), st.policy.limits.max_archive_bytes)
-    try:
+    archive = spool_upload(
+        file.file,
+        limit=st.policy.limits.max_archive_bytes,
+        dest_dir=st.store.staging_dir(),
+        suffix=".tar.gz",
+        what="archive",
+        code="archive_too_large",
+    )
+    with archive:
         row = domain.push_version(
             st.db,
             st.store,
             tenant=tenant,
             name=name,
-            archive=archive,
+            archive=archive.path,
             meta=meta,
             actor=actor,
             policy=st.policy,
         )
-    finally:
-        archive.unlink(missing_ok=True)
     st.dispatcher.notify()
     return version_out(tenant, name, row)
 

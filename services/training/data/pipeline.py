@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -78,23 +79,24 @@ class Prepared:
 
 
 def prepare(
-    data: bytes,
+    data: bytes | Path,
     filename: str,
     *,
     mapping: Mapping[str, str] | None = None,
     task: str = "generation",
     tokenizer: Any,
     max_len: int,
-    validation: bytes | None = None,
+    validation: bytes | Path | None = None,
     validation_filename: str | None = None,
     seed: int = 0,
     validation_fraction: float = 0.1,
     max_errors: int = 10,
-    test: bytes | None = None,
+    test: bytes | Path | None = None,
     test_filename: str | None = None,
     test_fraction: float = 0.0,
 ) -> Prepared:
-    """Prepare an upload (and optionally validation and test uploads) for ``task``."""
+    """Prepare an upload (bytes, or a file read line by line; optionally validation and test
+    uploads) for ``task``."""
     _check_arguments(task, max_len, validation_fraction)
     _check_fraction("test_fraction", test_fraction)
     if validation_fraction + test_fraction >= 1:
@@ -177,7 +179,7 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def _parse(
-    data: bytes,
+    data: bytes | Path,
     filename: str,
     mapping: Mapping[str, str] | None,
     task: str,

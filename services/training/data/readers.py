@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 MAX_DEPTH = 32
@@ -59,15 +60,31 @@ class ErrorSink:
         return len(self.items) >= max(1, self.limit)
 
 
-def decode_utf8(data: bytes, errors: ErrorSink, *, max_line_bytes: int = MAX_LINE_BYTES) -> str:
-    """Decode ``data`` as UTF-8 line by line (a leading BOM is dropped).
+def raw_lines(data: bytes | Path) -> Iterator[bytes]:
+    """``data.split(b"\\n")``, also for a file, which is read line by line (never whole)."""
+    if isinstance(data, bytes):
+        yield from data.split(b"\n")
+        return
+    with data.open("rb") as fh:
+        last = b"\n"
+        for last in fh:
+            yield last.removesuffix(b"\n")
+        if last.endswith(b"\n"):
+            yield b""
+
+
+def decode_utf8(
+    data: bytes | Path, errors: ErrorSink, *, max_line_bytes: int = MAX_LINE_BYTES
+) -> str:
+    """Decode ``data`` (bytes, or a file read line by line) as UTF-8 line by line (a leading
+    BOM is dropped).
 
     Over-long lines and invalid bytes are reported with their line and byte offset; the
     returned text is only meaningful when no error was added.
     """
     out: list[str] = []
     offset = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, raw in enumerate(raw_lines(data), start=1):
         if errors.full:
             break
         if len(raw) > max_line_bytes:

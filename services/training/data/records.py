@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from services.training.data.example import Example, content_key
@@ -47,7 +48,7 @@ class ParseResult:
 
 
 def parse_upload(
-    data: bytes,
+    data: bytes | Path,
     filename: str,
     mapping: Mapping[str, str] | None = None,
     *,
@@ -55,7 +56,8 @@ def parse_upload(
     max_depth: int = MAX_DEPTH,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> ParseResult:
-    """Parse ``data`` (named ``filename``) into examples; stop after ``max_errors`` errors.
+    """Parse ``data`` (bytes, or a file read line by line; named ``filename``) into examples;
+    stop after ``max_errors`` errors.
 
     Without a mapping, JSON uploads must be chat or prompt/completion records and a CSV must
     have columns named after the targets. With a mapping, the upload is a raw export.

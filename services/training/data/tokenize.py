@@ -10,6 +10,7 @@ from typing import Any
 from services.training.data.example import Example
 
 MAX_TRUNCATED_LINES = 20
+TOKENIZE_BATCH = 512  # texts per tokenizer call: only the counts are kept, never the ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +55,14 @@ def length_report(examples: Sequence[Example], tokenizer: Any, max_len: int) -> 
     its chat turns), so a trainer adding a few special tokens should leave a little room."""
     if max_len < 1:
         raise ValueError(f"max_len must be positive, got {max_len}")
-    pieces = [_texts(ex) for ex in examples]
-    flat = count_tokens(tokenizer, [text for texts in pieces for text in texts])
-    lengths, pos = [], 0
-    for texts in pieces:
-        lengths.append(sum(flat[pos : pos + len(texts)]))
-        pos += len(texts)
+    lengths: list[int] = []
+    for start in range(0, len(examples), TOKENIZE_BATCH):
+        pieces = [_texts(ex) for ex in examples[start : start + TOKENIZE_BATCH]]
+        flat = count_tokens(tokenizer, [text for texts in pieces for text in texts])
+        pos = 0
+        for texts in pieces:
+            lengths.append(sum(flat[pos : pos + len(texts)]))
+            pos += len(texts)
     if not lengths:
         return LengthReport(max_len=max_len)
     ordered = sorted(lengths)

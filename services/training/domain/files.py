@@ -9,10 +9,10 @@ stored. Deleting a file purges every dataset derived from it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, or_, select
@@ -26,6 +26,7 @@ from services.training.storage.tables import DatasetRow, FileRow
 from shared.db import Database
 from shared.errors import InvalidRequest, NotFound
 from shared.schemas.training import FileOut
+from shared.uploads import SpooledUpload
 
 PURPOSE = "fine-tune"
 TokenizerFor = Callable[[str], Any]  # base model id -> tokenizer
@@ -73,7 +74,11 @@ class UploadCheck:
 
 
 def check_upload(
-    data: bytes, filename: str, mapping: dict[str, str] | None, tokenizer: Any, max_len: int
+    data: bytes | Path,
+    filename: str,
+    mapping: dict[str, str] | None,
+    tokenizer: Any,
+    max_len: int,
 ) -> UploadCheck:
     """Run the pipeline once on an upload; a mapping error raises, a data error is recorded."""
     try:
@@ -91,12 +96,13 @@ def create_file(
     *,
     tenant: str,
     filename: str,
-    data: bytes,
+    upload: SpooledUpload,
     mapping: dict[str, str] | None,
     check: UploadCheck,
     idempotency_key: str | None = None,
 ) -> FileRow:
-    """Store the bytes and the row; a repeated ``idempotency_key`` returns the first file."""
+    """Store the spooled upload (moved into the store) and the row; a repeated
+    ``idempotency_key`` returns the first file."""
     if idempotency_key:
         with db.session() as s:
             if (first := find_by_key(s, tenant, idempotency_key)) is not None:
@@ -106,15 +112,15 @@ def create_file(
         tenant=tenant,
         filename=filename[:255],
         purpose=PURPOSE,
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=upload.size,
+        sha256=upload.sha256,
         mapping=mapping,
         status=check.status,
         status_details=check.details,
         report=check.report,
         idempotency_key=idempotency_key,
     )
-    store.put(file_key(row.id), data)
+    store.put_file(file_key(row.id), upload.path)
     try:
         with db.session(write=True) as s:
             s.add(row)
@@ -231,16 +237,16 @@ def prepare_dataset(
         if existing is not None:
             return existing
     prepared = prepare(
-        store.get(file_key(train.id)),
+        store.source(file_key(train.id)),
         train.filename,
         mapping=train.mapping,
         task=task,
         tokenizer=tokenizer,
         max_len=max_len,
-        validation=store.get(file_key(valid.id)) if valid else None,
+        validation=store.source(file_key(valid.id)) if valid else None,
         validation_filename=valid.filename if valid else None,
         seed=seed,
-        test=store.get(file_key(held.id)) if held else None,
+        test=store.source(file_key(held.id)) if held else None,
         test_filename=held.filename if held else None,
         test_fraction=test_fraction,
     )

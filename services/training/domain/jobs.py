@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 
 from services.training.domain import hyper
 from services.training.domain.ids import new_id
-from services.training.storage.tables import CheckpointRow, EventRow, JobRow, now
-from shared.db import Database
+from services.training.storage.tables import CheckpointRow, EventRow, JobRow
+from shared.db import Database, now
 from shared.errors import NotFound, Unauthorized
 from shared.schemas.training import (
     TERMINAL_STATUSES,

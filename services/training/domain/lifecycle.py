@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from services.training.domain import files, hyper, jobs
-from services.training.domain.backend import RayBackend
+from services.training.ray.backend import RayBackend
 from services.training.storage.files import BlobStore
 from services.training.storage.tables import DatasetRow, JobRow
 from shared.clients.registry import RegistryClient

@@ -2,34 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.responses import FileResponse
 
 from services.training.deps import State
 from services.training.domain import files as domain
+from services.training.storage.files import TMP_PREFIX
 from shared.auth import TenantId
-from shared.errors import InvalidRequest, PayloadTooLarge
+from shared.errors import InvalidRequest
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
 from shared.schemas.training import FileDeleted, FileOut
+from shared.uploads import spool_upload
 
 router = APIRouter(tags=["files"])
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
-
-
-def _read_limited(upload: UploadFile, limit: int) -> bytes:
-    chunks, size = [], 0
-    while chunk := upload.file.read(1 << 20):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"file exceeds the upload limit of {limit} bytes",
-                param="file",
-                code="file_too_large",
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.post("/v1/files", response_model=FileOut, status_code=200)
@@ -46,26 +36,34 @@ async def upload_file(
             f"purpose must be {domain.PURPOSE!r}, got {purpose!r}", param="purpose"
         )
     fields = domain.parse_mapping(mapping)
-    data = await anyio.to_thread.run_sync(_read_limited, file, st.settings.max_upload_bytes)
-    if not data:
-        raise InvalidRequest("file is empty", param="file", code="invalid_training_file")
-    filename = file.filename or "upload.jsonl"
-    tok = await st.lifecycle.tokenizer(tenant, st.settings.default_base_model)
-    check = await anyio.to_thread.run_sync(
-        domain.check_upload, data, filename, fields, tok, st.settings.max_len
-    )
-    row = await anyio.to_thread.run_sync(
-        lambda: domain.create_file(
-            st.db,
-            st.store,
-            tenant=tenant,
-            filename=filename,
-            data=data,
-            mapping=fields,
-            check=check,
-            idempotency_key=idempotency_key,
+    upload = await anyio.to_thread.run_sync(
+        lambda: spool_upload(
+            file.file,
+            limit=st.settings.max_upload_bytes,
+            dest_dir=st.store.staging_dir(),
+            prefix=TMP_PREFIX,  # a crash's leftover goes in BlobStore.sweep_partial
         )
     )
+    with upload:
+        if not upload.size:
+            raise InvalidRequest("file is empty", param="file", code="invalid_training_file")
+        filename = file.filename or "upload.jsonl"
+        tok = await st.lifecycle.tokenizer(tenant, st.settings.default_base_model)
+        check = await anyio.to_thread.run_sync(
+            domain.check_upload, upload.path, filename, fields, tok, st.settings.max_len
+        )
+        row = await anyio.to_thread.run_sync(
+            lambda: domain.create_file(
+                st.db,
+                st.store,
+                tenant=tenant,
+                filename=filename,
+                upload=upload,
+                mapping=fields,
+                check=check,
+                idempotency_key=idempotency_key,
+            )
+        )
     return domain.file_out(row, [])
 
 
@@ -91,8 +89,10 @@ def get_file(file_id: str, st: State, tenant: TenantId) -> FileOut:
 def file_content(file_id: str, st: State, tenant: TenantId) -> Response:
     with st.db.session() as s:
         row = domain.get_file(s, tenant, file_id)
-    data = st.store.get(domain.file_key(row.id))
-    return Response(data, media_type="application/octet-stream")
+    source = st.store.source(domain.file_key(row.id))
+    if isinstance(source, Path):  # streamed from disk, not read whole
+        return FileResponse(source, media_type="application/octet-stream")
+    return Response(source, media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted)

@@ -7,9 +7,6 @@ ended (cancelled meanwhile) are acknowledged and ignored, except the result (409
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
 from typing import Annotated
 
 import anyio
@@ -30,6 +27,7 @@ from shared.schemas.training import (
     RunnerResult,
     RunnerSpec,
 )
+from shared.uploads import spool_upload
 
 router = APIRouter(prefix="/internal/runner/jobs/{job_id}", tags=["runner"])
 
@@ -134,20 +132,6 @@ def failure(job_id: str, body: RunnerFailure, st: State, token: RunnerToken) -> 
     return {"accepted": jobs.fail(st.db, row.id, body.code, body.message)}
 
 
-def _spool(upload: UploadFile, limit: int) -> Path:
-    fd, name = tempfile.mkstemp(prefix="result-", suffix=".tar.gz")
-    written = 0
-    with os.fdopen(fd, "wb") as out:
-        while chunk := upload.file.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                out.close()
-                os.unlink(name)
-                raise InvalidRequest("result archive too large", param="archive")
-            out.write(chunk)
-    return Path(name)
-
-
 @router.post("/result")
 async def result(
     job_id: str,
@@ -161,12 +145,22 @@ async def result(
         parsed = RunnerResult.model_validate_json(report)
     except ValidationError as exc:
         raise InvalidRequest(f"report: {exc.errors()[0]['msg']}", param="report") from exc
-    path = None
+    spooled = None
     if archive is not None:
-        path = await anyio.to_thread.run_sync(_spool, archive, 2 << 30)
+        spooled = await anyio.to_thread.run_sync(
+            lambda: spool_upload(
+                archive.file,
+                limit=st.settings.max_result_bytes,
+                suffix=".tar.gz",
+                what="result archive",
+                param="archive",
+                code="archive_too_large",
+            )
+        )
     try:
+        path = spooled.path if spooled is not None else None
         await results.finish(st.db, st.lifecycle.registry, row.id, parsed, path)
     finally:
-        if path is not None:
-            path.unlink(missing_ok=True)
+        if spooled is not None:
+            spooled.unlink()
     return {"accepted": True}

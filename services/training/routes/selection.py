@@ -1,12 +1,11 @@
 """``POST /v1/fine_tuning/model_selection``: rank catalog base models on a tenant's file.
 
 The file goes through the same preparation as training data (PII redacted, normalized), then
-``services.training.selection.rank_base_models`` scores each candidate few-shot on it.
+:func:`services.training.selection.rank_base_models` scores each candidate few-shot on it.
 """
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from services.training.data.pipeline import prepare, to_jsonl
 from services.training.deps import State
 from services.training.domain import files
+from services.training.selection import rank_base_models
 from shared.auth import TenantId
-from shared.errors import InvalidRequest, Unprocessable
+from shared.errors import InvalidRequest
 from shared.modelref import NAME_RE
 from shared.schemas.training import Task
 
@@ -38,20 +38,8 @@ class ModelSelectionRequest(BaseModel):
     max_examples: int = Field(default=64, ge=1, le=512)
 
 
-def _ranker() -> Any:
-    try:
-        module = importlib.import_module("services.training.selection")
-    except ImportError:
-        module = None
-    rank = getattr(module, "rank_base_models", None)
-    if rank is None:
-        raise Unprocessable("model selection is not available yet", code="not_supported")
-    return rank
-
-
 @router.post("/v1/fine_tuning/model_selection")
 async def model_selection(body: ModelSelectionRequest, st: State, tenant: TenantId) -> Any:
-    rank = _ranker()
     with st.db.session() as s:
         row = files.get_file(s, tenant, body.validation_file, param="validation_file")
     catalog = {m.id: m.path for m in await st.lifecycle.registry.list_base_models(tenant)}
@@ -60,7 +48,7 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
         if not NAME_RE.fullmatch(name) or name not in catalog:
             raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
     tok = await st.lifecycle.tokenizer(tenant, names[0])
-    data = st.store.get(files.file_key(row.id))
+    data = st.store.source(files.file_key(row.id))  # a file is read line by line
 
     def run() -> list[dict[str, Any]]:
         prepared = prepare(
@@ -77,7 +65,7 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
             path.write_bytes(to_jsonl(prepared.train))  # rendered by the scorer, as served
             labels = sorted(prepared.report.labels.counts if prepared.report.labels else {})
             return list(
-                rank(
+                rank_base_models(
                     {n: Path(catalog[n]) for n in names},
                     path,
                     body.task,

@@ -55,6 +55,31 @@ class BlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def put_file(self, key: str, src: Path) -> None:
+        """Store the file ``src`` under ``key``, consuming it: renamed into place when it is
+        on the store's filesystem and nothing is encrypted (no copy, nothing in memory)."""
+        if self.cipher is not None:
+            self.put(key, src.read_bytes())  # the cipher seals whole blobs
+            src.unlink(missing_ok=True)
+            return
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+        os.close(fd)
+        try:
+            shutil.move(src, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def staging_dir(self) -> Path:
+        """Where uploads are spooled before they are stored (same filesystem: a rename).
+        Crash leftovers carry ``TMP_PREFIX`` and go in :meth:`sweep_partial`."""
+        path = self.root / "staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def sweep_partial(self, older_than_s: float = 3600.0) -> int:
         """Remove temp files of writes a crash (kill -9, power loss) cut short; they are never
         read (a blob appears only by rename). Only old ones: another process sharing the store
@@ -77,6 +102,16 @@ class BlobStore:
         except FileNotFoundError:
             raise NotFound(f"stored object {key} is missing", code="blob_missing") from None
         return self.cipher.decrypt(blob) if self.cipher else blob
+
+    def source(self, key: str) -> bytes | Path:
+        """What a reader of ``key`` gets: the file itself when nothing is encrypted (read it
+        line by line, never whole), else the decrypted bytes (the cipher seals whole blobs)."""
+        if self.cipher is not None:
+            return self.get(key)
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"stored object {key} is missing", code="blob_missing")
+        return path
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (a file or a folder of keys); missing is fine."""

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared import db
+from shared.db import now
 
 
-def now() -> int:
-    return int(time.time())
-
-
-class Base(DeclarativeBase):
-    pass
+class Base(db.Base):
+    __abstract__ = True  # with a MetaData of its own (see shared.db.Base), its own Alembic
 
 
 class FileRow(Base):

@@ -1,4 +1,4 @@
-"""``python -m services.training.jobrunner --job-id … --service-url …``: one job on Ray.
+"""``python -m services.training.ray.jobrunner --job-id … --service-url …``: one job on Ray.
 
 This is the entrypoint the training service submits through the Ray Jobs API. It reads its
 spec and every split of its prepared dataset from the service (per-job token in
@@ -223,7 +223,7 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     trained = int(mean_len * total * spec.num_workers * int(hp["batch_size"]))
     report = {"trained_tokens": trained, "result": result}
     if spec.method == "lora" and adapter_dir is not None:
-        from shared.archives import pack_adapter_dir
+        from shared.adapters.archive import pack_adapter_dir
 
         archive = pack_adapter_dir(adapter_dir, work / "adapter.tar.gz")
         with archive.open("rb") as fh:
@@ -360,6 +360,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the importable module, not this ``__main__`` copy: cloudpickle (Tune pickles its
     # callbacks) pickles ``__main__`` functions by value, globals included.
-    from services.training.jobrunner import main as _main
+    from services.training.ray.jobrunner import main as _main
 
     sys.exit(_main())

@@ -2,7 +2,7 @@
 
 The archive is extracted member by member (never ``extractall``), only regular, known files are
 written, and sizes are bounded on the declared and on the actual decompressed bytes.
-``shared.archives`` re-exports ``safe_extract`` and ``ArchiveLimits``.
+``shared.adapters.archive`` re-exports ``safe_extract`` and ``ArchiveLimits``.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ extracted member by member (never ``extractall``), only regular, known files are
 are bounded on the declared and on the actual decompressed bytes, and the adapter's config and
 safetensors header are checked against the base model's module shapes.
 
-Extraction lives in ``shared.archive_extract`` and the config/weights checks in
-``shared.adapter_checks``; this module ties them together and keeps the public API.
+Extraction lives in ``shared.adapters.extract`` and the config/weights checks in
+``shared.adapters.checks``; this module ties them together and keeps the public API.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.adapter_checks import (
+from shared.adapters.checks import (
     check_base_model_name,
     check_lora_tensors,
     config_alpha,
@@ -29,15 +29,15 @@ from shared.adapter_checks import (
     load_adapter_config,
     resolve_target_modules,
 )
-from shared.archive_extract import (
+from shared.adapters.extract import (
     ALLOWED_FILES,
     CONFIG_FILE,
     WEIGHTS_FILE,
     ArchiveLimits,
     safe_extract,
 )
+from shared.adapters.safetensors_header import linear_shapes_from_model_dir, read_safetensors_header
 from shared.errors import InvalidRequest, Unprocessable
-from shared.safetensors_header import linear_shapes_from_model_dir, read_safetensors_header
 
 __all__ = [
     "ALLOWED_FILES",

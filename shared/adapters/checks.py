@@ -2,9 +2,10 @@
 
 ``check_lora_tensors``, ``resolve_target_modules``, ``check_base_model_name``,
 ``load_adapter_config``, ``config_ranks`` and ``config_alpha`` are the pieces of
-``shared.archives.inspect_adapter_dir`` that read an adapter's config and compare it and the
-weights header (from ``shared.safetensors_header.read_safetensors_header``) with a base model's
-module shapes.
+:func:`shared.adapters.archive.inspect_adapter_dir` that read an adapter's config and compare
+it and the weights header (from :mod:`shared.adapters.safetensors_header`) with a base model's
+module shapes. ``adapter_dir_rank`` and ``has_adapter_weights`` are the inference engine's
+last look at an adapter directory before it is handed to vLLM.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ from typing import Any
 from shared.errors import InvalidRequest, Unprocessable
 
 __all__ = [
+    "ADAPTER_WEIGHT_FILES",
+    "adapter_dir_rank",
     "check_base_model_name",
     "check_lora_tensors",
     "config_alpha",
     "config_ranks",
+    "has_adapter_weights",
     "load_adapter_config",
     "resolve_target_modules",
 ]
@@ -34,6 +38,8 @@ MAX_CONFIG_BYTES = 1 * 2**20  # adapter_config.json
 # --------------------------------------------------------------------------- LoRA weights
 
 _WEIGHTS = "adapter_model.safetensors"
+# what vLLM loads from a PEFT directory (archives carry only the safetensors file)
+ADAPTER_WEIGHT_FILES = (_WEIGHTS, "adapter_model.bin")
 _LORA_DTYPES = ("F32", "F16", "BF16")
 _LORA_TENSOR = re.compile(
     r"base_model\.model\.(?P<module>[\w.]+?)\."
@@ -195,6 +201,16 @@ def config_ranks(config: Mapping[str, Any]) -> set[int]:
             "rank_pattern must map module patterns to positive integers", "rank_pattern"
         )
     return {r, *pattern.values()}
+
+
+def adapter_dir_rank(adapter_dir: Path) -> int:
+    """The largest LoRA rank an adapter directory's ``adapter_config.json`` declares."""
+    return max(config_ranks(load_adapter_config(adapter_dir / "adapter_config.json")))
+
+
+def has_adapter_weights(adapter_dir: Path) -> bool:
+    """Whether ``adapter_dir`` holds a weights file vLLM can load."""
+    return any((adapter_dir / name).is_file() for name in ADAPTER_WEIGHT_FILES)
 
 
 def config_alpha(config: Mapping[str, Any]) -> float:

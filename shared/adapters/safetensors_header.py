@@ -9,7 +9,7 @@ contiguous from 0, covering the data buffer exactly, byte sizes matching dtype x
 file accepted here will not make vLLM's loader fail on its structure.
 
 The checks that compare an adapter's config and weights header with a base model's module
-shapes live in ``shared.adapter_checks``.
+shapes live in ``shared.adapters.checks``.
 """
 
 from __future__ import annotations

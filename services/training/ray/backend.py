@@ -1,7 +1,7 @@
 """``RayBackend``: the training service's only door to Ray (the Jobs API).
 
 Each fine-tuning job is one Ray job whose entrypoint is ``python -m
-services.training.jobrunner``; the service submits, polls and stops it through
+services.training.ray.jobrunner``; the service submits, polls and stops it through
 ``JobSubmissionClient`` (token auth header added from the env set by ``ensure_ray``). The
 Ray connection is made lazily — on the first submission, or at start when there are jobs to
 reconcile — so a service with no training work never starts a head. All calls block:
@@ -88,7 +88,7 @@ class RayBackend:
             for p in (
                 self.python,
                 "-m",
-                "services.training.jobrunner",
+                "services.training.ray.jobrunner",
                 "--job-id",
                 job_id,
                 "--service-url",
