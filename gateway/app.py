@@ -13,13 +13,16 @@ from fastapi import FastAPI
 
 from gateway.deps import GatewayState, authenticate_before_body
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
+from gateway.domain.fasthop import new_session
 from gateway.domain.feedback import FeedbackBook
+from gateway.domain.generation import Generations
 from gateway.domain.idempotency import ExpiredPurger
 from gateway.domain.keys import bootstrap_admin
 from gateway.domain.pii_guard import PiiGuard
 from gateway.domain.quotas import Limits, Quotas
 from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
+from gateway.domain.upstream import Upstream
 from gateway.domain.usage import UsageRecorder
 from gateway.routes import (
     admin,
@@ -91,12 +94,16 @@ def create_app(
         written = await anyio.to_thread.run_sync(bootstrap)  # never block the event loop
         if written:
             log.info("bootstrap admin key written", extra={"path": written})
-        upstream = httpx.AsyncClient(
+        http = httpx.AsyncClient(
             transport=upstream_transport,
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=3.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
-        replicas = ReplicaSet(settings.inference_urls, upstream)
+        replicas = ReplicaSet(settings.inference_urls, http)
+        # Generations take the lean client (gateway/domain/fasthop.py) over the network; an
+        # injected transport (in-process tests) carries everything through httpx instead.
+        hop = new_session(settings.upstream_timeout_s) if upstream_transport is None else None
+        upstream = Upstream(http, replicas, hop=hop)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=3.0)
         training = TrainingClient(
             settings.training_url, token, transport=upstream_transport, timeout=timeout
@@ -105,6 +112,8 @@ def create_app(
             settings.registry_url, token, transport=upstream_transport, timeout=timeout
         )
         usage = UsageRecorder(db)
+        resolver = ModelResolver(registry_client, ttl_s=settings.resolve_ttl_s)
+        feedback = FeedbackBook(app.state.metrics_registry)
         app.state.gateway = GatewayState(
             settings=settings,
             db=db,
@@ -115,12 +124,11 @@ def create_app(
             registry=registry_client,
             replicas=replicas,
             quotas=Quotas(db, default_limits(settings)),
-            resolver=ModelResolver(
-                upstream, settings.registry_url, token, ttl_s=settings.resolve_ttl_s
-            ),
-            feedback=FeedbackBook(app.state.metrics_registry),
+            resolver=resolver,
+            feedback=feedback,
             usage=usage,
             pii=PiiGuard(max_chars=settings.pii_max_chars, workers=settings.pii_workers),
+            generations=Generations(resolver, upstream, usage, feedback),
         )
         await replicas.check_once()
         replicas.start()

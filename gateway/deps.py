@@ -7,17 +7,18 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 import anyio
-import httpx
 from fastapi import Depends, Request
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from gateway.domain.feedback import FeedbackBook
+from gateway.domain.generation import Generations
 from gateway.domain.keys import Principal, authenticate, bearer_key, hash_key
 from gateway.domain.pii_guard import PiiGuard
 from gateway.domain.quotas import Quotas
 from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
+from gateway.domain.upstream import Upstream
 from gateway.domain.usage import UsageRecorder
 from gateway.settings import GatewaySettings
 from shared.clients.registry import RegistryClient
@@ -35,7 +36,7 @@ class GatewayState:
     db: Database
     key_secret: str
     internal_token: str
-    upstream: httpx.AsyncClient  # inference traffic (streams) and raw proxying
+    upstream: Upstream  # the one hop to internal services: inference traffic, raw proxying
     training: TrainingClient  # typed calls the gateway makes itself
     registry: RegistryClient
     replicas: ReplicaSet
@@ -44,6 +45,7 @@ class GatewayState:
     feedback: FeedbackBook
     usage: UsageRecorder
     pii: PiiGuard
+    generations: Generations
     auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
 

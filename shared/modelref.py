@@ -7,10 +7,15 @@ means the ``production`` alias; the engine only ever sees immutable versions
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
 from shared.errors import InvalidRequest
+
+MODEL_REF_HEADER = "X-Tunefleet-Model-Ref"
+"""Set by the gateway on a generation it forwards: the immutable ref (``tenant/name@vN`` or a
+base id) it resolved ``model`` to. The replica serves that ref as given."""
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -63,6 +68,7 @@ def version_ref(tenant: str, name: str, version: int) -> str:
     return f"{tenant}/{name}@v{version}"
 
 
+@functools.lru_cache(maxsize=4096)  # per request on the gateway; bounded, pure
 def canonical_model(model: str) -> str:
     """One spelling per meaning, for caches and the registry query: ``a@1``, ``a@01``,
     ``a@v001`` are ``a@v1``; surrounding whitespace goes. A string the parser refuses is

@@ -21,8 +21,8 @@ statement). The limits themselves already live in SQL (table ``quotas``) and are
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -167,6 +167,26 @@ class QuotaBook:
         return self._rows.get(("key", key_id), Limits())
 
 
+@dataclass(frozen=True)
+class Admission:
+    """One admitted request's quota: what its tokens are charged to, and its stream slot."""
+
+    quotas: Quotas
+    who: Principal
+    tenant_limits: Limits
+    key_limits: Limits
+
+    def charge(self, tokens: int) -> None:
+        """Charge the tokens the request used (prompt + generated) to tenant and key."""
+        self.quotas.charge(self.who, self.tenant_limits, self.key_limits, tokens)
+
+    @asynccontextmanager
+    async def stream_slot(self) -> AsyncIterator[None]:
+        """Hold one concurrent stream for the body of the ``async with`` (429 if none free)."""
+        with self.quotas.stream(self.who, self.tenant_limits, self.key_limits):
+            yield
+
+
 class Quotas:
     """What the request path calls: admit, charge tokens, hold a stream."""
 
@@ -196,6 +216,11 @@ class Quotas:
         for subject, limit in self._pairs(who, t, k, "tpm"):
             self.rate.check_positive(f"tpm:{subject}", limit)
         return t, k
+
+    async def admission(self, who: Principal) -> Admission:
+        """``admit`` as an object the request carries to its end (charge, stream slot)."""
+        t, k = await self.admit(who)
+        return Admission(self, who, t, k)
 
     def charge(self, who: Principal, t: Limits, k: Limits, tokens: int) -> None:
         for subject, limit in self._pairs(who, t, k, "tpm"):

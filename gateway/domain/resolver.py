@@ -1,44 +1,68 @@
 """Turning a client's ``model`` into an immutable version through the registry, cached briefly.
 
-The gateway routes by the immutable version (``tenant/name@vN``), so every request for one
-version lands on the replica that has it warm, and an alias move changes the route at once:
-the registry's ``alias.moved`` webhook drops the cached entries (``invalidate``); the TTL only
-bounds staleness when a webhook is lost. When the registry is unreachable or failing (5xx), an
-expired entry younger than ``stale_max_s`` is served instead of a 503, so adapters already in
+This is the fleet's one alias-resolution cache. The gateway resolves a request's model once,
+here, and forwards the immutable ref (``tenant/name@vN``, or the base id) to the replica, which
+serves that ref as given; so every request for one version lands on the replica that has it
+warm, and an alias move changes what is served at once: the registry's ``alias.moved``
+webhook drops the cached entries (``invalidate``); the TTL only bounds staleness when a
+webhook is lost. When the registry is unreachable or failing (5xx), an expired entry younger
+than ``stale_max_s`` is served instead of a 503 (and re-armed for ``ttl_s``, so a registry
+outage costs one failed lookup per model and TTL, not one per request): adapters already in
 use keep serving through a registry outage; only models never resolved get the 503.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from dataclasses import dataclass
 
-import httpx
-
-from shared.errors import ServiceUnavailable, error_from_envelope
-from shared.logging import request_id_var
+from shared.clients.registry import RegistryClient
+from shared.errors import ServiceUnavailable
 from shared.modelref import canonical_model
 from shared.schemas.registry import Resolution
+
+MAX_ENTRIES = 10_000
+
+
+@dataclass
+class _Entry:
+    resolution: Resolution
+    expires: float  # monotonic: served without asking the registry until then
+    fetched: float  # monotonic: when the registry last said so (bounds stale serving)
 
 
 class ModelResolver:
     def __init__(
         self,
-        http: httpx.AsyncClient,
-        registry_url: str,
-        token: str,
+        registry: RegistryClient,
         *,
         ttl_s: float,
         timeout_s: float = 10.0,
         stale_max_s: float = 3600.0,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
-        self.http = http
-        self.url = registry_url.rstrip("/") + "/v1/resolve"
-        self.token = token
+        self.registry = registry
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.stale_max_s = stale_max_s
-        self._cache: dict[tuple[str, str], tuple[Resolution, float]] = {}
+        self.max_entries = max_entries
+        self._cache: dict[tuple[str, str], _Entry] = {}
+        # Single flight: requests arriving while one lookup of a key is under way wait for it
+        # (when an entry expires under load, the registry is asked once, not once per request).
+        # The lookup is its own task: a waiter's cancellation never cancels it for the others.
+        self._inflight: dict[tuple[str, str], asyncio.Task[Resolution]] = {}
+        # Bumped by every invalidation: a lookup that began before one does not store its
+        # answer (it may name the version the alias just left).
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def cached(self, tenant: str, model: str) -> Resolution | None:
+        """What ``model`` resolves to from the cache, fresh or not (None if never resolved)."""
+        entry = self._cache.get((tenant, canonical_model(model)))
+        return entry.resolution if entry is not None else None
 
     async def resolve(self, tenant: str, model: str) -> Resolution:
         """The immutable identity of ``model`` for ``tenant`` (404 ``model_not_found``).
@@ -46,43 +70,46 @@ class ModelResolver:
         Cached under the canonical spelling (``a@01`` is ``a@v1``), so the bounded cache holds
         one entry per version or alias, however clients spell them."""
         model = canonical_model(model)
-        hit = self._cache.get((tenant, model))
+        key = (tenant, model)
+        entry = self._cache.get(key)
         now = time.monotonic()
-        if hit is not None and hit[1] > now:
-            return hit[0]
-        # expired but recent: served instead of a 503 if the registry cannot answer
-        stale = hit[0] if hit is not None and now - hit[1] < self.stale_max_s else None
-        headers = {"Authorization": f"Bearer {self.token}", "X-Tenant-Id": tenant}
-        rid = request_id_var.get()
-        if rid:
-            headers["X-Request-Id"] = rid
+        if entry is not None and entry.expires > now:
+            return entry.resolution
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(key, entry, now))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _lookup(self, key: tuple[str, str], entry: _Entry | None, now: float) -> Resolution:
+        tenant, model = key
+        epoch = self._epoch
         try:
-            resp = await self.http.get(
-                self.url, params={"model": model}, headers=headers, timeout=self.timeout_s
-            )
-        except httpx.TransportError as exc:
-            if stale is not None:
-                return stale  # registry down: the last known version keeps serving
+            res = await self.registry.resolve(tenant, model, timeout=self.timeout_s)
+        except ServiceUnavailable as exc:  # unreachable, or a 5xx
+            if entry is not None and now - entry.fetched < self.stale_max_s:
+                entry.expires = now + self.ttl_s  # the last known version keeps serving
+                return entry.resolution
             raise ServiceUnavailable(
-                "registry is unreachable", code="registry_unavailable", retry_after=2
+                f"registry is unavailable: {exc.message}",
+                code="registry_unavailable",
+                retry_after=2,
             ) from exc
-        if resp.status_code >= 500 and stale is not None:
-            return stale
-        if resp.status_code != 200:
-            body: Any = resp.json() if resp.content else {}
-            raise error_from_envelope(resp.status_code, body)
-        res = Resolution.model_validate(resp.json())
-        if len(self._cache) > 10_000:  # bounded: drop everything rather than track LRU order
-            self._cache.clear()
-        self._cache[(tenant, model)] = (res, now + self.ttl_s)
+        if epoch != self._epoch:
+            return res  # an invalidation came meanwhile: answer this request, keep nothing
+        if len(self._cache) >= self.max_entries and key not in self._cache:
+            self._cache.clear()  # bounded: drop everything rather than track LRU order
+        self._cache[key] = _Entry(res, now + self.ttl_s, now)
         return res
 
     def invalidate(self, tenant: str, adapter: str | None) -> int:
         """Drop ``tenant``'s cached resolutions of ``adapter`` (all of the tenant's if None)."""
+        self._epoch += 1
         doomed = [
             k
-            for k, (res, _) in self._cache.items()
-            if k[0] == tenant and (adapter is None or res.adapter == adapter)
+            for k, e in self._cache.items()
+            if k[0] == tenant and (adapter is None or e.resolution.adapter == adapter)
         ]
         for k in doomed:
             del self._cache[k]

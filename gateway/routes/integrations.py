@@ -17,11 +17,11 @@ from gateway.deps import Caller, GatewayState, State
 from gateway.domain import integration_store as store
 from gateway.domain import integrations as integ
 from gateway.domain.admin import Actor
-from gateway.domain.forward import upstream_headers
+from gateway.domain.generation import answer_text
 from gateway.domain.keys import Principal
 from gateway.domain.templates import check_template, render
+from gateway.domain.upstream import internal_headers, passed_headers
 from gateway.routes import proxy
-from gateway.routes.inference import answer_text, generate
 from shared.app import request_id_of
 from shared.errors import InvalidRequest, error_from_envelope
 from shared.jsonbody import loads_untrusted
@@ -118,13 +118,13 @@ async def _run(
     prompt = render(spec.template, integ.extract(spec, record, where))
     path, body = integ.model_call(spec, prompt)
     await st.pii.enforce(who.pii_mode, body)
-    await st.quotas.admit(who)
-    headers = upstream_headers(request, who, st.internal_token)
+    quota = await st.quotas.admission(who)
+    headers = internal_headers(st.internal_token, who, passed_headers(request.headers))
     headers["content-type"] = "application/json"
-    status, _, raw = await generate(st, who, path, body, headers, request_id=None)
-    data = json.loads(raw or b"{}")
-    if status != 200:
-        raise error_from_envelope(status, data)
+    answer = await st.generations.complete(quota, path, body, headers)
+    data = json.loads(answer.body or b"{}")
+    if answer.status != 200:
+        raise error_from_envelope(answer.status, data)
     return answer_text(data), str(data.get("id", ""))
 
 

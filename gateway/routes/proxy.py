@@ -13,12 +13,10 @@ from fastapi.responses import Response
 
 from gateway.deps import GatewayState
 from gateway.domain import audit, idempotency
-from gateway.domain.forward import open_upstream, relay, upstream_headers
 from gateway.domain.keys import Principal
+from gateway.domain.upstream import Body, internal_headers, passed_headers
 from shared.app import request_id_of
-from shared.errors import PayloadTooLarge, TunefleetError, error_from_envelope
-
-Body = bytes | AsyncIterator[bytes] | None
+from shared.errors import PayloadTooLarge, TunefleetError
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -76,16 +74,14 @@ async def forward(
     """Send this request (same method, path, query) to ``service`` as the caller's tenant."""
     if body is None and request.method in ("POST", "PUT", "PATCH"):
         body = bounded_stream(request, upload_limit(request, st))
-    resp = await open_upstream(
-        st.upstream,
+    return await st.upstream.forward(
         request.method,
         base_url.rstrip("/") + request.url.path,
-        headers=upstream_headers(request, who, st.internal_token),
+        headers=internal_headers(st.internal_token, who, passed_headers(request.headers)),
         content=body,
         params=dict(request.query_params),
         service=service,
     )
-    return await relay(resp)
 
 
 def route_action(request: Request) -> str:
@@ -194,27 +190,6 @@ async def list_all(
 ) -> list[dict[str, Any]]:
     """Every item of an internal list endpoint for the caller's tenant (follows the cursor)."""
     headers = {"Authorization": f"Bearer {st.internal_token}", "X-Tenant-Id": who.tenant}
-    items: list[dict[str, Any]] = []
-    params: dict[str, Any] = {"limit": 100}
-    for _ in range(1000):  # a hard stop: never loop forever on a misbehaving cursor
-        resp = await open_upstream(
-            st.upstream,
-            "GET",
-            base_url.rstrip("/") + path,
-            headers=headers,
-            content=None,
-            params=params,
-            service=service,
-        )
-        try:
-            raw = await resp.aread()
-        finally:
-            await resp.aclose()
-        if resp.status_code != 200:
-            raise error_from_envelope(resp.status_code, json.loads(raw or b"{}"))
-        page = json.loads(raw)
-        items.extend(page.get("data", []))
-        if not page.get("has_more") or not page.get("data"):
-            break
-        params["after"] = page["data"][-1][cursor]
-    return items
+    return await st.upstream.list_all(
+        base_url.rstrip("/") + path, headers, service=service, cursor=cursor
+    )

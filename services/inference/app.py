@@ -88,7 +88,7 @@ def create_app(
         app.state.server = Server(
             engine,
             cache,
-            ModelResolver(registry, ttl=settings.resolve_ttl_s),
+            ModelResolver(registry),
             metrics,
             base_model=settings.base_model,
             max_model_len=settings.max_model_len,

@@ -35,7 +35,6 @@ class InferenceSettings(ServiceSettings):
         default=True,
         description="CPU: tunefleet's packed multi-LoRA linear instead of vLLM's (no-op on GPU)",
     )
-    resolve_ttl_s: float = Field(default=5.0, ge=0, description="alias re-resolution period")
     drain_timeout_s: float = Field(default=30.0, ge=0)
     default_max_tokens: int = Field(default=256, ge=1)
 

@@ -29,8 +29,11 @@ from shared.schemas.registry import (
 class RegistryClient(ServiceClient):
     service = "registry"
 
-    async def resolve(self, tenant: str, model: str) -> Resolution:
-        data = await self.json("GET", "/v1/resolve", tenant=tenant, params={"model": model})
+    async def resolve(self, tenant: str, model: str, *, timeout: float | None = None) -> Resolution:
+        """What ``model`` names for ``tenant`` now (``timeout``: this call's, if not the
+        client's)."""
+        kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        data = await self.json("GET", "/v1/resolve", tenant=tenant, params={"model": model}, **kw)
         return Resolution.model_validate(data)
 
     async def list_base_models(self, tenant: str) -> list[BaseModelOut]:

@@ -75,6 +75,6 @@ def test_gateway_schema_fuzz(tmp_path: Path, model_dir: Path, stop_lifespans: No
         assert not unknown, "\n".join(unknown)
         if problems:
             # Known bug, reported to the gateway owner: a path parameter holding a control
-            # character (%19) reaches httpx in gateway/domain/forward.py open_upstream
+            # character (%19) reaches httpx in gateway/domain/upstream.py Upstream.open
             # (client.build_request) and raises httpx.InvalidURL -> HTTP 500, not 400.
             pytest.xfail("gateway: control character in a path parameter is a 500:\n" + problems[0])

@@ -122,7 +122,7 @@ async def test_resolver_cache_canonical_bounded_and_dropped_on_delete(
                 data={"metadata": '{"base_model":"tiny-llama"}'},
             )
         assert r.status_code == 201, r.text
-        resolver = ModelResolver(client, ttl=60, max_entries=3)
+        resolver = ModelResolver(client, max_entries=3)
         counting.calls = 0
         refs = {(await resolver.resolve("acme", m)).ref for m in ("a@1", "a@01", "a@v001", " a@1")}
         assert refs == {"acme/a@v1"}
@@ -134,7 +134,7 @@ async def test_resolver_cache_canonical_bounded_and_dropped_on_delete(
         await resolver.resolve("acme", "a@v1")
         r = await http.delete("/v1/adapters/a", headers=auth)
         assert r.status_code == 200, r.text
-        assert resolver.invalidate("acme", "a", versions_too=True) == 1
+        assert resolver.invalidate("acme", "a") == 1
         assert len(resolver) <= 1  # only the base model is left
     with registry.state.registry.db.session() as s:
         events = [d.payload for d in s.scalars(select(DeliveryRow)) if d.event == "adapter.deleted"]

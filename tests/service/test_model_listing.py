@@ -91,7 +91,7 @@ async def test_list_and_retrieve(
     assert owners[SERVED] == "system" and owners["acme-full"] == owners["router@v1"] == "acme"
     assert [c.id for c in await list_models(client, "globex", SERVED)] == [SERVED]
 
-    resolver = ModelResolver(client, ttl=5)
+    resolver = ModelResolver(client)
     for form, root in {
         "router": "router@v1",
         "router@production": "router@v1",

@@ -217,7 +217,7 @@ async def test_pii_guard_mask_and_block(f: Fleet) -> None:
     assert "jane.doe" not in r.text and "4111" not in r.text  # kinds, never values
     await f.gateway.patch("/admin/tenants/acme", json={"pii_mode": "mask"}, headers=admin)
     # Look at what the gateway actually forwards to the inference replica.
-    router = f.gateway_app.state.gateway.upstream._transport
+    router = f.gateway_app.state.gateway.upstream.http._transport
     inference_asgi = router.apps["inference"]
     seen: list[bytes] = []
 

@@ -163,7 +163,7 @@ async def test_alias_webhook_reroutes_and_stream_usage(f: Fleet, archives: list[
     msg = [{"role": "user", "content": "Invoice wrong"}]
     await asyncio.sleep(0.5)  # let the promotion's own webhook land first
     await client.chat.completions.create(model="router", messages=msg, max_tokens=2)
-    assert st.resolver._cache[("acme", "router")][0].version == 1
+    assert st.resolver.cached("acme", "router").version == 1
     # a new version moves production: the registry's signed webhook drops the gateway's cache
     with archives[1].open("rb") as fh:
         r = await f.gateway.post(
@@ -180,7 +180,7 @@ async def test_alias_webhook_reroutes_and_stream_usage(f: Fleet, archives: list[
     )
     assert r.status_code == 200
     for _ in range(100):
-        if ("acme", "router") not in st.resolver._cache:
+        if st.resolver.cached("acme", "router") is None:
             break
         await asyncio.sleep(0.05)
     else:
@@ -189,7 +189,12 @@ async def test_alias_webhook_reroutes_and_stream_usage(f: Fleet, archives: list[
         model="router", messages=msg, max_tokens=2
     )
     assert raw.headers["x-tunefleet-adapter-version"] == "acme/router@v2"
-    assert st.resolver._cache[("acme", "router")][0].ref == "acme/router@v2"
+    assert st.resolver.cached("acme", "router").ref == "acme/router@v2"
+    # resolved once: the replica served the ref the gateway forwarded and holds no alias answer
+    # of its own (nothing there could serve a moved alias stale)
+    replica = f.inference_app.state.server.resolver
+    assert all(res.alias is None for res in replica._cache.values()), replica._cache
+    assert ("acme", "router@v2") in replica._cache
     r = await f.gateway.post("/internal/registry-events", json={"type": "alias.moved"})
     assert r.status_code == 401
     # streamed answers are accounted from the final usage chunk, which the client did not

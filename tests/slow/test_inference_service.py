@@ -164,6 +164,13 @@ async def test_bad_requests_are_clear(f: Fleet) -> None:
         "/v1/completions", json=completion("tiny-llama"), headers={"Authorization": "Bearer nope"}
     )
     assert r.status_code == 401
+    # the ref a gateway forwards is served as given, and only within the caller's tenant
+    ref = {"X-Tunefleet-Model-Ref": "globex/router@v1"}
+    r = await f.inference.post("/v1/completions", json=completion("router"), headers=ref)
+    assert r.status_code == 400, r.text
+    ref = {"X-Tunefleet-Model-Ref": "tiny-llama"}
+    r = await f.inference.post("/v1/completions", json=completion("anything"), headers=ref)
+    assert r.status_code == 200 and r.headers[HEADER] == "tiny-llama", r.text
 
 
 async def test_bad_adapters_are_422_and_engine_keeps_serving(

@@ -104,7 +104,6 @@ async def fleet(
             "max_loras": 4,
             "max_cpu_loras": 8,
             "max_lora_rank": 16,
-            "resolve_ttl_s": 5.0,
             **inference_overrides,
         }
     )

@@ -3,10 +3,13 @@ registry is down; a model never resolved gets 503 with Retry-After."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
 from gateway.domain.resolver import ModelResolver
+from shared.clients.registry import RegistryClient
 from shared.errors import ServiceUnavailable
 
 RESOLUTION = {
@@ -28,8 +31,9 @@ async def test_stale_if_error_only_for_known_models() -> None:
             raise httpx.ConnectError("registry down", request=request)
         return httpx.Response(state["status"], json=RESOLUTION)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        resolver = ModelResolver(http, "http://registry", "t", ttl_s=0.0, stale_max_s=60)
+    registry = RegistryClient("http://registry", "t", transport=httpx.MockTransport(handler))
+    async with registry:
+        resolver = ModelResolver(registry, ttl_s=0.0, stale_max_s=60)
         assert (await resolver.resolve("acme", "router")).ref == "acme/router@v1"
         state["up"] = False
         assert (await resolver.resolve("acme", "router")).ref == "acme/router@v1"  # stale
@@ -38,3 +42,60 @@ async def test_stale_if_error_only_for_known_models() -> None:
         assert exc.value.headers["Retry-After"] == "2"
         state.update(up=True, status=503)
         assert (await resolver.resolve("acme", "router")).ref == "acme/router@v1"
+
+
+async def test_outage_costs_one_lookup_per_ttl_and_events_drop_entries() -> None:
+    """While the registry is down a stale entry is re-armed: requests do not each wait for a
+    failed lookup. An alias event drops the adapter's entries, and only them."""
+    calls = {"n": 0, "up": True}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if not calls["up"]:
+            raise httpx.ConnectError("registry down", request=request)
+        model = request.url.params["model"]
+        if model == "tiny-llama":
+            return httpx.Response(
+                200, json={"model": model, "kind": "base", "base_model": model, "ref": model}
+            )
+        return httpx.Response(200, json=RESOLUTION)
+
+    registry = RegistryClient(
+        "http://registry", "t", transport=httpx.MockTransport(handler), retries=1
+    )
+    async with registry:
+        resolver = ModelResolver(registry, ttl_s=60, stale_max_s=3600)
+        await resolver.resolve("acme", "router")
+        await resolver.resolve("acme", "tiny-llama")
+        assert resolver.invalidate("acme", "router") == 1
+        assert resolver.cached("acme", "router") is None
+        assert resolver.cached("acme", "tiny-llama") is not None
+        await resolver.resolve("acme", "router")
+        resolver._cache[("acme", "router")].expires = 0  # the TTL ran out
+        calls.update(n=0, up=False)
+        for _ in range(5):
+            assert (await resolver.resolve("acme", "router")).ref == "acme/router@v1"
+        assert calls["n"] == 1
+
+
+async def test_single_flight_and_no_store_across_an_invalidation() -> None:
+    """Concurrent misses ask the registry once; a lookup overtaken by an alias event answers
+    its request but is not cached (it may name the version the alias just left)."""
+    calls = {"n": 0}
+    release = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        await release.wait()
+        return httpx.Response(200, json=RESOLUTION)
+
+    registry = RegistryClient("http://registry", "t", transport=httpx.MockTransport(handler))
+    async with registry:
+        resolver = ModelResolver(registry, ttl_s=60)
+        waiting = [asyncio.create_task(resolver.resolve("acme", "router")) for _ in range(8)]
+        await asyncio.sleep(0.05)
+        resolver.invalidate("acme", "router")  # the alias moved while the lookup ran
+        release.set()
+        refs = {r.ref for r in await asyncio.gather(*waiting)}
+        assert refs == {"acme/router@v1"} and calls["n"] == 1
+        assert resolver.cached("acme", "router") is None

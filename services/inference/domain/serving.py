@@ -82,9 +82,19 @@ class Server:
 
     # ------------------------------------------------------------------ prepare
     async def prepare(
-        self, tenant: str, body: CompletionRequest | ChatCompletionRequest, request_id: str
+        self,
+        tenant: str,
+        body: CompletionRequest | ChatCompletionRequest,
+        request_id: str,
+        *,
+        ref: str | None = None,
     ) -> Prepared:
-        res = await self.resolver.resolve(tenant, body.model)
+        """``ref``: the immutable version the gateway already resolved ``body.model`` to
+        (served as given: the alias is never resolved a second time); None for a direct call."""
+        if ref:
+            res = await self.resolver.resolve_ref(tenant, ref)
+        else:
+            res = await self.resolver.resolve(tenant, body.model)
         if res.base_model != self.base_model:
             raise NotFound(
                 f"model {body.model!r} is built on {res.base_model!r}, which this "

@@ -1,9 +1,9 @@
-"""Registry events (webhook, signed with the internal token): the hot-swap trigger.
+"""Registry events (webhook, signed with the internal token).
 
-An alias move drops the cached resolution at once, so the next request re-resolves to the new
-immutable version; requests already running keep the version they resolved. A deleted adapter
-drops its cached resolutions (versions too) and its metric series. The new version
-is also prewarmed in the background so the first request after a swap does not pay the load.
+A replica keeps no alias cache (it serves the immutable refs the gateway resolved), so an
+alias move needs no invalidation here: the event only prewarms the new version in the
+background, so the first request after a swap does not pay the load. A deleted adapter drops
+its cached versions and its metric series.
 """
 
 from __future__ import annotations
@@ -32,18 +32,14 @@ async def registry_event(request: Request, srv: Srv) -> dict[str, Any]:
     event = await request.json()
     data = event.get("data", {})
     tenant = str(event.get("tenant", ""))
-    if event.get("type") in ("alias.moved", "alias.deleted") and tenant:
-        dropped = srv.resolver.invalidate(tenant, data.get("adapter"))
-        log.info("alias event", extra={"adapter": data.get("adapter"), "dropped": dropped})
-        if event["type"] == "alias.moved" and data.get("to_version"):
-            task = asyncio.create_task(
-                _prewarm(srv, tenant, f"{data['adapter']}@{data['to_version']}")
-            )
-            request.app.state.background.add(task)
-            task.add_done_callback(request.app.state.background.discard)
-    if event.get("type") == "adapter.deleted" and tenant and data.get("adapter"):
+    kind = event.get("type")
+    if kind == "alias.moved" and tenant and data.get("adapter") and data.get("to_version"):
+        task = asyncio.create_task(_prewarm(srv, tenant, f"{data['adapter']}@{data['to_version']}"))
+        request.app.state.background.add(task)
+        task.add_done_callback(request.app.state.background.discard)
+    if kind == "adapter.deleted" and tenant and data.get("adapter"):
         adapter = str(data["adapter"])
-        dropped = srv.resolver.invalidate(tenant, adapter, versions_too=True)
+        dropped = srv.resolver.invalidate(tenant, adapter)
         series = srv.metrics.forget_adapter(tenant, adapter)
         log.info(
             "adapter deleted", extra={"adapter": adapter, "dropped": dropped, "series": series}

@@ -13,6 +13,7 @@ from services.inference.domain.responses import complete, sse_stream
 from shared.app import request_id_of
 from shared.auth import TenantId
 from shared.errors import ServiceUnavailable
+from shared.modelref import MODEL_REF_HEADER
 from shared.schemas.common import ListResponse
 from shared.schemas.openai import ChatCompletionRequest, CompletionRequest, ModelCard
 
@@ -31,7 +32,8 @@ async def _serve(
     if request.app.state.draining:
         raise ServiceUnavailable("replica is draining; retry on another", code="draining")
     rid = request_id_of(request) or uuid.uuid4().hex
-    prepared = await srv.prepare(tenant, body, rid)
+    ref = request.headers.get(MODEL_REF_HEADER)
+    prepared = await srv.prepare(tenant, body, rid, ref=ref)
     response_id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     headers = {VERSION_HEADER: prepared.served_ref}
     chunks = srv.stream(prepared)

@@ -1,0 +1,152 @@
+"""One generation through the gateway: resolve once, forward the immutable ref, account.
+
+The request's ``model`` is resolved once (``ModelResolver``, the fleet's one alias cache) and
+the immutable ref goes to the replica (``Upstream.generate``), which serves it as given. What
+was generated is billed: usage is recorded and charged to the tenant's and key's token
+budgets from the answer (non-streamed) or from the stream's final usage chunk (streamed), and
+a non-streamed answer is remembered for feedback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from gateway.domain.feedback import FeedbackBook, Prediction
+from gateway.domain.quotas import Admission
+from gateway.domain.resolver import ModelResolver, adapter_label, route_key
+from gateway.domain.upstream import Upstream, ask_for_usage, relay_events, response_headers
+from gateway.domain.usage import UsageRecorder
+from shared.schemas.registry import Resolution
+
+
+@dataclass
+class Answer:
+    """What the replica answered: whole (``body``), or as server-sent ``events``."""
+
+    status: int = 0
+    headers: dict[str, str] | None = None
+    body: bytes = b""
+    events: AsyncGenerator[bytes, None] | None = None
+
+
+def answer_text(data: dict[str, Any]) -> str:
+    """The first choice's text of a chat or text completion ('' if none)."""
+    choices = data.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message") or {}
+    return str(message.get("content") or first.get("text") or "")
+
+
+class Generations:
+    def __init__(
+        self,
+        resolver: ModelResolver,
+        upstream: Upstream,
+        usage: UsageRecorder,
+        feedback: FeedbackBook,
+    ) -> None:
+        self.resolver = resolver
+        self.upstream = upstream
+        self.usage = usage
+        self.feedback = feedback
+
+    def _bill(self, quota: Admission, model: str, usage: dict[str, Any]) -> None:
+        p, c = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+        self.usage.add(quota.who.tenant, quota.who.key_id, model, p, c)
+        quota.charge(p + c)
+
+    async def complete(
+        self,
+        quota: Admission,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        raw: bytes | None = None,
+        request_id: str | None = None,
+    ) -> Answer:
+        """One non-streamed generation (``raw``: the body's bytes when unchanged)."""
+        res = await self.resolver.resolve(quota.who.tenant, body["model"])
+        resp = await self.upstream.generate(
+            path, key=route_key(res), headers=headers, raw=raw or json.dumps(body).encode()
+        )
+        try:
+            out = await resp.aread()
+        finally:
+            await resp.aclose()
+        if resp.status_code == 200:
+            data = json.loads(out)
+            self._bill(quota, body["model"], data.get("usage") or {})
+            self.feedback.remember(
+                [request_id or "", str(data.get("id", ""))],
+                Prediction(quota.who.tenant, adapter_label(res), answer_text(data)),
+            )
+        return Answer(resp.status_code, response_headers(resp), out)
+
+    async def stream(
+        self,
+        quota: Admission,
+        path: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        raw: bytes | None = None,
+    ) -> Answer:
+        """A streamed generation: ``events`` set when the replica streams (the stream slot is
+        held until they end, however they end), else the replica's error ``body``. Errors
+        before the replica answers (429 no stream slot, 503 no replica) are raised here."""
+        res = await self.resolver.resolve(quota.who.tenant, body["model"])
+        hide_usage = ask_for_usage(body)
+        if hide_usage or raw is None:
+            raw = json.dumps(body).encode()
+        answer = Answer()
+        events = self._events(answer, quota, res, path, headers, raw, body["model"], hide_usage)
+        await anext(events)  # holds the slot and opens the upstream answer, or raises
+        if answer.events is None:
+            await events.aclose()  # not a stream: the slot goes back now
+        else:
+            answer.events = events
+        return answer
+
+    async def _events(
+        self,
+        answer: Answer,
+        quota: Admission,
+        res: Resolution,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        model: str,
+        hide_usage: bool,
+    ) -> AsyncGenerator[bytes, None]:
+        """First fills ``answer`` in (yields nothing), then relays the events, if any."""
+        async with quota.stream_slot():
+            resp = await self.upstream.generate(path, key=route_key(res), headers=headers, raw=raw)
+            answer.status, answer.headers = resp.status_code, response_headers(resp)
+            if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                try:
+                    answer.body = await resp.aread()  # an error envelope before any token
+                finally:
+                    await resp.aclose()
+                yield b""
+                return
+
+            def on_usage(p: int, c: int) -> None:
+                self._bill(quota, model, {"prompt_tokens": p, "completion_tokens": c})
+
+            relay = relay_events(resp, on_usage, hide_usage=hide_usage)
+            answer.events = relay  # marks a stream; stream() hands out this generator instead
+            try:
+                yield b""
+                async for chunk in relay:
+                    yield chunk
+            finally:
+                # Closing the upstream response cancels the generation; shielded, because a
+                # client disconnect arrives here as a cancellation that would cut it short.
+                with anyio.CancelScope(shield=True):
+                    await relay.aclose()

@@ -1,0 +1,85 @@
+"""The gateway's one upstream hop: idempotent calls retried once, POSTs never, generations
+fail over to the next replica with the immutable ref attached; a stream slot is an async
+context manager that always gives its slot back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.app import MIGRATIONS, VERSION_TABLE
+from gateway.domain.keys import Principal
+from gateway.domain.quotas import Admission, Limits, Quotas
+from gateway.domain.routing import ReplicaSet
+from gateway.domain.upstream import Upstream
+from shared.db import Database, run_migrations
+from shared.errors import RateLimited, ServiceUnavailable
+
+
+def flaky(fail_first: int, seen: list[httpx.Request]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) <= fail_first:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(handler)
+
+
+async def test_idempotent_calls_are_retried_once_posts_never() -> None:
+    seen: list[httpx.Request] = []
+    async with httpx.AsyncClient(transport=flaky(1, seen)) as http:
+        up = Upstream(http, ReplicaSet([], http))
+        resp = await up.forward("GET", "http://registry/v1/adapters", headers={}, service="x")
+        assert resp.status_code == 200 and len(seen) == 2
+        seen.clear()
+        with pytest.raises(ServiceUnavailable):
+            await up.forward(
+                "POST", "http://registry/v1/adapters", headers={}, content=b"{}", service="x"
+            )
+        assert len(seen) == 1
+
+
+async def test_generation_fails_over_with_the_ref() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "down":
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"choices": []})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        replicas = ReplicaSet(["http://down", "http://up"], http)
+        up = Upstream(http, replicas)
+        key = next(
+            k
+            for k in (f"acme/a@v{i}" for i in range(1, 50))
+            if replicas.ranked(k)[0].url == "http://down"
+        )
+        resp = await up.generate("/v1/completions", key=key, headers={}, raw=b"{}")
+        await resp.aclose()
+        assert resp.status_code == 200
+        assert [r.url.host for r in seen] == ["down", "up"]
+        assert seen[-1].headers["x-tunefleet-model-ref"] == key
+        assert not replicas.replicas[0].healthy
+
+
+async def test_stream_slot_is_given_back(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gateway.db'}"
+    run_migrations(url, MIGRATIONS, VERSION_TABLE)
+    db = Database(url)
+    quotas = Quotas(db, lambda: Limits(600, 1000, 1, 5, 1))
+    who = Principal(key_id="key_1", tenant="acme", role="app")
+    admission = await quotas.admission(who)
+    assert isinstance(admission, Admission)
+    async with admission.stream_slot():
+        with pytest.raises(RateLimited):
+            async with admission.stream_slot():
+                pass
+    async with admission.stream_slot():  # the slot came back
+        pass
+    assert quotas.streams.open["tenant:acme"] == 0
+    db.dispose()
