@@ -38,6 +38,7 @@ from shared.app import create_service_app
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
 from shared.db import Database, run_migrations
+from shared.tracing import instrument_client
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -96,13 +97,23 @@ def create_app(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=3.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
+        tracer = app.state.tracer_provider  # None: tracing off
+        instrument_client(upstream, tracer)
         replicas = ReplicaSet(settings.inference_urls, upstream)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=3.0)
         training = TrainingClient(
-            settings.training_url, token, transport=upstream_transport, timeout=timeout
+            settings.training_url,
+            token,
+            transport=upstream_transport,
+            timeout=timeout,
+            tracer_provider=tracer,
         )
         registry_client = RegistryClient(
-            settings.registry_url, token, transport=upstream_transport, timeout=timeout
+            settings.registry_url,
+            token,
+            transport=upstream_transport,
+            timeout=timeout,
+            tracer_provider=tracer,
         )
         usage = UsageRecorder(db)
         app.state.gateway = GatewayState(
@@ -151,6 +162,7 @@ def create_app(
         max_body_bytes=lambda: settings.max_body_bytes,  # read per request: may change live
         max_upload_bytes=lambda: settings.max_upload_bytes,
         before_body=authenticate_before_body,
+        traces_endpoint=settings.traces_endpoint(),
     )
     for module in (
         inference,
