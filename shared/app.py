@@ -35,7 +35,7 @@ from shared.errors import (
 )
 from shared.logging import request_id_var, tenant_var
 from shared.metrics import CONTENT_TYPE_LATEST, HttpMetrics, new_registry, render
-from shared.tracing import instrument_app, start_tracing
+from shared.tracing import TraceMiddleware, start_tracing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -251,9 +251,9 @@ def create_service_app(
     )
     # added last, so outermost: refusals above carry the request id and are measured
     app.add_middleware(RequestContextMiddleware, metrics=app.state.http_metrics)
+    if provider is not None:  # outermost: the whole request, its access log too, in its span
+        app.add_middleware(TraceMiddleware, provider=provider)
     install_error_handlers(app)
-    if provider is not None:
-        instrument_app(app, provider)  # outermost: the whole request is in its span
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -3,121 +3,164 @@
 ``start_tracing`` is called by the app factory (``shared.app.create_service_app``) with the
 endpoint from the service's settings; it returns a per-app ``TracerProvider`` or None. With
 None nothing is instrumented: no middleware, no client wrapper, no cost on the request path.
-With a provider, the app's server spans (FastAPI) and the service clients' client spans
-(httpx) go to it, and every inter-service call carries the W3C ``traceparent`` header, so
-gateway → registry → inference is one trace. The provider is per app, not global: two apps in
-one test process keep their own.
+With a provider, each request the app serves is a server span (``TraceMiddleware``) and each
+call its service clients make is a client span carrying the W3C ``traceparent`` header
+(``instrument_client``), so gateway → registry → inference is one trace. The provider is per
+app, not global: two apps in one test process keep their own.
+
+Both layers are written here on the OpenTelemetry API rather than taken from the
+``opentelemetry-instrumentation-fastapi``/``-httpx`` packages: those cost ~140 µs of CPU per
+hop even with sampling off (benchmarks/tracing_overhead.py), a budget the gateway does not
+have (≤ 1 ms per request). These record what an SRE follows a request by (route, status,
+method, URL, request id, tenant) and nothing per ASGI message.
 
 Spans are batched and sent over OTLP/HTTP (protobuf) by a background thread; the exporter
 reads its headers, timeout and compression from the standard ``OTEL_EXPORTER_OTLP_*``
-variables, and the sampler from ``OTEL_TRACES_SAMPLER`` when it is set.
+variables, and the provider its sampler from ``OTEL_TRACES_SAMPLER`` (default: parent-based,
+always on).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace.sampling import (
-    ALWAYS_ON,
-    Decision,
-    ParentBased,
-    Sampler,
-    SamplingResult,
-)
-from opentelemetry.trace import Link, SpanKind
-from opentelemetry.util.types import Attributes
+import httpx
+from opentelemetry import context, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    import httpx
-    from fastapi import FastAPI
-    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+    from opentelemetry.sdk.trace import TracerProvider
 
 # Probes and scrapes would be most of the spans and tell nothing about a request.
-UNTRACED_PATHS = ("/healthz", "/readyz", "/metrics")
+UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_W3C = TraceContextTextMapPropagator()
+_SCOPE = "tunefleet"
 
 
-class NoClientRoots(Sampler):
-    """A trace starts at a request a service receives, never at a call it makes on its own:
-    the gateway's replica health checks (one every second or so per replica) would otherwise
-    each be a one-span trace. Calls made inside a request follow their parent's decision."""
-
-    def __init__(self, root: Sampler = ALWAYS_ON) -> None:
-        self._root = root
-
-    def should_sample(
-        self,
-        parent_context: Context | None,
-        trace_id: int,
-        name: str,
-        kind: SpanKind | None = None,
-        attributes: Attributes = None,
-        links: Sequence[Link] | None = None,
-        trace_state: trace.TraceState | None = None,
-    ) -> SamplingResult:
-        if kind is SpanKind.CLIENT:
-            return SamplingResult(Decision.DROP)
-        return self._root.should_sample(
-            parent_context, trace_id, name, kind, attributes, links, trace_state
-        )
-
-    def get_description(self) -> str:
-        return f"NoClientRoots{{{self._root.get_description()}}}"
-
-
-def start_tracing(
-    service: str,
-    traces_endpoint: str | None,
-    *,
-    processor: SpanProcessor | None = None,
-) -> TracerProvider | None:
+def start_tracing(service: str, traces_endpoint: str | None) -> TracerProvider | None:
     """A tracer provider exporting to ``traces_endpoint`` (the full OTLP/HTTP URL, ending in
-    ``/v1/traces``), or None when there is no endpoint and no ``processor`` (tracing off).
-
-    ``processor`` replaces the OTLP exporter (an in-memory one in tests)."""
-    if not traces_endpoint and processor is None:
+    ``/v1/traces``), or None when there is none (tracing off)."""
+    if not traces_endpoint:
         return None
     # Imported here: with tracing off, no SDK or exporter module is loaded at all.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    sampler = None if os.environ.get("OTEL_TRACES_SAMPLER") else ParentBased(NoClientRoots())
     resource = Resource.create({"service.name": service, "service.namespace": "tunefleet"})
-    provider = TracerProvider(resource=resource, sampler=sampler)
-    if processor is None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_endpoint))
-    provider.add_span_processor(processor)
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=traces_endpoint)))
     return provider
 
 
-def instrument_app(app: FastAPI, provider: TracerProvider) -> None:
-    """Server spans for every request but probes, named by route template."""
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-    from opentelemetry.metrics import NoOpMeterProvider
+class TraceMiddleware:
+    """Pure ASGI: a server span per request, child of the caller's ``traceparent`` if any,
+    current while the app runs (so client calls and log lines join it), named by route."""
 
-    FastAPIInstrumentor.instrument_app(
-        app,
-        tracer_provider=provider,
-        meter_provider=NoOpMeterProvider(),  # metrics are Prometheus' (shared.metrics)
-        excluded_urls=",".join(f"{p}$" for p in UNTRACED_PATHS),
-        # one span per ASGI message would be one per streamed token
-        exclude_spans=["receive", "send"],
-    )
+    def __init__(self, app: ASGIApp, provider: TracerProvider) -> None:
+        self.app = app
+        self.tracer = provider.get_tracer(_SCOPE)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNTRACED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        carrier = {}
+        for key, value in scope["headers"]:
+            if key == b"traceparent" or key == b"tracestate":
+                carrier[key.decode()] = value.decode("latin-1")
+        parent = _W3C.extract(carrier) if carrier else None
+        method = scope["method"]
+        span = self.tracer.start_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": scope["path"]},
+        )
+        token = context.attach(trace.set_span_in_context(span, parent))
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except BaseException as exc:
+            span.record_exception(exc)
+            raise
+        finally:
+            route = getattr(scope.get("route"), "path", None)
+            if route:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            context.detach(token)
+
+
+class TracedTransport(httpx.AsyncBaseTransport):
+    """A client span around each call made inside a traced request, its ``traceparent`` on
+    the request. Calls made outside one (health checks, background work) pass untouched: a
+    trace starts at a request a service receives, never at a probe it sends."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, provider: TracerProvider) -> None:
+        self.inner = inner
+        self.tracer = provider.get_tracer(_SCOPE)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if not trace.get_current_span().get_span_context().is_valid:
+            return await self.inner.handle_async_request(request)
+        method = request.method
+        url = request.url
+        span = self.tracer.start_span(
+            method,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "server.address": url.host,
+                "url.full": str(url.copy_with(query=None)),  # queries may carry ids
+            },
+        )
+        ctx = span.get_span_context()
+        request.headers["traceparent"] = (
+            f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+        )
+        if ctx.trace_state:
+            request.headers["tracestate"] = ctx.trace_state.to_header()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            raise
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end()  # at the headers: a relayed stream is the server span's to time
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def instrument_client(client: httpx.AsyncClient, provider: TracerProvider | None) -> None:
-    """Client spans and ``traceparent`` on every call ``client`` makes; nothing when off."""
+    """Trace the calls ``client`` makes (its transport and any proxy mounts); nothing when
+    ``provider`` is None (tracing off)."""
     if provider is None:
         return
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    from opentelemetry.metrics import NoOpMeterProvider
-
-    HTTPXClientInstrumentor.instrument_client(
-        client, tracer_provider=provider, meter_provider=NoOpMeterProvider()
-    )
+    # httpx has no public way to wrap a built client's transport; these two attributes are
+    # where it keeps them (the OpenTelemetry httpx instrumentation wraps the same ones).
+    client._transport = TracedTransport(client._transport, provider)
+    client._mounts = {
+        pattern: None if t is None else TracedTransport(t, provider)
+        for pattern, t in client._mounts.items()
+    }

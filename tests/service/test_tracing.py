@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from shared.logging import JsonFormatter
+from shared.tracing import TraceMiddleware
 from tests.support.otlp import OtlpCollector
 from tests.support.postgres import free_port
 from tests.support.procs import service
@@ -62,6 +63,7 @@ async def test_gateway_to_registry_is_one_trace(
             )
             app = create_gateway(settings)
             assert app.state.tracer_provider is not None
+            assert [m for m in app.user_middleware if m.cls is TraceMiddleware]
             try:
                 async with LifespanManager(app):
                     transport = httpx.ASGITransport(app=app)
@@ -105,7 +107,7 @@ async def test_no_endpoint_no_instrumentation(tmp_path: Path) -> None:
     assert settings.traces_endpoint() is None
     app = create_gateway(settings)
     assert app.state.tracer_provider is None
-    assert not getattr(app, "_is_instrumented_by_opentelemetry", False)
+    assert not [m for m in app.user_middleware if m.cls is TraceMiddleware]
     on = GatewaySettings(home=tmp_path, internal_token=TOKEN, otlp_endpoint="http://c:4318/")
     assert on.traces_endpoint() == "http://c:4318/v1/traces"
     off = on.model_copy(update={"otel_sdk_disabled": True})
