@@ -11,7 +11,7 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
-from gateway.deps import GatewayState, authenticate_before_body
+from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_before_body
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.idempotency import ExpiredPurger
@@ -34,6 +34,7 @@ from gateway.routes import (
     training,
 )
 from gateway.settings import GatewaySettings
+from shared.apidocs import declare_bearer_auth
 from shared.app import create_service_app
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
@@ -177,4 +178,9 @@ def create_app(
     ):
         app.include_router(module.router)
     app.include_router(console.router)
+    declare_bearer_auth(
+        app,
+        lambda path: path.startswith(AUTHENTICATED_PREFIXES),
+        "A tenant API key (or the admin key): Authorization: Bearer <key>",
+    )
     return app

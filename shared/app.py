@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.apidocs import install_docs
 from shared.bodylimit import BeforeBody, BodyLimitMiddleware, Limit
 from shared.errors import (
     STATUS_TO_ERROR,
@@ -234,7 +235,11 @@ def create_service_app(
     provider = start_tracing(service, traces_endpoint)
     if provider is not None:
         lifespan = _flushing(lifespan, provider)
-    app = FastAPI(title=title or f"tunefleet {service}", lifespan=lifespan)
+    # docs pages are installed below, with assets served here rather than from a CDN
+    app = FastAPI(
+        title=title or f"tunefleet {service}", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    install_docs(app)
     app.state.tracer_provider = provider
     app.state.service = service
     app.state.internal_token = internal_token
