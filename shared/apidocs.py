@@ -40,7 +40,6 @@ def install_docs(app: FastAPI) -> None:
     def root(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
 
-    @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
         base = root(request)
         return get_swagger_ui_html(
@@ -52,11 +51,9 @@ def install_docs(app: FastAPI) -> None:
             oauth2_redirect_url=f"{base}{oauth2_redirect}",
         )
 
-    @app.get(oauth2_redirect, include_in_schema=False)
-    async def swagger_ui_redirect() -> HTMLResponse:
+    async def swagger_ui_redirect(request: Request) -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
-    @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
         base = root(request)
         return get_redoc_html(
@@ -66,6 +63,11 @@ def install_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{base}{ASSETS_PATH}/favicon.png",
             with_google_fonts=False,
         )
+
+    # plain routes, like FastAPI's own docs pages: public, outside the API and its schema
+    app.add_route("/docs", swagger_ui, include_in_schema=False)
+    app.add_route(oauth2_redirect, swagger_ui_redirect, include_in_schema=False)
+    app.add_route("/redoc", redoc, include_in_schema=False)
 
 
 def declare_bearer_auth(app: FastAPI, needs_key: Callable[[str], bool], description: str) -> None:
