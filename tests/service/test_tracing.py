@@ -17,13 +17,12 @@ from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from shared.logging import JsonFormatter
 from shared.tracing import TraceMiddleware
-from tests.support.otlp import OtlpCollector
+from tests.support.otlp import CLIENT, SERVER, OtlpCollector
 from tests.support.postgres import free_port
 from tests.support.procs import service
 
 TOKEN = "trace-test-token"
 ADMIN = "tf-trace-test-admin"
-SERVER, CLIENT = 2, 3  # opentelemetry.proto Span.SpanKind
 
 
 def _json_lines(text: str) -> list[dict[str, object]]:

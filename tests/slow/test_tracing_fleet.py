@@ -15,14 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.otlp import OtlpCollector
+from tests.support.otlp import CLIENT, SERVER, OtlpCollector
 from tests.support.postgres import free_port
 from tests.support.procs import ServiceProcess, service
 
 pytestmark = [pytest.mark.slow]
 TOKEN = "trace-fleet-token"
 ADMIN = "tf-trace-fleet-admin"
-SERVER, CLIENT = 2, 3  # opentelemetry.proto Span.SpanKind
 
 
 @pytest.fixture(scope="module")

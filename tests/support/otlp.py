@@ -14,6 +14,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+SERVER, CLIENT = 2, 3  # opentelemetry.proto.trace.v1.Span.SpanKind
+
 
 @dataclass(frozen=True)
 class ReceivedSpan:
@@ -88,11 +90,13 @@ class OtlpCollector:
     def wait_for(
         self, trace_id: str, services: set[str], timeout: float = 30.0
     ) -> list[ReceivedSpan]:
-        """The spans of ``trace_id`` once every one of ``services`` has sent some."""
+        """The spans of ``trace_id`` once every one of ``services`` has sent a server span
+        (a service's server span ends, and so is exported, after the spans under it)."""
         deadline = time.monotonic() + timeout
         while True:
             spans = self.trace(trace_id)
-            if services <= {s.service for s in spans} or time.monotonic() > deadline:
+            served = {s.service for s in spans if s.kind == SERVER}
+            if services <= served or time.monotonic() > deadline:
                 return spans
             time.sleep(0.1)
 
