@@ -11,7 +11,7 @@ import anyio
 import httpx
 from fastapi import FastAPI
 
-from gateway.deps import GatewayState, authenticate_before_body
+from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_before_body
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.fasthop import new_session
 from gateway.domain.feedback import FeedbackBook
@@ -37,10 +37,12 @@ from gateway.routes import (
     training,
 )
 from gateway.settings import GatewaySettings
+from shared.apidocs import declare_bearer_auth
 from shared.app import create_service_app
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
 from shared.db import Database, run_migrations
+from shared.tracing import instrument_client
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -99,17 +101,27 @@ def create_app(
             timeout=httpx.Timeout(settings.upstream_timeout_s, connect=3.0),
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
         )
+        tracer = app.state.tracer_provider  # None: tracing off
+        instrument_client(http, tracer)
         replicas = ReplicaSet(settings.inference_urls, http)
         # Generations take the lean client (gateway/domain/fasthop.py) over the network; an
         # injected transport (in-process tests) carries everything through httpx instead.
         hop = new_session(settings.upstream_timeout_s) if upstream_transport is None else None
-        upstream = Upstream(http, replicas, hop=hop)
+        upstream = Upstream(http, replicas, hop=hop, tracer_provider=tracer)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=3.0)
         training = TrainingClient(
-            settings.training_url, token, transport=upstream_transport, timeout=timeout
+            settings.training_url,
+            token,
+            transport=upstream_transport,
+            timeout=timeout,
+            tracer_provider=tracer,
         )
         registry_client = RegistryClient(
-            settings.registry_url, token, transport=upstream_transport, timeout=timeout
+            settings.registry_url,
+            token,
+            transport=upstream_transport,
+            timeout=timeout,
+            tracer_provider=tracer,
         )
         usage = UsageRecorder(db)
         resolver = ModelResolver(registry_client, ttl_s=settings.resolve_ttl_s)
@@ -159,6 +171,7 @@ def create_app(
         max_body_bytes=lambda: settings.max_body_bytes,  # read per request: may change live
         max_upload_bytes=lambda: settings.max_upload_bytes,
         before_body=authenticate_before_body,
+        traces_endpoint=settings.traces_endpoint(),
     )
     for module in (
         inference,
@@ -173,4 +186,9 @@ def create_app(
     ):
         app.include_router(module.router)
     app.include_router(console.router)
+    declare_bearer_auth(
+        app,
+        lambda path: path.startswith(AUTHENTICATED_PREFIXES),
+        "A tenant API key (or the admin key): Authorization: Bearer <key>",
+    )
     return app

@@ -84,11 +84,16 @@ async def resolve_principal(st: GatewayState, authorization: str) -> Principal:
     return who
 
 
+AUTHENTICATED_PREFIXES = ("/v1/", "/admin/")
+"""Paths that need an API key (``Authorization: Bearer …``); the rest (probes, metrics, docs,
+console assets) are public."""
+
+
 async def authenticate_before_body(scope: Scope) -> None:
     """The gateway's ``before_body`` hook (``shared.bodylimit``): a request to the public API
     is authenticated before its body is read, so an anonymous client cannot make the gateway
     read (and parse) anything. The principal is kept for the ``principal`` dependency."""
-    if not scope["path"].startswith(("/v1/", "/admin/")):
+    if not scope["path"].startswith(AUTHENTICATED_PREFIXES):
         return
     st: GatewayState = scope["app"].state.gateway
     who = await resolve_principal(st, Headers(scope=scope).get("authorization", ""))

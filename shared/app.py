@@ -11,17 +11,20 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared.apidocs import install_docs
 from shared.bodylimit import BeforeBody, BodyLimitMiddleware, Limit
 from shared.errors import (
     STATUS_TO_ERROR,
@@ -33,6 +36,10 @@ from shared.errors import (
 )
 from shared.logging import request_id_var, tenant_var
 from shared.metrics import CONTENT_TYPE_LATEST, HttpMetrics, new_registry, render
+from shared.tracing import TraceMiddleware, start_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("tunefleet.http")
 
@@ -73,6 +80,11 @@ class RequestContextMiddleware:
         rid_token = request_id_var.set(rid)
         tenant_token = tenant_var.set(tenant)
         scope.setdefault("state", {})["request_id"] = rid
+        span = trace.get_current_span()
+        if span.is_recording():  # a request id or tenant leads an SRE to its trace
+            span.set_attribute("tunefleet.request_id", rid)
+            if tenant:
+                span.set_attribute("tunefleet.tenant", tenant)
         start = time.perf_counter()
         status = 500
 
@@ -205,6 +217,7 @@ def create_service_app(
     max_body_bytes: Limit = 32 * 2**20,
     max_upload_bytes: Limit = 2**30,
     before_body: BeforeBody | None = None,
+    traces_endpoint: str | None = None,
 ) -> FastAPI:
     """A FastAPI app with the fleet's middleware, error envelope and health endpoints.
 
@@ -214,8 +227,20 @@ def create_service_app(
 
     Readiness: append async checks to ``app.state.readiness_checks``; ``/readyz`` is 503 with
     the first failing reason, and also while ``app.state.draining`` is set.
+
+    Tracing (``shared.tracing``) is on when ``traces_endpoint`` is set: the app's requests
+    become server spans and ``app.state.tracer_provider`` is the provider for its clients
+    (None when off); spans still buffered are flushed when the lifespan ends.
     """
-    app = FastAPI(title=title or f"tunefleet {service}", lifespan=lifespan)
+    provider = start_tracing(service, traces_endpoint)
+    if provider is not None:
+        lifespan = _flushing(lifespan, provider)
+    # docs pages are installed below, with assets served here rather than from a CDN
+    app = FastAPI(
+        title=title or f"tunefleet {service}", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    install_docs(app)
+    app.state.tracer_provider = provider
     app.state.service = service
     app.state.internal_token = internal_token
     app.state.metrics_registry = registry or new_registry()
@@ -231,6 +256,8 @@ def create_service_app(
     )
     # added last, so outermost: refusals above carry the request id and are measured
     app.add_middleware(RequestContextMiddleware, metrics=app.state.http_metrics)
+    if provider is not None:  # outermost: the whole request, its access log too, in its span
+        app.add_middleware(TraceMiddleware, provider=provider)
     install_error_handlers(app)
 
     @app.get("/healthz", include_in_schema=False)
@@ -260,3 +287,23 @@ def create_service_app(
         return Response(render(app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _flushing(
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None,
+    provider: TracerProvider,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """``lifespan``, then the spans still buffered are exported (off the event loop)."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await anyio.to_thread.run_sync(provider.shutdown)
+
+    return run

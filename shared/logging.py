@@ -1,7 +1,9 @@
 """JSON logs, one object per line, carrying service, request id and tenant.
 
 The request id and tenant live in context variables set by the request middleware, so any
-logger call inside a request is tagged without passing them around. Never log prompt text,
+logger call inside a request is tagged without passing them around; so is the OpenTelemetry
+trace and span id when the request is traced (``shared.tracing``), which joins a log line to
+its trace. Never log prompt text,
 PII or secrets: log ids and sizes instead.
 """
 
@@ -13,6 +15,8 @@ import logging
 import sys
 import time
 from typing import Any
+
+from opentelemetry import trace
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -38,6 +42,10 @@ class JsonFormatter(logging.Formatter):
             "request_id": request_id_var.get(),
             "tenant": tenant_var.get(),
         }
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            entry["trace_id"] = format(ctx.trace_id, "032x")
+            entry["span_id"] = format(ctx.span_id, "016x")
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value

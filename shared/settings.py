@@ -47,12 +47,36 @@ class ServiceSettings(BaseSettings):
         description="asyncio debug mode: log every event-loop callback that runs longer "
         "(finds blocking calls on the loop; costs throughput, for tests and diagnosis)",
     )
+    # Tracing (shared.tracing): the standard OpenTelemetry variables, read without a prefix.
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OTLP/HTTP collector base URL; traces go to <url>/v1/traces. Unset: off.",
+    )
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+        description="Full OTLP/HTTP traces URL; overrides OTEL_EXPORTER_OTLP_ENDPOINT.",
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED")
+    )
 
     def resolved_token(self) -> str:
         """The internal token: from the environment, else a 0600 file shared by the fleet."""
         if self.internal_token is not None and self.internal_token.get_secret_value():
             return self.internal_token.get_secret_value()
         return ensure_token_file(self.home / TOKEN_FILE)
+
+    def traces_endpoint(self) -> str | None:
+        """Where spans are exported (OTLP/HTTP), or None: tracing is off."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None
 
 
 def ensure_token_file(path: Path) -> str:

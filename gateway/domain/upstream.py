@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -35,6 +36,10 @@ from gateway.domain.routing import ReplicaSet
 from shared.errors import InvalidRequest, ServiceUnavailable, error_from_envelope
 from shared.logging import request_id_var
 from shared.modelref import MODEL_REF_HEADER
+from shared.tracing import ClientSpans
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 Body = bytes | AsyncIterator[bytes] | None
 UsageSink = Callable[[int, int], None]
@@ -109,11 +114,15 @@ class Upstream:
         replicas: ReplicaSet,
         *,
         hop: aiohttp.ClientSession | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
-        """``hop``: the lean client generations go through (``fasthop``); None: ``http``."""
+        """``hop``: the lean client generations go through (``fasthop``); None: ``http``.
+        ``tracer_provider``: trace the ``hop`` calls too (``http`` is instrumented where it
+        is built); None: tracing off."""
         self.http = http
         self.replicas = replicas
         self.hop = hop
+        self.spans = None if tracer_provider is None else ClientSpans(tracer_provider)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -126,12 +135,20 @@ class Upstream:
             return await self.open(
                 "POST", url, headers=headers, content=raw, service="inference", retry=False
             )
+        span = None
+        if self.spans is not None:
+            span = self.spans.start("POST", urlsplit(url).hostname or "", url, headers)
         try:
-            return await fasthop.post(self.hop, url, headers, raw)
+            answer = await fasthop.post(self.hop, url, headers, raw)
         except fasthop.HOP_ERRORS as exc:
+            if span is not None:
+                ClientSpans.fail(span, exc)
             raise ServiceUnavailable(
                 "inference is unreachable", code="inference_unavailable", retry_after=2
             ) from exc
+        if span is not None:
+            ClientSpans.answered(span, answer.status_code)
+        return answer
 
     # ------------------------------------------------------------------ one call
     async def open(

@@ -58,7 +58,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = RegistryClient(settings.registry_url, token, transport=registry_transport)
+        registry = RegistryClient(
+            settings.registry_url,
+            token,
+            transport=registry_transport,
+            tracer_provider=app.state.tracer_provider,
+        )
 
         async def fetch(res: Resolution, dest):  # type: ignore[no-untyped-def]
             assert res.adapter and res.version and res.tenant
@@ -120,6 +125,7 @@ def create_app(
         lifespan=lifespan,
         title="tunefleet inference",
         registry=registry_metrics,
+        traces_endpoint=settings.traces_endpoint(),
     )
     app.state.background = set()
     app.state.readiness_checks.append(engine_ready)

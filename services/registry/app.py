@@ -88,6 +88,7 @@ def create_app(
         title="tunefleet adapter registry",
         # an archive plus its metadata form field and the multipart framing
         max_upload_bytes=settings.max_archive_bytes + 2**20,
+        traces_endpoint=settings.traces_endpoint(),
     )
     api = APIRouter(dependencies=[InternalAuth])
     for module in (catalog_routes, adapters, webhooks, lineage):

@@ -62,7 +62,12 @@ def create_app(
             num_cpus=settings.ray_num_cpus,
             python=settings.runner_python,
         )
-        registry = RegistryClient(settings.registry_url, token, transport=registry_transport)
+        registry = RegistryClient(
+            settings.registry_url,
+            token,
+            transport=registry_transport,
+            tracer_provider=app.state.tracer_provider,
+        )
         lifecycle = JobLifecycle(
             db=db,
             store=store,
@@ -106,6 +111,7 @@ def create_app(
         title="tunefleet training",
         # the larger of the two upload caps, plus the form fields and multipart framing
         max_upload_bytes=lambda: max(settings.max_upload_bytes, settings.max_result_bytes) + 2**20,
+        traces_endpoint=settings.traces_endpoint(),
     )
     api = APIRouter(dependencies=[InternalAuth])
     for module in (files, jobs, selection, erasure):

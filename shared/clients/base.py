@@ -3,7 +3,7 @@ retries on connection failures, and turning the error envelope back into typed e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import (
@@ -15,12 +15,17 @@ from tenacity import (
 
 from shared.errors import ServiceUnavailable, TunefleetError, error_from_envelope
 from shared.logging import request_id_var
+from shared.tracing import instrument_client
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=3.0)
 
 
 class ServiceClient:
-    """Base of the per-service clients. Pass ``transport`` to talk to an in-process app."""
+    """Base of the per-service clients. Pass ``transport`` to talk to an in-process app, and
+    the app's ``tracer_provider`` to trace the calls (and propagate ``traceparent``)."""
 
     service = "service"
 
@@ -32,6 +37,7 @@ class ServiceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         retries: int = 3,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(
@@ -40,6 +46,7 @@ class ServiceClient:
             transport=transport,
             timeout=timeout,
         )
+        instrument_client(self._http, tracer_provider)
         self.retries = retries
 
     async def aclose(self) -> None:

@@ -18,14 +18,6 @@ from shared.clients.gateway import GatewayClient
 from shared.schemas.admin import AuditEntry, KeyCreated, KeyOut, KeyRevoked, TenantOut
 from tests.security.test_operator_scope import BOOTSTRAP, gateway_app
 
-# The OpenAI inference routes are typed by the gateway request-path work (issue 19, item 1,
-# branch wip-path); remove these entries when that lands.
-UNTYPED_INFERENCE = {
-    ("post", "/v1/chat/completions"),
-    ("post", "/v1/completions"),
-    ("get", "/v1/models"),
-    ("get", "/v1/models/{model}"),
-}
 # Writes that take no body (the job id in the path is all there is).
 BODYLESS = {("post", "/v1/fine_tuning/jobs/{job_id}/cancel")}
 WRITES = ("post", "put", "patch")
@@ -70,8 +62,6 @@ def _typed(spec: dict[str, Any], schema: dict[str, Any]) -> bool:
 def test_every_operation_has_a_typed_2xx_response(spec: dict[str, Any]) -> None:
     untyped = []
     for method, path, op in _operations(spec):
-        if (method, path) in UNTYPED_INFERENCE:
-            continue
         ok = [
             media
             for status, resp in op["responses"].items()
@@ -88,7 +78,7 @@ def test_every_operation_has_a_typed_2xx_response(spec: dict[str, Any]) -> None:
 def test_every_write_with_a_body_documents_it(spec: dict[str, Any]) -> None:
     missing = []
     for method, path, op in _operations(spec):
-        if method not in WRITES or (method, path) in UNTYPED_INFERENCE | BODYLESS:
+        if method not in WRITES or (method, path) in BODYLESS:
             continue
         content = op.get("requestBody", {}).get("content", {})
         if not content or not all(_typed(spec, m.get("schema", {})) for m in content.values()):
