@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     in_dist = Q.cases(a.task, "train", a.n_heldout, a.seed + 1000)
     t0 = time.perf_counter()
     base = accuracy(label_scores(model, tok, a.task, held), held)
+    base_in = accuracy(label_scores(model, tok, a.task, in_dist), in_dist)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     total = math.ceil(len(train) / a.batch_size) * a.epochs
@@ -129,8 +130,11 @@ def main(argv: list[str] | None = None) -> None:
             losses.append(float(loss.detach()))
         if a.curve and epoch + 1 < a.epochs:
             acc = accuracy(label_scores(model, tok, a.task, held), held)
-            curve.append({"epoch": epoch + 1, "loss": round(losses[-1], 4), "heldout": acc})
-            log(f"epoch {epoch + 1}: loss {losses[-1]:.3f}, held-out {acc}")
+            acc_in = accuracy(label_scores(model, tok, a.task, in_dist), in_dist)
+            curve.append(
+                {"epoch": epoch + 1, "loss": round(losses[-1], 4), "heldout": acc, "in": acc_in}
+            )
+            log(f"epoch {epoch + 1}: loss {losses[-1]:.3f}, held-out {acc}, in-dist {acc_in}")
     preds = label_scores(model, tok, a.task, held)
     print(
         json.dumps(
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 **{k: v for k, v in vars(a).items() if k != "model"},
                 "steps": total,
                 "base_heldout": base,
+                "base_in_distribution": base_in,
                 "heldout": accuracy(preds, held),
                 "in_distribution": accuracy(label_scores(model, tok, a.task, in_dist), in_dist),
                 "heldout_predictions": dict(Counter(preds)),

@@ -33,8 +33,8 @@ import openai
 import pytest
 import sacrebleu
 
-from services.training.data.dedup import near_form
 from shared.datasets import quality as Q
+from tests.support.heldout import fresh_cases
 from tests.support.postgres import free_port
 
 pytestmark = [pytest.mark.slow]
@@ -121,16 +121,7 @@ def _fine_tune(front: Front, rows: list[dict[str, Any]], task: str, suffix: str)
 
 
 def _heldout(task: str, n: int = N_HELDOUT) -> list[Q.Case]:
-    """``n`` new cases (balanced over the labels), none worded like a training row."""
-    seen = {near_form(c.text) for c in Q.cases(task, "train", N_TRAIN)}
-    fresh = [c for c in Q.cases(task, "train", 400, seed=7) if near_form(c.text) not in seen]
-    labels = Q.labels(task)
-    if not labels:
-        return fresh[:n]
-    per = n // len(labels)
-    out = [c for lab in labels for c in [x for x in fresh if x.answer == lab][:per]]
-    assert len(out) == n, f"only {len(out)} fresh {task} cases"
-    return out
+    return fresh_cases(task, n, n_train=N_TRAIN)
 
 
 def _chat_label(front: Front, model: str, task: str, text: str) -> str:
