@@ -30,6 +30,7 @@ import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import SecretStr
 
 from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
@@ -136,8 +137,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     async with _served(stand_in_replica(log)) as replica:
         settings = GatewaySettings(
             home=tmp_path,
-            internal_token=TOKEN,
-            admin_key=BOOTSTRAP,
+            internal_token=SecretStr(TOKEN),
+            admin_key=SecretStr(BOOTSTRAP),
             registry_url=replica,
             training_url=replica,
             inference_urls=[replica],
