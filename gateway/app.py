@@ -140,7 +140,13 @@ def create_app(
             feedback=feedback,
             usage=usage,
             pii=PiiGuard(max_chars=settings.pii_max_chars, workers=settings.pii_workers),
-            generations=Generations(resolver, upstream, usage, feedback),
+            generations=Generations(
+                resolver,
+                upstream,
+                usage,
+                feedback,
+                default_max_tokens=settings.default_max_tokens_reserved,
+            ),
         )
         await replicas.check_once()
         replicas.start()

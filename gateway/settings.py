@@ -40,6 +40,12 @@ class GatewaySettings(ServiceSettings):
     default_max_streams: int = Field(default=32, ge=1)
     default_max_adapters: int = Field(default=50, ge=1)
     default_max_jobs: int = Field(default=2, ge=1)
+    default_max_tokens_reserved: int = Field(
+        default=256,
+        ge=1,
+        description="tokens per minute a generation without max_tokens reserves for its answer "
+        "(the replicas' default cap); settled to the real usage when it ends",
+    )
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="JSON request bodies")
     max_upload_bytes: int = Field(
         default=512 * 2**20, ge=1024, description="multipart uploads (files, adapter archives)"

@@ -126,13 +126,49 @@ def _ips(text: str) -> list[Span]:
     return spans
 
 
+MIN_PHONE_DIGITS = 7
+_PHONE_RUN = re.compile(r"\+?\(?\d[\d ().\-/]{5,}\d")
+_GAP = re.compile(r" +")
+
+
+def _match_phones(text: str, offset: int = 0) -> list[Span]:
+    spans: list[Span] = []
+    for region in PHONE_REGIONS:
+        matcher = phonenumbers.PhoneNumberMatcher(text, region)
+        spans += [(offset + m.start, offset + m.end) for m in matcher]
+    return spans
+
+
+def _uncovered_digits(start: int, end: int, text: str, spans: list[Span]) -> int:
+    return sum(
+        text[i].isdigit() and not any(a <= i < b for a, b in spans) for i in range(start, end)
+    )
+
+
+def _split_runs(text: str, spans: list[Span]) -> list[Span]:
+    """Numbers the matcher missed because they run into each other ("+1 415 555 0134 01512
+    3456000" is one implausible number to it): each such digit run is cut between two of its
+    space-separated groups, and the cut whose halves match as phone numbers best is kept."""
+    found: list[Span] = []
+    for run in _PHONE_RUN.finditer(text):
+        if _uncovered_digits(run.start(), run.end(), text, spans) < MIN_PHONE_DIGITS:
+            continue
+        best: list[Span] = []
+        for gap in _GAP.finditer(run.group()):
+            cut = run.start() + gap.end()
+            halves = _match_phones(text[run.start() : cut], run.start())
+            halves += _match_phones(text[cut : run.end()], cut)
+            if sum(b - a for a, b in halves) > sum(b - a for a, b in best):
+                best = halves
+        found += best
+    return found
+
+
 def _phones(text: str) -> list[Span]:
     if len(_ANY_DIGIT.findall(text)) < 3:  # the matcher is the slowest detector by far
         return []
-    spans: list[Span] = []
-    for region in PHONE_REGIONS:
-        spans += [(m.start, m.end) for m in phonenumbers.PhoneNumberMatcher(text, region)]
-    return spans
+    spans = _match_phones(text)
+    return spans + _split_runs(text, spans)
 
 
 _DETECTORS: tuple[tuple[str, Callable[[str], list[Span]]], ...] = (

@@ -5,10 +5,24 @@ the immutable ref goes to the replica (``Upstream.generate``), which serves it a
 was generated is billed: usage is recorded and charged to the tenant's and key's token
 budgets from the answer (non-streamed) or from the stream's final usage chunk (streamed), and
 a non-streamed answer is remembered for feedback.
+
+Tokens per minute: a generation first reserves what it may cost (``quotas.reservation``: the
+prompt's estimate + ``max_tokens``; 429 if the budget does not cover it), and is charged once,
+whatever way it ends (``Admission.settle``):
+
+* answered: the replica's ``usage``;
+* a stream cut short (client gone, replica died) before its usage chunk: the prompt's
+  estimate + the events relayed so far (the upstream call is closed, which cancels it);
+* a non-streamed call abandoned (client gone: the upstream call is closed, which cancels it):
+  the prompt's estimate (the replica cannot report what it generated on a closed call);
+* nothing generated (an error before any token): nothing, the reservation is given back.
+
+Usage rows are written for the first three, once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -17,9 +31,15 @@ from typing import Any
 import anyio
 
 from gateway.domain.feedback import FeedbackBook, Prediction
-from gateway.domain.quotas import Admission
+from gateway.domain.quotas import DEFAULT_MAX_TOKENS, Admission, prompt_estimate, reservation
 from gateway.domain.resolver import ModelResolver, adapter_label, route_key
-from gateway.domain.upstream import Upstream, ask_for_usage, relay_events, response_headers
+from gateway.domain.upstream import (
+    StreamTally,
+    Upstream,
+    ask_for_usage,
+    relay_events,
+    response_headers,
+)
 from gateway.domain.usage import UsageRecorder
 from shared.schemas.registry import Resolution
 
@@ -49,16 +69,21 @@ class Generations:
         upstream: Upstream,
         usage: UsageRecorder,
         feedback: FeedbackBook,
+        *,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
+        """``default_max_tokens``: what a request without ``max_tokens`` reserves."""
+        self.default_max_tokens = default_max_tokens
         self.resolver = resolver
         self.upstream = upstream
         self.usage = usage
         self.feedback = feedback
 
     def _bill(self, quota: Admission, model: str, usage: dict[str, Any]) -> None:
+        """Charge ``usage`` and record it, once per request (later calls do nothing)."""
         p, c = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
-        self.usage.add(quota.who.tenant, quota.who.key_id, model, p, c)
-        quota.charge(p + c)
+        if quota.settle(p + c):
+            self.usage.add(quota.who.tenant, quota.who.key_id, model, p, c)
 
     async def complete(
         self,
@@ -70,15 +95,26 @@ class Generations:
         raw: bytes | None = None,
         request_id: str | None = None,
     ) -> Answer:
-        """One non-streamed generation (``raw``: the body's bytes when unchanged)."""
-        res = await self.resolver.resolve(quota.who.tenant, body["model"])
-        resp = await self.upstream.generate(
-            path, key=route_key(res), headers=headers, raw=raw or json.dumps(body).encode()
-        )
+        """One non-streamed generation (``raw``: the body's bytes when unchanged). Cancelling
+        it (client gone) closes the upstream call, which cancels the generation there."""
+        quota.reserve(reservation(body, self.default_max_tokens))
+        sent = False
         try:
-            out = await resp.aread()
-        finally:
-            await resp.aclose()
+            res = await self.resolver.resolve(quota.who.tenant, body["model"])
+            sent = True
+            resp = await self.upstream.generate(
+                path, key=route_key(res), headers=headers, raw=raw or json.dumps(body).encode()
+            )
+            try:
+                out = await resp.aread()
+            finally:
+                await resp.aclose()
+        except BaseException as exc:
+            if sent and isinstance(exc, asyncio.CancelledError):
+                # abandoned (client gone): the replica had read the prompt, which is billed
+                self._bill(quota, body["model"], {"prompt_tokens": prompt_estimate(body)})
+            quota.settle(0)  # otherwise nothing was generated: the reservation goes back
+            raise
         if resp.status_code == 200:
             data = json.loads(out)
             self._bill(quota, body["model"], data.get("usage") or {})
@@ -86,6 +122,7 @@ class Generations:
                 [request_id or "", str(data.get("id", ""))],
                 Prediction(quota.who.tenant, adapter_label(res), answer_text(data)),
             )
+        quota.settle(0)  # an error answer: nothing generated, the reservation goes back
         return Answer(resp.status_code, response_headers(resp), out)
 
     async def stream(
@@ -100,13 +137,18 @@ class Generations:
         """A streamed generation: ``events`` set when the replica streams (the stream slot is
         held until they end, however they end), else the replica's error ``body``. Errors
         before the replica answers (429 no stream slot, 503 no replica) are raised here."""
-        res = await self.resolver.resolve(quota.who.tenant, body["model"])
-        hide_usage = ask_for_usage(body)
-        if hide_usage or raw is None:
-            raw = json.dumps(body).encode()
-        answer = Answer()
-        events = self._events(answer, quota, res, path, headers, raw, body["model"], hide_usage)
-        await anext(events)  # holds the slot and opens the upstream answer, or raises
+        quota.reserve(reservation(body, self.default_max_tokens))
+        try:
+            res = await self.resolver.resolve(quota.who.tenant, body["model"])
+            hide_usage = ask_for_usage(body)
+            if hide_usage or raw is None:
+                raw = json.dumps(body).encode()
+            answer = Answer()
+            events = self._events(answer, quota, res, path, headers, raw, body, hide_usage)
+            await anext(events)  # holds the slot and opens the upstream answer, or raises
+        except BaseException:
+            quota.settle(0)  # nothing generated: the reservation goes back
+            raise
         if answer.events is None:
             await events.aclose()  # not a stream: the slot goes back now
         else:
@@ -121,10 +163,12 @@ class Generations:
         path: str,
         headers: dict[str, str],
         raw: bytes,
-        model: str,
+        body: dict[str, Any],
         hide_usage: bool,
     ) -> AsyncGenerator[bytes, None]:
-        """First fills ``answer`` in (yields nothing), then relays the events, if any."""
+        """First fills ``answer`` in (yields nothing), then relays the events, if any; billed
+        once however it ends (see the module docstring)."""
+        model = body["model"]
         async with quota.stream_slot():
             resp = await self.upstream.generate(path, key=route_key(res), headers=headers, raw=raw)
             answer.status, answer.headers = resp.status_code, response_headers(resp)
@@ -133,13 +177,15 @@ class Generations:
                     answer.body = await resp.aread()  # an error envelope before any token
                 finally:
                     await resp.aclose()
+                    quota.settle(0)
                 yield b""
                 return
 
             def on_usage(p: int, c: int) -> None:
                 self._bill(quota, model, {"prompt_tokens": p, "completion_tokens": c})
 
-            relay = relay_events(resp, on_usage, hide_usage=hide_usage)
+            tally = StreamTally()
+            relay = relay_events(resp, on_usage, hide_usage=hide_usage, tally=tally)
             answer.events = relay  # marks a stream; stream() hands out this generator instead
             try:
                 yield b""
@@ -150,3 +196,6 @@ class Generations:
                 # client disconnect arrives here as a cancellation that would cut it short.
                 with anyio.CancelScope(shield=True):
                     await relay.aclose()
+                # cut short before the usage chunk: what was relayed (no-op if billed)
+                cut = {"prompt_tokens": prompt_estimate(body), "completion_tokens": tally.events}
+                self._bill(quota, model, cut)

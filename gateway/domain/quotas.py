@@ -1,9 +1,12 @@
 """Quotas per tenant and per API key, enforced in memory by one gateway.
 
 * requests per minute and tokens per minute: token buckets (capacity = the per-minute limit,
-  refilled continuously). Tokens are only known after the answer, so a request is admitted
-  while the tokens bucket is above zero and its real usage is charged afterwards: the bucket
-  may go into debt, and the next request waits (429, ``Retry-After``) until it is repaid.
+  refilled continuously). A generation is admitted only if the tokens bucket covers what it
+  may cost (``reservation``: the prompt's estimate + its ``max_tokens`` x ``n``; capped at
+  one minute's budget), which is taken at once; when the answer completes or is cut short the
+  reservation is settled to what was used (``Admission.settle``: the rest is given back, or
+  the overrun charged: the bucket may go into debt, at most one minute's worth, and the next
+  request waits (429, ``Retry-After``) until it is repaid).
 * concurrent streams: a counter held for the life of a streamed response.
 * adapters and concurrent training jobs: counted at the source (registry, training) when a
   create is attempted.
@@ -23,7 +26,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from sqlalchemy import select
@@ -97,9 +101,29 @@ class RateLimiter:
             )
 
     def charge(self, key: str, per_minute: int, cost: float) -> None:
-        """Spend ``cost`` even past zero (never more than one minute of debt)."""
+        """Spend ``cost`` even past zero (never more than one minute of debt); a negative
+        ``cost`` gives tokens back (never above the capacity)."""
         b = self._refill(key, per_minute)
-        b.tokens = max(-float(per_minute), b.tokens - cost)
+        b.tokens = min(float(per_minute), max(-float(per_minute), b.tokens - cost))
+
+    def reserve(self, wants: list[tuple[str, int]], cost: float) -> dict[str, float]:
+        """Take ``cost`` tokens (at most one minute's budget) from every (key, per_minute)
+        bucket, or none of them (429 ``tokens_rate_limit_exceeded``); what each one gave."""
+        for key, per_minute in wants:
+            b, need = self._refill(key, per_minute), min(cost, float(per_minute))
+            if b.tokens < need or b.tokens <= 0:
+                raise RateLimited(
+                    f"rate limit of {per_minute} tokens per minute exceeded: this request may "
+                    f"use {int(cost)} tokens (prompt + max_tokens), "
+                    f"{max(0, int(b.tokens))} are left",
+                    retry_after=max(1.0, (need - b.tokens) * 60.0 / per_minute),
+                    code="tokens_rate_limit_exceeded",
+                )
+        taken = {}
+        for key, per_minute in wants:
+            taken[key] = min(cost, float(per_minute))
+            self._buckets[key].tokens -= taken[key]
+        return taken
 
 
 class StreamGate:
@@ -167,18 +191,68 @@ class QuotaBook:
         return self._rows.get(("key", key_id), Limits())
 
 
-@dataclass(frozen=True)
+DEFAULT_MAX_TOKENS = 256
+"""What a generation without ``max_tokens``/``max_completion_tokens`` reserves for its answer
+(the inference replicas' own default cap, ``TUNEFLEET_INFERENCE_DEFAULT_MAX_TOKENS``)."""
+
+
+def _text_chars(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, int):  # a token id (prompt given as token ids)
+        return 4
+    if isinstance(value, list):
+        return sum(_text_chars(v) for v in value)
+    if isinstance(value, dict):  # a chat message or a content part
+        return _text_chars(value.get("content")) + _text_chars(value.get("text"))
+    return 0
+
+
+def prompt_estimate(body: dict[str, Any]) -> int:
+    """The prompt's tokens, estimated from its characters (~4 per token; a token id is one)."""
+    chars = _text_chars(body.get("prompt")) + _text_chars(body.get("messages"))
+    return -(-chars // 4)
+
+
+def reservation(body: dict[str, Any], default_max_tokens: int = DEFAULT_MAX_TOKENS) -> int:
+    """The most tokens a generation request may cost: prompt estimate + max_tokens x n."""
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        cap = default_max_tokens
+    n = body.get("n")
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+    return prompt_estimate(body) + cap * n
+
+
+@dataclass
 class Admission:
-    """One admitted request's quota: what its tokens are charged to, and its stream slot."""
+    """One admitted request's quota: its tokens reservation (settled once to what was used)
+    and its stream slot."""
 
     quotas: Quotas
     who: Principal
     tenant_limits: Limits
     key_limits: Limits
+    reserved: dict[str, float] = field(default_factory=dict)
+    settled: bool = False
 
-    def charge(self, tokens: int) -> None:
-        """Charge the tokens the request used (prompt + generated) to tenant and key."""
-        self.quotas.charge(self.who, self.tenant_limits, self.key_limits, tokens)
+    def reserve(self, tokens: int) -> None:
+        """Take ``tokens`` from the tenant's and key's tpm budgets, or 429 (nothing taken)."""
+        pairs = self.quotas._pairs(self.who, self.tenant_limits, self.key_limits, "tpm")
+        self.reserved = self.quotas.rate.reserve([(f"tpm:{s}", n) for s, n in pairs], tokens)
+
+    def settle(self, tokens: int) -> bool:
+        """Charge the tokens the request used (prompt + generated) instead of its reservation;
+        False (nothing done) if it was settled already: a request is charged once."""
+        if self.settled:
+            return False
+        self.settled = True
+        for subject, limit in self.quotas._pairs(
+            self.who, self.tenant_limits, self.key_limits, "tpm"
+        ):
+            key = f"tpm:{subject}"
+            self.quotas.rate.charge(key, limit, tokens - self.reserved.get(key, 0.0))
+        return True
 
     @asynccontextmanager
     async def stream_slot(self) -> AsyncIterator[None]:
@@ -221,10 +295,6 @@ class Quotas:
         """``admit`` as an object the request carries to its end (charge, stream slot)."""
         t, k = await self.admit(who)
         return Admission(self, who, t, k)
-
-    def charge(self, who: Principal, t: Limits, k: Limits, tokens: int) -> None:
-        for subject, limit in self._pairs(who, t, k, "tpm"):
-            self.rate.charge(f"tpm:{subject}", limit, tokens)
 
     def stream(self, who: Principal, t: Limits, k: Limits) -> AbstractContextManager[None]:
         return self.streams.hold(self._pairs(who, t, k, "max_streams"))

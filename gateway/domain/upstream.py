@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -315,12 +316,22 @@ def _usage_of(event: bytes) -> dict[str, Any] | None:
     return None
 
 
+@dataclass
+class StreamTally:
+    """What a relayed stream has passed on: events with choices (one token each, or more when
+    the replica merged them), so a stream cut short is billed what it delivered."""
+
+    events: int = 0
+
+
 async def relay_events(
-    resp: Answered, on_usage: UsageSink, *, hide_usage: bool
+    resp: Answered, on_usage: UsageSink, *, hide_usage: bool, tally: StreamTally | None = None
 ) -> AsyncGenerator[bytes, None]:
-    """The upstream SSE stream, whole events at a time; reports the usage chunk. Closing this
-    generator (client gone) closes the upstream response, which cancels the generation."""
+    """The upstream SSE stream, whole events at a time; reports the usage chunk and counts
+    the events relayed (``tally``). Closing this generator (client gone) closes the upstream
+    response, which cancels the generation."""
     buf = b""
+    tally = StreamTally() if tally is None else tally
     try:
         async for chunk in resp.aiter_raw():
             buf += chunk
@@ -328,7 +339,10 @@ async def relay_events(
             out = []
             for ev in events:
                 usage = _usage_of(ev)
-                if usage is not None:
+                if usage is None:
+                    if b'"choices"' in ev:
+                        tally.events += 1
+                else:
                     on_usage(
                         int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
                     )

@@ -70,14 +70,17 @@ async def forward(
     base_url: str,
     service: str,
     body: Body = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> Response:
-    """Send this request (same method, path, query) to ``service`` as the caller's tenant."""
+    """Send this request (same method, path, query) to ``service`` as the caller's tenant
+    (``extra_headers``: gateway-set ones, e.g. the tenant's count limit)."""
     if body is None and request.method in ("POST", "PUT", "PATCH"):
         body = bounded_stream(request, upload_limit(request, st))
+    passed = passed_headers(request.headers) | (extra_headers or {})
     return await st.upstream.forward(
         request.method,
         base_url.rstrip("/") + request.url.path,
-        headers=internal_headers(st.internal_token, who, passed_headers(request.headers)),
+        headers=internal_headers(st.internal_token, who, passed),
         content=body,
         params=dict(request.query_params),
         service=service,

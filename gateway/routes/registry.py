@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from gateway.deps import Caller, State
 from gateway.routes import proxy
 from shared.bodylimit import UPLOAD_ROUTE
+from shared.countlimit import MAX_ADAPTERS_HEADER
 from shared.errors import RateLimited
 from shared.openapi import BINARY, binary_response, json_body, multipart_body, schema_of
 from shared.schemas.common import Deleted, ListResponse
@@ -58,9 +59,9 @@ async def write(request: Request, st: State, who: Caller) -> Response:
     return resp
 
 
-async def _check_adapter_quota(request: Request, st: State, who: Caller) -> None:
-    """Refuse a create that would add an adapter beyond the tenant's (or key's) limit."""
-    limit = await st.quotas.count_limit(who, "max_adapters")
+async def _check_adapter_quota(request: Request, st: State, who: Caller, limit: int) -> None:
+    """Refuse early a create that would add an adapter beyond the tenant's (or key's) limit
+    (the registry checks again, atomically with the insert: ``shared.countlimit``)."""
     existing = await proxy.list_all(
         st, who, st.settings.registry_url, "/v1/adapters", "registry", cursor="name"
     )
@@ -82,10 +83,13 @@ async def create(request: Request, st: State, who: Caller) -> Response:
     body = await proxy.body_for(request, st)
 
     async def call() -> Response:
+        extra = {}
         if request.url.path != "/v1/webhooks":
-            await _check_adapter_quota(request, st, who)
+            limit = await st.quotas.count_limit(who, "max_adapters")
+            await _check_adapter_quota(request, st, who, limit)
+            extra[MAX_ADAPTERS_HEADER] = str(limit)
         resp = await proxy.forward(
-            request, st, who, st.settings.registry_url, "registry", body=body
+            request, st, who, st.settings.registry_url, "registry", body=body, extra_headers=extra
         )
         await proxy.record_audit(request, st, who, resp.status_code)
         return resp

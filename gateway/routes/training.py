@@ -20,6 +20,7 @@ from gateway.deps import Caller, GatewayState, State
 from gateway.domain.keys import Principal
 from gateway.routes import proxy
 from shared.bodylimit import UPLOAD_ROUTE
+from shared.countlimit import MAX_JOBS_HEADER
 from shared.errors import RateLimited
 from shared.openapi import BINARY, binary_response, json_body, multipart_body
 from shared.schemas.common import ListResponse
@@ -97,8 +98,8 @@ async def write(request: Request, st: State, who: Caller) -> Response:
     return resp
 
 
-async def _check_job_quota(st: GatewayState, who: Principal) -> None:
-    limit = await st.quotas.count_limit(who, "max_jobs")
+async def _check_job_quota(st: GatewayState, who: Principal, limit: int) -> None:
+    """Refuse early (the training service checks again, atomically with the insert)."""
     jobs = await proxy.list_all(st, who, _url(st), "/v1/fine_tuning/jobs", "training")
     running = sum(1 for j in jobs if j.get("status") in ACTIVE)
     if running >= limit:
@@ -114,9 +115,14 @@ async def create(request: Request, st: State, who: Caller) -> Response:
     body = await proxy.body_for(request, st)
 
     async def call() -> Response:
+        extra = {}
         if request.url.path == "/v1/fine_tuning/jobs":
-            await _check_job_quota(st, who)
-        resp = await proxy.forward(request, st, who, _url(st), "training", body=body)
+            limit = await st.quotas.count_limit(who, "max_jobs")
+            await _check_job_quota(st, who, limit)
+            extra[MAX_JOBS_HEADER] = str(limit)
+        resp = await proxy.forward(
+            request, st, who, _url(st), "training", body=body, extra_headers=extra
+        )
         await proxy.record_audit(request, st, who, resp.status_code)
         return resp
 

@@ -9,7 +9,7 @@ import pytest
 from fastapi.responses import Response
 from starlette.requests import Request
 
-from gateway.routes.inference import cancel_on_disconnect
+from shared.disconnect import cancel_on_disconnect
 
 
 def _request(gone: asyncio.Event) -> Request:

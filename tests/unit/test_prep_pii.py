@@ -160,6 +160,20 @@ def test_redaction_never_leaks_mixed_pii(parts: list[tuple[str, str]]) -> None:
     assert not any(ch.isdigit() for ch in out), out
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "+1 415 555 0134 01512 3456000",  # found by Hypothesis: two numbers run together
+        "call +1 415 555 0134 01512 3456000 today",
+        "01512 3456000 +1 415 555 0134",
+    ],
+)
+def test_phone_numbers_run_together_are_both_redacted(text: str) -> None:
+    out, counts = redact(text)
+    assert counts == {"phone": 2}
+    assert not any(ch.isdigit() for ch in out), out
+
+
 @PROPERTY
 @given(st.text(alphabet=st.characters(categories=("L", "P", "Z")), max_size=60))
 def test_text_without_digits_or_at_sign_is_left_alone(text: str) -> None:

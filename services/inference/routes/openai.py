@@ -12,6 +12,7 @@ from services.inference.domain.models import list_models, retrieve_model
 from services.inference.domain.responses import complete, sse_stream
 from shared.app import request_id_of
 from shared.auth import TenantId
+from shared.disconnect import cancel_on_disconnect
 from shared.errors import ServiceUnavailable
 from shared.modelref import MODEL_REF_HEADER
 from shared.schemas.common import ListResponse
@@ -53,8 +54,13 @@ async def _serve(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    out = await complete(prepared, chunks, chat=chat, response_id=response_id)
-    return JSONResponse(out.model_dump(), headers=headers)
+
+    async def whole() -> Response:
+        out = await complete(prepared, chunks, chat=chat, response_id=response_id)
+        return JSONResponse(out.model_dump(), headers=headers)
+
+    # A caller that goes away (the gateway's client disconnected) cancels the generation.
+    return await cancel_on_disconnect(request, whole)
 
 
 @router.post("/v1/completions")

@@ -23,8 +23,9 @@ from services.registry.domain.events import enqueue_event
 from services.registry.storage.artifacts import FileArtifactStore
 from services.registry.storage.tables import AdapterRow, VersionRow
 from shared.adapters.archive import ArchiveLimits, validate_archive
+from shared.countlimit import lock_tenant
 from shared.db import Database
-from shared.errors import Conflict, InternalError, NotFound, Unprocessable
+from shared.errors import Conflict, InternalError, NotFound, RateLimited, Unprocessable
 from shared.modelref import version_ref
 from shared.schemas.registry import VersionMetadata
 
@@ -52,10 +53,30 @@ def get_adapter(s: Session, tenant: str, name: str, *, lock: bool = False) -> Ad
     return row
 
 
-def create_adapter(s: Session, tenant: str, name: str, description: str = "") -> AdapterRow:
+def create_adapter(
+    s: Session, tenant: str, name: str, description: str = "", *, max_adapters: int | None = None
+) -> AdapterRow:
+    """``max_adapters``: the tenant's limit (429 at it), checked atomically with the insert
+    (``s`` must be a write session)."""
+    if max_adapters is not None:
+        _check_adapter_room(s, tenant, max_adapters)
     if find_adapter(s, tenant, name) is not None:
         raise Conflict(f"adapter {name!r} already exists", param="name", code="adapter_exists")
     return _insert_adapter(s, tenant, name, description)
+
+
+def _check_adapter_room(s: Session, tenant: str, limit: int) -> None:
+    """429 if ``tenant`` has ``limit`` adapters; holds the tenant's adapter-count lock until
+    the transaction (which inserts the new one) ends: ``shared.countlimit``."""
+    lock_tenant(s, "adapters", tenant)
+    count = s.scalar(select(func.count(AdapterRow.id)).where(AdapterRow.tenant == tenant)) or 0
+    if count >= limit:
+        raise RateLimited(
+            f"adapter quota reached: at most {limit} adapters per tenant; delete one or ask an "
+            "admin to raise max_adapters",
+            retry_after=60,
+            code="adapter_quota_exceeded",
+        )
 
 
 def _insert_adapter(s: Session, tenant: str, name: str, description: str = "") -> AdapterRow:
@@ -116,8 +137,10 @@ def push_version(
     meta: VersionMetadata,
     actor: str,
     policy: PushPolicy,
+    max_adapters: int | None = None,
 ) -> VersionRow:
-    """Validate, store and record one adapter version. Nothing is kept if validation fails."""
+    """Validate, store and record one adapter version. Nothing is kept if validation fails.
+    ``max_adapters``: the tenant's limit, when this first version creates the adapter."""
     with db.session() as s:
         base = catalog.get_model(s, tenant, meta.base_model, param="metadata.base_model")
         spec = catalog.spec_of(base)
@@ -142,7 +165,11 @@ def push_version(
                 lock_blob(s, digest)
                 if not store.exists(digest):
                     store.put_file(archive)
-                adapter = find_adapter(s, tenant, name) or _insert_adapter(s, tenant, name)
+                adapter = find_adapter(s, tenant, name)
+                if adapter is None:  # the first version creates the adapter
+                    if max_adapters is not None:
+                        _check_adapter_room(s, tenant, max_adapters)
+                    adapter = _insert_adapter(s, tenant, name)
                 number = (
                     s.scalar(
                         select(func.max(VersionRow.number)).where(

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
@@ -19,6 +19,7 @@ from services.registry.domain import aliases
 from services.registry.domain.views import adapter_out, alias_out, move_out, version_out
 from shared.app import request_id_of
 from shared.auth import TenantId
+from shared.countlimit import MAX_ADAPTERS_HEADER
 from shared.errors import InvalidRequest
 from shared.jsonbody import loads_untrusted
 from shared.modelref import NAME_RE
@@ -36,6 +37,10 @@ from shared.uploads import spool_upload
 
 router = APIRouter(tags=["adapters"])
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+# The tenant's adapter limit, sent by the gateway (internal token); absent: no limit here.
+MaxAdapters = Annotated[
+    int | None, Header(alias=MAX_ADAPTERS_HEADER, ge=1, include_in_schema=False)
+]
 
 
 @router.get("/v1/adapters", response_model=ListResponse[AdapterOut])
@@ -48,9 +53,14 @@ def list_adapters(
 
 
 @router.post("/v1/adapters", response_model=AdapterOut, status_code=201)
-def create_adapter(body: AdapterCreate, st: State, tenant: TenantId) -> AdapterOut:
+def create_adapter(
+    body: AdapterCreate, st: State, tenant: TenantId, max_adapters: MaxAdapters = None
+) -> AdapterOut:
     with st.db.session(write=True) as s:
-        return adapter_out(domain.create_adapter(s, tenant, body.name, body.description))
+        row = domain.create_adapter(
+            s, tenant, body.name, body.description, max_adapters=max_adapters
+        )
+        return adapter_out(row)
 
 
 @router.get("/v1/adapters/{name}", response_model=AdapterOut)
@@ -85,6 +95,7 @@ def push_version(
     actor: Actor,
     file: Annotated[UploadFile, File(description="PEFT LoRA adapter directory as .tar.gz")],
     metadata: Annotated[str, Form(max_length=64 * 1024)],
+    max_adapters: MaxAdapters = None,
 ) -> AdapterVersionOut:
     if not NAME_RE.fullmatch(name):
         raise InvalidRequest(f"adapter name {name!r} is invalid", param="name")
@@ -107,6 +118,7 @@ def push_version(
             meta=meta,
             actor=actor,
             policy=st.policy,
+            max_adapters=max_adapters,
         )
     st.dispatcher.notify()
     return version_out(tenant, name, row)

@@ -12,15 +12,16 @@ import hmac
 import secrets
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.training.domain import hyper
 from services.training.domain.ids import new_id
 from services.training.storage.tables import CheckpointRow, EventRow, JobRow
+from shared.countlimit import lock_tenant
 from shared.db import Database, now
-from shared.errors import NotFound, Unauthorized
+from shared.errors import NotFound, RateLimited, Unauthorized
 from shared.schemas.training import (
     TERMINAL_STATUSES,
     CheckpointOut,
@@ -39,11 +40,18 @@ def token_hash(token: str) -> str:
 
 
 def create_job(
-    db: Database, tenant: str, body: JobCreate, seed: int, idempotency_key: str | None = None
+    db: Database,
+    tenant: str,
+    body: JobCreate,
+    seed: int,
+    idempotency_key: str | None = None,
+    max_jobs: int | None = None,
 ) -> tuple[JobRow, str | None]:
     """Insert a job (``validating_files``); returns it and the runner's one-job token.
 
     A repeated ``idempotency_key`` returns the first job and no token (nothing to launch).
+    ``max_jobs``: the tenant's limit of active jobs (429 at it), counted atomically with the
+    insert (``shared.countlimit``).
     """
     if idempotency_key:
         with db.session() as s:
@@ -66,6 +74,8 @@ def create_job(
     )
     try:
         with db.session(write=True) as s:
+            if max_jobs is not None:
+                _check_job_room(s, tenant, max_jobs)
             s.add(row)
             s.flush()  # no ORM relationship orders the inserts: the job row goes first
             s.add(
@@ -78,6 +88,24 @@ def create_job(
             raise
         return first, None
     return row, token
+
+
+def _check_job_room(s: Session, tenant: str, limit: int) -> None:
+    """429 while ``tenant`` has ``limit`` active jobs; holds the tenant's job-count lock until
+    the transaction (which inserts the new job) ends."""
+    lock_tenant(s, "jobs", tenant)
+    active = (
+        s.scalar(
+            select(func.count(JobRow.id)).where(JobRow.tenant == tenant, JobRow.status.in_(ACTIVE))
+        )
+        or 0
+    )
+    if active >= limit:
+        raise RateLimited(
+            f"at most {limit} concurrent fine-tuning jobs per tenant; {active} are active",
+            retry_after=60,
+            code="job_quota_exceeded",
+        )
 
 
 def find_by_key(s: Session, tenant: str, key: str) -> JobRow | None:
