@@ -125,30 +125,28 @@ class QuotaLimits(BaseModel):
     max_jobs: int
 
 
-class KeyQuotaOut(BaseModel):
+class _QuotaOverride(BaseModel):
+    """The limits an override sets; null = not set here."""
+
+    object: Literal["quota"] = "quota"
+    subject: str
+    rpm: int | None
+    tpm: int | None
+    max_streams: int | None
+    max_adapters: int | None
+    max_jobs: int | None
+
+
+class KeyQuotaOut(_QuotaOverride):
     """A key's override; null limits fall back to the tenant's."""
 
-    object: Literal["quota"] = "quota"
     scope: Literal["key"] = "key"
-    subject: str
-    rpm: int | None
-    tpm: int | None
-    max_streams: int | None
-    max_adapters: int | None
-    max_jobs: int | None
 
 
-class TenantQuotaOut(BaseModel):
+class TenantQuotaOut(_QuotaOverride):
     """A tenant's override, with the limits that result (``effective``)."""
 
-    object: Literal["quota"] = "quota"
     scope: Literal["tenant"] = "tenant"
-    subject: str
-    rpm: int | None
-    tpm: int | None
-    max_streams: int | None
-    max_adapters: int | None
-    max_jobs: int | None
     effective: QuotaLimits
 
 
