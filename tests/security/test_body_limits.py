@@ -219,64 +219,41 @@ def test_real_processes_stream_uploads_and_refuse_oversized_bodies(
     import httpx
 
     from tests.support.adapters import make_adapter, pack
-    from tests.support.postgres import free_port
-    from tests.support.procs import service
+    from tests.support.procs import registry_and_gateway
 
-    token = "proc-body-token"
-    common = {"TUNEFLEET_INTERNAL_TOKEN": token}
-    reg_env = common | {"TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)}
     archive = pack(make_adapter(model_dir, tmp_path / "a", r=4), tmp_path / "a.tar.gz")
-    (tmp_path / "reg").mkdir()
-    (tmp_path / "gw").mkdir()
-    with service(
-        "registry", "services.registry", tmp_path / "reg", reg_env, "TUNEFLEET_REGISTRY_PORT"
-    ) as reg:
-        reg.wait_ready(120)
-        gw_env = common | {
-            "TUNEFLEET_ADMIN_KEY": BOOTSTRAP,
-            "TUNEFLEET_GATEWAY_REGISTRY_URL": reg.url,
-            "TUNEFLEET_GATEWAY_TRAINING_URL": f"http://127.0.0.1:{free_port()}",
-            "TUNEFLEET_GATEWAY_INFERENCE_URLS": f'["http://127.0.0.1:{free_port()}"]',
-        }
-        with service("gateway", "gateway", tmp_path / "gw", gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
-            deadline = time.monotonic() + 120
-            while True:  # /readyz needs an inference replica: wait for /healthz
-                try:
-                    if httpx.get(f"{gw.url}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, gw.log_text()[-3000:]
-                time.sleep(0.25)
-            admin = bearer(BOOTSTRAP)
-            with httpx.Client(base_url=gw.url, timeout=120) as http:
-                assert http.post("/admin/tenants", json={"id": "acme"}, headers=admin).is_success
-                key = http.post(
-                    "/admin/keys", json={"tenant": "acme", "role": "integrator"}, headers=admin
-                ).json()["key"]
-                with archive.open("rb") as fh:
-                    r = http.post(
-                        "/v1/adapters/a/versions",
-                        headers=bearer(key),
-                        files={"file": ("a.tar.gz", fh)},
-                        data={"metadata": '{"base_model":"tiny-llama"}'},
-                    )
-                assert r.status_code == 201, r.text
-
-                def chunks(n: int) -> Any:
-                    yield from (CHUNK for _ in range(n))
-
+    with registry_and_gateway(
+        tmp_path, model_dir, "proc-body-token", {"TUNEFLEET_ADMIN_KEY": BOOTSTRAP}
+    ) as (_, gw):
+        admin = bearer(BOOTSTRAP)
+        with httpx.Client(base_url=gw.url, timeout=120) as http:
+            assert http.post("/admin/tenants", json={"id": "acme"}, headers=admin).is_success
+            key = http.post(
+                "/admin/keys", json={"tenant": "acme", "role": "integrator"}, headers=admin
+            ).json()["key"]
+            with archive.open("rb") as fh:
                 r = http.post(
-                    "/v1/integrations",
-                    content=chunks(20),
-                    headers=bearer(key) | {"Content-Type": "application/json"},
+                    "/v1/adapters/a/versions",
+                    headers=bearer(key),
+                    files={"file": ("a.tar.gz", fh)},
+                    data={"metadata": '{"base_model":"tiny-llama"}'},
                 )
-                assert r.status_code == 413, r.text
-                t0 = time.monotonic()
-                r = http.post(
-                    "/admin/tenants",
-                    content=CHUNK * 64,
-                    headers={"Content-Type": "application/json"},
-                )
-                assert r.status_code in (401, 413), r.text
-                assert time.monotonic() - t0 < 30
+            assert r.status_code == 201, r.text
+
+            def chunks(n: int) -> Any:
+                yield from (CHUNK for _ in range(n))
+
+            r = http.post(
+                "/v1/integrations",
+                content=chunks(20),
+                headers=bearer(key) | {"Content-Type": "application/json"},
+            )
+            assert r.status_code == 413, r.text
+            t0 = time.monotonic()
+            r = http.post(
+                "/admin/tenants",
+                content=CHUNK * 64,
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code in (401, 413), r.text
+            assert time.monotonic() - t0 < 30

@@ -30,8 +30,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.postgres import free_port
-from tests.support.procs import ServiceProcess, service
+from tests.support.procs import registry_and_gateway
 
 TOKEN = "loop-test-token"
 BOOTSTRAP = "tf-bootstrap-loop-test"
@@ -44,19 +43,6 @@ BLOCKING = re.compile(
 )
 CLIENTS = 16
 ROUNDS = 6
-
-
-def _wait_healthy(gw: ServiceProcess, timeout: float = 120) -> None:
-    """/readyz needs an inference replica (there is none): wait for /healthz."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{gw.url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, gw.log_text()[-3000:]
-        time.sleep(0.25)
 
 
 def _slow_callbacks(log: str) -> list[str]:
@@ -165,36 +151,24 @@ async def _load(url: str) -> list[int]:
 
 
 def test_no_slow_callbacks_on_the_gateway_loop_under_load(tmp_path: Path, model_dir: Path) -> None:
-    common = {"TUNEFLEET_INTERNAL_TOKEN": TOKEN}
-    reg_env = common | {"TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)}
-    (tmp_path / "reg").mkdir()
-    (tmp_path / "gw").mkdir()
-    with service(
-        "registry", "services.registry", tmp_path / "reg", reg_env, "TUNEFLEET_REGISTRY_PORT"
-    ) as reg:
-        reg.wait_ready(120)
-        gw_env = common | {
-            "PYTHONASYNCIODEBUG": "1",
-            "TUNEFLEET_GATEWAY_SLOW_CALLBACK_MS": str(SLOW_MS),
-            "TUNEFLEET_ADMIN_KEY": BOOTSTRAP,
-            "TUNEFLEET_GATEWAY_REGISTRY_URL": reg.url,
-            "TUNEFLEET_GATEWAY_TRAINING_URL": f"http://127.0.0.1:{free_port()}",
-            "TUNEFLEET_GATEWAY_INFERENCE_URLS": f'["http://127.0.0.1:{free_port()}"]',
-        }
-        with service("gateway", "gateway", tmp_path / "gw", gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
-            _wait_healthy(gw)
-            # The box is shared (load well above its cores): give the gateway's threads
-            # the CPU first, so a callback is slow because of what it does on the loop, not
-            # because the scheduler ran someone else's test meanwhile.
-            for tid in os.listdir(f"/proc/{gw.proc.pid}/task"):
-                with contextlib.suppress(OSError):
-                    os.setpriority(os.PRIO_PROCESS, int(tid), -10)
-            started = len(gw.log_text())  # startup (migrations, imports) is not under test
-            t0 = time.monotonic()
-            statuses = asyncio.run(_load(gw.url))
-            elapsed = time.monotonic() - t0
-            time.sleep(0.5)
-            log = gw.log_text()
+    gw_env = {
+        "PYTHONASYNCIODEBUG": "1",
+        "TUNEFLEET_GATEWAY_SLOW_CALLBACK_MS": str(SLOW_MS),
+        "TUNEFLEET_ADMIN_KEY": BOOTSTRAP,
+    }
+    with registry_and_gateway(tmp_path, model_dir, TOKEN, gw_env) as (_, gw):
+        # The box is shared (load well above its cores): give the gateway's threads
+        # the CPU first, so a callback is slow because of what it does on the loop, not
+        # because the scheduler ran someone else's test meanwhile.
+        for tid in os.listdir(f"/proc/{gw.proc.pid}/task"):
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(tid), -10)
+        started = len(gw.log_text())  # startup (migrations, imports) is not under test
+        t0 = time.monotonic()
+        statuses = asyncio.run(_load(gw.url))
+        elapsed = time.monotonic() - t0
+        time.sleep(0.5)
+        log = gw.log_text()
     assert re.search(r'"slow_callback_ms": 50(\.0)?[,}]', log[:started]), log[:2000]
     served = [s for s in statuses if s < 500]
     assert len(statuses) == CLIENTS * ROUNDS * 18

@@ -27,12 +27,14 @@ class ServiceProcess:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
+    def wait_ready(self, timeout: float = 120.0, probe: str = "/readyz") -> None:
+        """Until ``probe`` answers 200 (``/healthz`` for a gateway with no replica to be
+        ready for)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"{self.name} exited:\n{self.log_text()[-4000:]}"
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{probe}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -67,3 +69,28 @@ def service(
         yield sp
     finally:
         sp.stop()
+
+
+@contextmanager
+def registry_and_gateway(
+    tmp_path: Path, model_dir: Path, token: str, gateway_env: dict[str, str]
+) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """A registry and a gateway in front of it as processes (training and inference URLs
+    point at closed ports); yielded once the gateway is healthy."""
+    common = {"TUNEFLEET_INTERNAL_TOKEN": token}
+    reg_env = common | {"TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent)}
+    (tmp_path / "reg").mkdir()
+    (tmp_path / "gw").mkdir()
+    with service(
+        "registry", "services.registry", tmp_path / "reg", reg_env, "TUNEFLEET_REGISTRY_PORT"
+    ) as reg:
+        reg.wait_ready(120)
+        gw_env = common | {
+            "TUNEFLEET_GATEWAY_REGISTRY_URL": reg.url,
+            "TUNEFLEET_GATEWAY_TRAINING_URL": f"http://127.0.0.1:{free_port()}",
+            "TUNEFLEET_GATEWAY_INFERENCE_URLS": f'["http://127.0.0.1:{free_port()}"]',
+            **gateway_env,
+        }
+        with service("gateway", "gateway", tmp_path / "gw", gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
+            gw.wait_ready(120, probe="/healthz")  # /readyz needs an inference replica
+            yield reg, gw
