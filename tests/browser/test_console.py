@@ -78,26 +78,13 @@ def fleet(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 "TUNEFLEET_GATEWAY_INFERENCE_URLS": json.dumps([f"http://127.0.0.1:{free_port()}"]),
             }
             with service("gateway", "gateway", home, gw_env, "TUNEFLEET_GATEWAY_PORT") as gw:
-                _wait_alive(gw)
+                gw.wait_ready(probe="/healthz")
                 c = Console(gw, reg, trn, ADMIN, "")
                 c.call("POST", "/admin/tenants", json={"id": "acme", "name": "Acme"})
                 c.integrator = c.call(
                     "POST", "/admin/keys", json={"tenant": "acme", "role": "integrator"}
                 )["key"]
                 yield c
-
-
-def _wait_alive(sp: ServiceProcess, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert sp.proc.poll() is None, sp.log_text()[-4000:]
-        try:
-            if httpx.get(sp.url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(sp.log_text()[-4000:])
 
 
 @pytest.fixture(scope="module")
