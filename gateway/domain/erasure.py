@@ -82,7 +82,7 @@ async def erase(
     }
     report: dict[str, Any] = {
         "object": "erasure.report",
-        **done.model_dump(include={"files", "datasets", "jobs", "jobs_cancelled"}),
+        **done.model_dump(exclude={"object"}),
         "adapter_versions": [],
         "lineage_error": None,
     }
@@ -192,6 +192,8 @@ async def erase_audited(
             if report["adapter_versions"] is None
             else [v["ref"] for v in report["adapter_versions"]]
         ),
+        "derived": {k: len(report[k]) for k in ("checkpoints", "runner_dirs", "models")},
+        "erasures": report["erasures"],
     }
     outcome = "ok" if report["lineage_error"] is None else "partial"
     report["audit_id"] = await _audit(
@@ -199,6 +201,11 @@ async def erase_audited(
     )
     report |= {"scope": details["scope"], "tenant": body.tenant}
     report["subject_hmac"] = details.get("subject_email_hmac") or details.get("subject_id_hmac")
+    versions = report["adapter_versions"]
+    report["counts"] |= {
+        "adapter_versions": len(versions or []),
+        "replays_forgotten": report["replays_forgotten"],
+    }
     return ErasureReport.model_validate(report)
 
 

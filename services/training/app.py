@@ -13,6 +13,8 @@ from fastapi import APIRouter, FastAPI
 
 from services.training.deps import TrainingState
 from services.training.domain import metrics as job_metrics
+from services.training.domain.erasures import Erasures
+from services.training.domain.job_outputs import JobOutputs
 from services.training.domain.lifecycle import JobLifecycle
 from services.training.domain.retention import RetentionPurger
 from services.training.ray.backend import RayBackend
@@ -61,6 +63,7 @@ def create_app(
             address=settings.ray_address,
             num_cpus=settings.ray_num_cpus,
             python=settings.runner_python,
+            work_root=settings.runner_work_root(),
         )
         registry = RegistryClient(
             settings.registry_url,
@@ -79,8 +82,10 @@ def create_app(
             test_fraction=settings.test_fraction,
             poll_s=settings.monitor_poll_s,
         )
+        outputs = JobOutputs(root, settings.ray_storage(), settings.runner_work_root())
+        erasures = Erasures(db, store, outputs, lifecycle.cancel)
         app.state.training = TrainingState(
-            settings=settings, db=db, store=store, lifecycle=lifecycle
+            settings=settings, db=db, store=store, lifecycle=lifecycle, erasures=erasures
         )
 
         async def db_ready() -> str | None:
@@ -90,6 +95,7 @@ def create_app(
         app.state.readiness_checks.append(db_ready)
         collector = job_metrics.register(app.state.metrics_registry, db)
         lifecycle.start()
+        erasures.start()
         purger = RetentionPurger(db, store, interval_s=settings.retention_interval_s)
         app.state.retention = purger  # tests drive run_once() with a fake clock
         purger.start()
@@ -97,6 +103,7 @@ def create_app(
             yield
         finally:
             await purger.aclose()
+            await erasures.aclose()
             app.state.metrics_registry.unregister(collector)
             await lifecycle.aclose()
             await registry.aclose()

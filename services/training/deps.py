@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from services.training.domain.erasures import Erasures
 from services.training.domain.lifecycle import JobLifecycle
 from services.training.settings import TrainingSettings
 from services.training.storage.files import BlobStore
@@ -19,6 +20,7 @@ class TrainingState:
     db: Database
     store: BlobStore
     lifecycle: JobLifecycle
+    erasures: Erasures
 
 
 def training_state(request: Request) -> TrainingState:

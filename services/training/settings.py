@@ -50,6 +50,13 @@ class TrainingSettings(ServiceSettings):
             "<data_dir>/ray-runs (one machine)"
         ),
     )
+    runner_work_dir: Path | None = Field(
+        default=None,
+        description=(
+            "where Ray job runners keep their work dirs (exported weights, archives), so an "
+            "erasure finds a killed runner's leftovers; default <data_dir>/runner-work"
+        ),
+    )
     runner_python: str | None = Field(
         default=None, description="interpreter for the Ray job entrypoint; default this one"
     )
@@ -81,6 +88,9 @@ class TrainingSettings(ServiceSettings):
 
     def data_root(self) -> Path:
         return self.data_dir or self.home / "training"
+
+    def runner_work_root(self) -> Path:
+        return (self.runner_work_dir or self.data_root() / "runner-work").resolve()
 
     def ray_storage(self) -> str:
         """``storage_path``, a local one made absolute (Ray needs that), or the default."""

@@ -49,7 +49,32 @@ class ErasedItem(BaseModel):
     tenant: str
 
 
-class ErasureOut(BaseModel):
+class DerivedCopies(BaseModel):
+    """Copies of erased data that training derived outside the files and datasets."""
+
+    checkpoints: list[ErasedItem] = Field(
+        default_factory=list,
+        description="jobs (id) whose Ray Train run (checkpoints, results) was deleted",
+    )
+    runner_dirs: list[ErasedItem] = Field(
+        default_factory=list,
+        description="jobs (id) whose runner work dir (left by a killed runner) was deleted",
+    )
+    models: list[ErasedItem] = Field(
+        default_factory=list,
+        description="merged models (full/transfer/hybrid results, tenant base models, id) "
+        "whose weights were deleted; retire their catalog entries",
+    )
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="how many of each kind: files, datasets, jobs, ..."
+    )
+    erasures: list[str] = Field(
+        default_factory=list,
+        description="erasure ids this answer completes (earlier ones a crash cut short too)",
+    )
+
+
+class ErasureOut(DerivedCopies):
     """What the training service erased (``POST /internal/erasure``)."""
 
     object: str = "training.erasure"
@@ -77,7 +102,7 @@ class AffectedVersion(BaseModel):
     matched: list[str] = Field(description="the erased ids its lineage names")
 
 
-class ErasureReport(BaseModel):
+class ErasureReport(DerivedCopies):
     """The gateway's answer to ``POST /admin/erasure`` (audited as ``audit_id``)."""
 
     object: Literal["erasure.report"] = "erasure.report"

@@ -1,205 +1,239 @@
-"""Right to erasure (GDPR art. 17): delete a tenant's or a data subject's training data.
+"""Right to erasure (GDPR art. 17): delete a tenant's or a data subject's training data and
+every copy derived from it.
 
-A *subject* is found by scanning the stored bytes, because that is where personal data
-lives: the raw uploaded file (read through the blob store, so encrypted-at-rest blobs are
-decrypted for the scan) and the prepared dataset splits. Preparation redacts e-mail
-addresses, phones etc. from datasets, so an e-mail address is matched on the *raw file*;
-a matching file is deleted whole (we do not rewrite customer files line by line: the
-tenant re-uploads a cleaned export), together with every dataset derived from it, whether
-it used the file for training or for validation. A dataset whose own content names the
-subject (an id that redaction kept) takes its source file with it.
+What goes: a matching raw file (found by :mod:`.erasure_scan`) is deleted whole (we do not
+rewrite customer files line by line: the tenant re-uploads a cleaned export), with every
+dataset derived from it, and every derived copy of the jobs that used them
+(:mod:`.job_outputs`: Ray checkpoints, a killed runner's work dir, merged models). Jobs are
+history and keep their rows, but every reference to an erased file reads ``"erased"``; the
+ids of those jobs go back to the caller (the gateway) to find the adapter versions whose
+lineage names them. Blobs are deleted from disk, not just unlinked from rows.
 
-Jobs are history and keep their rows, but every reference to an erased file reads
-``"erased"`` from then on; the ids of those jobs are returned so the caller (the gateway)
-can find the adapter versions whose lineage names them. Blobs are deleted from disk, not
-just unlinked from rows: ``BlobStore.delete`` removes the (possibly encrypted) object.
+Crash safety: an erasure is a row (``ErasureRow``) written before anything is deleted.
+Phase 1 unlinks the rows, one file per transaction, adding what it unlinked (files,
+datasets, jobs) to the row's plan in the same transaction; phase 2 deletes the blobs and
+copies the plan names (idempotent) and marks the row ``done``. A crash anywhere leaves it
+``pending``, and :func:`resume_ids` lists it for the service to finish (at start and
+before the next erasure): nothing a committed phase 1 unlinked stays on disk, and nothing
+is reported done before it is gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import os
+import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 
-from services.training.domain.files import SPLITS, dataset_key, delete_file, file_key
+from services.training.domain.erasure_scan import subject_files, subject_matcher, tenant_files
+from services.training.domain.files import datasets_of, file_key, lock_files
+from services.training.domain.ids import new_id
+from services.training.domain.job_outputs import JobOutputs
 from services.training.storage.files import BlobStore
-from services.training.storage.tables import DatasetRow, FileRow, JobRow
-from shared.db import Database
-from shared.errors import NotFound
+from services.training.storage.tables import (
+    CheckpointRow,
+    DatasetRow,
+    ErasureRow,
+    FileRow,
+    JobRow,
+)
+from shared.db import Database, now
+
+__all__ = ["ACTIVE", "ERASED", "Erased", "erase_files", "subject_matcher"]
 
 ERASED = "erased"  # what a job's training_file/validation_file reads after erasure
 ACTIVE = ("validating_files", "queued", "running")
-_PAGE = 200
-# with letters and digits, what continues an id; "." and "@" do not ("id CUST-1." matches)
-_TOKEN_CHARS = "_-"
-
-Matcher = Callable[[bytes], bool]
+# test-only fault point (tests/fault/test_erasure_crash.py): kill -9 this process after
+# the first file's rows are unlinked, before any blob is deleted
+FAULT_ENV = "TUNEFLEET_TEST_FAULT"
 
 
 @dataclass
 class Erased:
-    """What one erasure removed. ``jobs`` maps job id → (tenant, status) of the jobs that
-    used the data (kept, references marked erased); ``active`` are those still running."""
+    """What erasures removed. ``jobs`` maps job id → (tenant, status) of the jobs that used
+    the data (kept, references marked erased); ``active_jobs`` are those still running."""
 
     files: list[tuple[str, str]] = field(default_factory=list)  # (tenant, file id)
     datasets: list[tuple[str, str]] = field(default_factory=list)  # (tenant, dataset id)
     jobs: dict[str, tuple[str, str]] = field(default_factory=dict)
+    checkpoints: list[tuple[str, str]] = field(default_factory=list)  # (tenant, job id)
+    runner_dirs: list[tuple[str, str]] = field(default_factory=list)  # (tenant, job id)
+    models: list[tuple[str, str]] = field(default_factory=list)  # (tenant, base model id)
+    erasures: list[str] = field(default_factory=list)  # erasure ids, all done
 
     def active_jobs(self) -> list[tuple[str, str]]:
         """(tenant, job id) of jobs that were still running on the erased data."""
         return [(t, j) for j, (t, status) in self.jobs.items() if status in ACTIVE]
 
+    def merge(self, other: Erased) -> None:
+        self.files += other.files
+        self.datasets += other.datasets
+        self.jobs |= other.jobs
+        self.checkpoints += other.checkpoints
+        self.runner_dirs += other.runner_dirs
+        self.models += other.models
+        self.erasures += other.erasures
 
-def subject_matcher(email: str | None, subject_id: str | None) -> Matcher:
-    """A predicate over stored bytes: the e-mail address anywhere (case-insensitive, the
-    way mail systems compare addresses in practice), or the id as a whole token (``C-12``
-    is not found inside ``C-123`` or ``XC-12``), compared case-insensitively too."""
-    needle_email = email.strip().lower() if email else None
-    needle_id = subject_id.strip().lower() if subject_id else None
-    if not needle_email and not needle_id:
-        raise ValueError("a subject needs an email or an id")
-
-    def match(data: bytes) -> bool:
-        text = data.decode("utf-8", errors="replace").lower()
-        if needle_email and needle_email in text:
-            return True
-        return bool(needle_id) and _has_token(text, needle_id or "")
-
-    return match
-
-
-def _has_token(text: str, token: str) -> bool:
-    # str.find, not a regex with look-arounds: the plain substring search is ~20x faster
-    # on large files, and only the few hits need their edges checked
-    at = text.find(token)
-    while at != -1:
-        end = at + len(token)
-        if not (at and _word(text[at - 1])) and not (end < len(text) and _word(text[end])):
-            return True
-        at = text.find(token, at + 1)
-    return False
+    def counts(self) -> dict[str, int]:
+        return {
+            "files": len(self.files),
+            "datasets": len(self.datasets),
+            "jobs": len(self.jobs),
+            "checkpoints": len(self.checkpoints),
+            "runner_dirs": len(self.runner_dirs),
+            "models": len(self.models),
+        }
 
 
-def _word(ch: str) -> bool:
-    return ch.isalnum() or ch in _TOKEN_CHARS
+# --- the log ---------------------------------------------------------------------------
 
 
-def _file_ids(db: Database) -> Iterator[str]:
-    """Every file id, a page per session, so a big store is never loaded at once."""
-    after = ""
-    while True:
-        with db.session() as s:
-            q = select(FileRow.id).where(FileRow.id > after).order_by(FileRow.id).limit(_PAGE)
-            ids = list(s.scalars(q))
-        if not ids:
-            return
-        yield from ids
-        after = ids[-1]
+def open_erasure(db: Database, targets: Iterable[str], *, outputs: bool) -> str:
+    """Record an erasure of these file ids (pending) before anything is deleted."""
+    plan: dict[str, Any] = {
+        "targets": sorted(set(targets)),
+        "files": {},
+        "datasets": {},
+        "jobs": {},
+        "outputs": outputs,
+    }
+    with db.session(write=True) as s:
+        row = ErasureRow(id=new_id("erasure"), status="pending", plan=plan)
+        s.add(row)
+        return row.id
 
 
-def _datasets(db: Database) -> Iterator[tuple[str, str, str | None, str | None]]:
-    """Every dataset as (id, training, validation and test files), paged like ``_file_ids``."""
-    after = ""
-    while True:
-        with db.session() as s:
-            q = select(
-                DatasetRow.id,
-                DatasetRow.file_id,
-                DatasetRow.validation_file_id,
-                DatasetRow.test_file_id,
-            )
-            q = q.where(DatasetRow.id > after).order_by(DatasetRow.id).limit(_PAGE)
-            rows = [(r[0], r[1], r[2], r[3]) for r in s.execute(q)]
-        if not rows:
-            return
-        yield from rows
-        after = rows[-1][0]
-
-
-def _scan(db: Database, store: BlobStore, match: Matcher) -> set[str]:
-    """Ids of files whose raw bytes, or a dataset derived from them, mention the subject."""
-    hits = {f for f in _file_ids(db) if _blob_matches(store, file_key(f), match)}
-    for ds_id, *sources in _datasets(db):
-        keys = [dataset_key(ds_id, sp) for sp in SPLITS]
-        if any(store.exists(k) and _blob_matches(store, k, match) for k in keys):
-            # which of its sources carried the subject is unknown after redaction:
-            # erase them all rather than keep personal data
-            hits.update(x for x in sources if x)
-    return hits
-
-
-def _blob_matches(store: BlobStore, key: str, match: Matcher) -> bool:
-    try:
-        return match(store.get(key))
-    except NotFound:  # blob already gone (an earlier, interrupted erasure): nothing to find
-        return False
-
-
-def _tenant_files(db: Database, tenant: str) -> set[str]:
+def pending_ids(db: Database) -> list[str]:
+    """Erasures a crash (or a failed deletion) left unfinished, oldest first."""
     with db.session() as s:
-        return set(s.scalars(select(FileRow.id).where(FileRow.tenant == tenant)))
+        q = select(ErasureRow.id).where(ErasureRow.status == "pending")
+        return list(s.scalars(q.order_by(ErasureRow.id)))
 
 
-def erase_files(db: Database, store: BlobStore, file_ids: Iterable[str]) -> Erased:
-    """Delete these files, their datasets and blobs; mark the jobs that used them.
+def plan_of(db: Database, erasure_id: str) -> dict[str, Any]:
+    with db.session() as s:
+        row = s.get(ErasureRow, erasure_id)
+        assert row is not None, erasure_id
+        return dict(row.plan)
 
-    File by file (a unit of work each): an interrupted erasure is finished by running it
-    again, since the scan finds what is left.
-    """
-    out = Erased()
-    for file_id in sorted(set(file_ids)):
-        with db.session(write=True) as s:
-            row = s.get(FileRow, file_id)
-            if row is None:
-                continue
-            tenant = row.tenant
-            derived = list(
-                s.scalars(
-                    select(DatasetRow.id).where(
-                        or_(
-                            DatasetRow.file_id == file_id,
-                            DatasetRow.validation_file_id == file_id,
-                            DatasetRow.test_file_id == file_id,
-                        )
-                    )
+
+# --- phase 1: rows -----------------------------------------------------------------------
+
+
+def unlink_rows(db: Database, erasure_id: str) -> None:
+    """Delete the rows of the erasure's target files and their datasets, mark the jobs that
+    used them; what each transaction unlinked is added to the plan in that transaction."""
+    targets = plan_of(db, erasure_id)["targets"]
+    for n, file_id in enumerate(targets):
+        _unlink_file(db, erasure_id, file_id)
+        if n == 0 and os.environ.get(FAULT_ENV) == "erase_after_first_file":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _unlink_file(db: Database, erasure_id: str, file_id: str) -> None:
+    with db.session(write=True) as s:
+        # locked first: a preparation committing a dataset of this file waits, or has
+        # committed and is found below (files.prepare_dataset re-checks its sources)
+        if not lock_files(s, [file_id]):
+            return  # gone already (an earlier pass, a user's DELETE)
+        row = s.get(FileRow, file_id)
+        assert row is not None
+        tenant = row.tenant
+        derived = datasets_of(s, file_id)
+        users = s.execute(
+            select(JobRow.id, JobRow.status).where(
+                or_(
+                    JobRow.training_file == file_id,
+                    JobRow.validation_file == file_id,
+                    JobRow.dataset_id.in_(derived),
                 )
             )
-            users = s.execute(
-                select(JobRow.id, JobRow.status).where(
-                    or_(
-                        JobRow.training_file == file_id,
-                        JobRow.validation_file == file_id,
-                        JobRow.dataset_id.in_(derived),
-                    )
-                )
-            ).all()
-            for job_id, status in users:
-                out.jobs[job_id] = (tenant, status)
-            s.execute(
-                update(JobRow).where(JobRow.training_file == file_id).values(training_file=ERASED)
-            )
-            s.execute(
-                update(JobRow)
-                .where(JobRow.validation_file == file_id)
-                .values(validation_file=ERASED)
-            )
-        try:
-            purged = delete_file(db, store, tenant, file_id)  # rows + dataset and file blobs
-        except NotFound:  # deleted meanwhile (a user's DELETE, another erasure): done
-            continue
-        out.files.append((tenant, file_id))
-        out.datasets.extend((tenant, ds) for ds in purged)
+        ).all()
+        s.execute(
+            update(JobRow).where(JobRow.training_file == file_id).values(training_file=ERASED)
+        )
+        s.execute(
+            update(JobRow).where(JobRow.validation_file == file_id).values(validation_file=ERASED)
+        )
+        s.execute(delete(DatasetRow).where(DatasetRow.id.in_(derived)))
+        s.execute(delete(FileRow).where(FileRow.id == file_id))
+        log = s.get(ErasureRow, erasure_id)
+        assert log is not None
+        plan = dict(log.plan)  # a new object: the JSON column sees the change
+        plan["files"] = {**plan["files"], file_id: tenant}
+        plan["datasets"] = {**plan["datasets"], **{d: tenant for d in derived}}
+        plan["jobs"] = {**plan["jobs"], **{j: [tenant, st] for j, st in users}}
+        log.plan = plan
+
+
+# --- phase 2: bytes and copies -----------------------------------------------------------
+
+
+def remove_copies(
+    db: Database, store: BlobStore, outputs: JobOutputs | None, erasure_id: str
+) -> Erased:
+    """Delete every blob and derived copy the plan names, then mark the erasure done."""
+    plan = plan_of(db, erasure_id)
+    out = Erased(
+        files=sorted((t, f) for f, t in plan["files"].items()),
+        datasets=sorted((t, d) for d, t in plan["datasets"].items()),
+        jobs={j: (t, st) for j, (t, st) in sorted(plan["jobs"].items())},
+        erasures=[erasure_id],
+    )
+    for _, ds in out.datasets:
+        store.delete(f"datasets/{ds}")  # the folder of every split
+    for _, f in out.files:
+        store.delete(file_key(f))
+    if plan["outputs"] and outputs is not None:
+        _remove_job_copies(db, outputs, out)
+    with db.session(write=True) as s:
+        row = s.get(ErasureRow, erasure_id)
+        assert row is not None
+        row.status, row.finished_at = "done", now()
+        row.report = out.counts()
     return out
 
 
-def erase_tenant(db: Database, store: BlobStore, tenant: str) -> Erased:
-    """Every file and prepared dataset of ``tenant``."""
-    return erase_files(db, store, _tenant_files(db, tenant))
+def _remove_job_copies(db: Database, outputs: JobOutputs, out: Erased) -> None:
+    with db.session() as s:
+        q = select(JobRow.id, JobRow.fine_tuned_model, JobRow.result)
+        results = {j: (m, r) for j, m, r in s.execute(q.where(JobRow.id.in_(list(out.jobs))))}
+    for job_id, (tenant, _) in out.jobs.items():
+        gone = outputs.remove(job_id)
+        if gone.run:
+            out.checkpoints.append((tenant, job_id))
+        if gone.runner_dirs:
+            out.runner_dirs.append((tenant, job_id))
+        model, result = results.get(job_id, (None, None))
+        if model and (result or {}).get("registered_as") == "base_model":
+            out.models.append((tenant, model))  # its weights were the model dir
+    with db.session(write=True) as s:  # their paths pointed into the deleted runs
+        s.execute(delete(CheckpointRow).where(CheckpointRow.job_id.in_(list(out.jobs))))
 
 
-def erase_subject(
-    db: Database, store: BlobStore, *, email: str | None, subject_id: str | None
+# --- entry points ----------------------------------------------------------------------
+
+
+def erase_files(
+    db: Database, store: BlobStore, file_ids: Iterable[str], outputs: JobOutputs | None = None
 ) -> Erased:
-    """Every file (any tenant) that mentions the subject, and all datasets derived from it."""
-    return erase_files(db, store, _scan(db, store, subject_matcher(email, subject_id)))
+    """Both phases at once, for callers that need not stop jobs in between (the retention
+    purge, which never takes files a running job reads)."""
+    erasure_id = open_erasure(db, file_ids, outputs=outputs is not None)
+    unlink_rows(db, erasure_id)
+    return remove_copies(db, store, outputs, erasure_id)
+
+
+def tenant_targets(db: Database, tenant: str) -> set[str]:
+    """Every file of ``tenant``."""
+    return tenant_files(db, tenant)
+
+
+def subject_targets(
+    db: Database, store: BlobStore, *, email: str | None, subject_id: str | None
+) -> set[str]:
+    """Every file (any tenant) that mentions the subject, or whose datasets do."""
+    return subject_files(db, store, subject_matcher(email, subject_id))

@@ -175,6 +175,7 @@ def delete_file(db: Database, store: BlobStore, tenant: str, file_id: str) -> li
     """Delete a file and every prepared dataset derived from it; returns the dataset ids."""
     with db.session(write=True) as s:
         get_file(s, tenant, file_id)
+        lock_files(s, [file_id])  # a preparation of this file commits before or not at all
         purged = datasets_of(s, file_id)
         s.execute(delete(DatasetRow).where(DatasetRow.id.in_(purged)))
         s.execute(delete(FileRow).where(FileRow.id == file_id))
@@ -270,9 +271,30 @@ def prepare_dataset(
     store.put(dataset_key(row.id, "train"), to_jsonl(prepared.train))
     store.put(dataset_key(row.id, "validation"), to_jsonl(prepared.validation))
     store.put(dataset_key(row.id, "test"), to_jsonl(prepared.test))
-    with db.session(write=True) as s:
-        s.add(row)
+    sources = {train.id, *(f.id for f in (valid, held) if f is not None)}
+    try:
+        with db.session(write=True) as s:
+            # the sources may have been erased or deleted while this ran: a dataset of an
+            # erased file must never appear after the erasure answered
+            if gone := sources - lock_files(s, sorted(sources)):
+                raise NotFound(
+                    f"file {sorted(gone)[0]!r} was deleted while its dataset was prepared",
+                    param="training_file",
+                    code="file_not_found",
+                )
+            s.add(row)
+    except BaseException:
+        store.delete(f"datasets/{row.id}")
+        raise
     return row
+
+
+def lock_files(s: Session, file_ids: list[str]) -> set[str]:
+    """Lock these file rows for the transaction (Postgres ``FOR UPDATE``; SQLite's write
+    transaction holds the database) and return the ids that still exist. A dataset commit
+    and a file's deletion or erasure both take it, so they never interleave."""
+    q = select(FileRow.id).where(FileRow.id.in_(file_ids)).with_for_update()
+    return set(s.scalars(q))
 
 
 def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:

@@ -40,8 +40,10 @@ class RayBackend:
         address: str | None = None,
         num_cpus: int | None = None,
         python: str | None = None,
+        work_root: Path | None = None,
     ) -> None:
         self.temp_dir = temp_dir
+        self.work_root = work_root
         self.address = address
         self.num_cpus = num_cpus
         self.python = python or sys.executable
@@ -102,6 +104,8 @@ class RayBackend:
             # the runner's credential: a per-job token, never the fleet's internal token
             "TUNEFLEET_RUNNER_TOKEN": runner_token,
         }
+        if self.work_root is not None:  # where an erasure looks for a killed runner's dir
+            env["TUNEFLEET_RUNNER_WORK_ROOT"] = str(self.work_root)
         for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "TF_RAY_LOG_TO_DRIVER"):
             if key in os.environ:
                 env[key] = os.environ[key]

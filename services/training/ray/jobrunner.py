@@ -325,6 +325,16 @@ def _final(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (metrics or {}).items() if k in keep}
 
 
+def _work_root() -> str | None:
+    """``TUNEFLEET_RUNNER_WORK_ROOT`` (set by the service: an erasure of the job's data finds
+    the dir there if this process is killed before it removes it), else the temp dir."""
+    root = os.environ.get("TUNEFLEET_RUNNER_WORK_ROOT")
+    if not root:
+        return None
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--job-id", required=True)
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     token = os.environ.get("TUNEFLEET_RUNNER_TOKEN", "")
     rep = Reporter(args.service_url, args.job_id, token)
-    work = Path(tempfile.mkdtemp(prefix=f"tf-{args.job_id[-8:]}-"))
+    work = Path(tempfile.mkdtemp(prefix=f"tf-{args.job_id}-", dir=_work_root()))
     try:
         spec = RunnerSpec.model_validate(rep.call("GET", "/spec").json())
         run(rep, spec, work)

@@ -26,32 +26,27 @@ TenantPath = Annotated[str, Path(pattern=TENANT_RE.pattern)]
 
 @router.post("/erasure", response_model=ErasureOut)
 async def erase(body: ErasureRequest, st: State) -> ErasureOut:
-    """Delete the tenant's or the subject's files and datasets; jobs still running on them
-    are cancelled (their adapter would carry erased data)."""
+    """Delete the tenant's or the subject's files, datasets and every copy derived from them
+    (checkpoints, runner dirs, merged models); jobs still running on them are cancelled
+    (their adapter would carry erased data). Erasures a crash cut short finish first and
+    are part of the answer."""
     body.check()
     if body.tenant is not None:
         tenant = body.tenant
-        done = await anyio.to_thread.run_sync(erasure.erase_tenant, st.db, st.store, tenant)
+
+        def targets() -> set[str]:
+            return erasure.tenant_targets(st.db, tenant)
     else:
         assert body.subject is not None
         subject = body.subject
 
-        def run() -> erasure.Erased:
-            return erasure.erase_subject(
+        def targets() -> set[str]:
+            return erasure.subject_targets(
                 st.db, st.store, email=subject.email, subject_id=subject.id
             )
 
-        done = await anyio.to_thread.run_sync(run)
-    cancelled = []
-    for tenant, job_id in done.active_jobs():
-        await st.lifecycle.cancel(tenant, job_id)
-        cancelled.append(job_id)
-    return ErasureOut(
-        files=[ErasedItem(id=f, tenant=t) for t, f in done.files],
-        datasets=[ErasedItem(id=d, tenant=t) for t, d in done.datasets],
-        jobs=[ErasedItem(id=j, tenant=t) for j, (t, _) in sorted(done.jobs.items())],
-        jobs_cancelled=cancelled,
-    )
+    done = await st.erasures.run(targets)
+    return erasure_out(done)
 
 
 @router.put("/retention/{tenant}", response_model=RetentionOut)
@@ -64,3 +59,20 @@ async def set_retention(tenant: TenantPath, body: RetentionSet, st: State) -> Re
 async def get_retention(tenant: TenantPath, st: State) -> RetentionOut:
     days = await anyio.to_thread.run_sync(retention.get_retention, st.db, tenant)
     return RetentionOut(tenant=tenant, days=days)
+
+
+def erasure_out(done: erasure.Erased) -> ErasureOut:
+    def items(pairs: list[tuple[str, str]]) -> list[ErasedItem]:
+        return [ErasedItem(id=i, tenant=t) for t, i in pairs]
+
+    return ErasureOut(
+        files=items(done.files),
+        datasets=items(done.datasets),
+        jobs=[ErasedItem(id=j, tenant=t) for j, (t, _) in sorted(done.jobs.items())],
+        jobs_cancelled=[j for _, j in done.active_jobs()],
+        checkpoints=items(done.checkpoints),
+        runner_dirs=items(done.runner_dirs),
+        models=items(done.models),
+        counts=done.counts(),
+        erasures=done.erasures,
+    )

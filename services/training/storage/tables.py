@@ -107,3 +107,21 @@ class CheckpointRow(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class ErasureRow(Base):
+    """One erasure (a subject's, a tenant's, a retention purge), written *before* anything
+    is deleted: ``pending`` until every row, blob and derived copy in ``plan`` is gone, then
+    ``done``. A crash leaves it pending; the service finishes it on start and before the
+    next erasure (migration 0005)."""
+
+    __tablename__ = "training_erasures"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | done
+    # {"files": {id: tenant}, "datasets": {id: tenant}, "jobs": {id: [tenant, status]},
+    #  "outputs": bool}: ids only, never the subject
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # counts, once done
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
