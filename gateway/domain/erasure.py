@@ -11,6 +11,10 @@ an HMAC of it under the gateway's key-hash secret, so the same subject always gi
 same value (an auditor holding the secret can check a later request against it) while a
 reader of the log alone cannot recover or dictionary-test addresses.
 
+Merged models (full/transfer/hybrid results registered as tenant base models) trained on the
+erased data lose their weights in the training service and their catalog entry here; a
+catalog the registry could not update is reported (``models_error``), not failed.
+
 The gateway's own copies go too: idempotency replays (the stored first answers of uploads
 and job creations, kept for a day) that name an erased file, or all of an erased tenant's.
 """
@@ -29,9 +33,15 @@ from gateway.storage.tables import IdempotencyRow
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
 from shared.db import Database
-from shared.errors import TunefleetError
+from shared.errors import NotFound, TunefleetError
 from shared.offloop import in_session
-from shared.schemas.erasure import ErasureReport, ErasureRequest, RetentionSet, TenantRetention
+from shared.schemas.erasure import (
+    ErasedItem,
+    ErasureReport,
+    ErasureRequest,
+    RetentionSet,
+    TenantRetention,
+)
 
 LINEAGE_BATCH = 100  # ids of each kind per lineage query (the registry takes up to 200)
 
@@ -86,6 +96,7 @@ async def erase(
         "adapter_versions": [],
         "lineage_error": None,
     }
+    report["models_error"] = await retire_models(registry, done.models)
     if any(ids.values()):
         try:
             report["adapter_versions"] = await versions_trained_on(
@@ -95,6 +106,21 @@ async def erase(
             report["adapter_versions"] = None
             report["lineage_error"] = exc.message
     return report
+
+
+async def retire_models(registry: RegistryClient, models: list[ErasedItem]) -> str | None:
+    """Remove merged models whose weights the training service erased from the registry's
+    catalog (an entry naming deleted weights cannot serve); the failures' messages, if any.
+    A model already gone (a rerun) is fine."""
+    errors = []
+    for m in models:
+        try:
+            await registry.delete_base_model(m.tenant, m.id)
+        except NotFound:
+            continue
+        except TunefleetError as exc:
+            errors.append(f"{m.id}: {exc.message}")
+    return "; ".join(errors) or None
 
 
 def forget_replays(s: Session, *, tenant: str | None, file_ids: list[str]) -> int:
@@ -195,7 +221,8 @@ async def erase_audited(
         "derived": {k: len(report[k]) for k in ("checkpoints", "runner_dirs", "models")},
         "erasures": report["erasures"],
     }
-    outcome = "ok" if report["lineage_error"] is None else "partial"
+    partial = report["lineage_error"] is not None or report["models_error"] is not None
+    outcome = "partial" if partial else "ok"
     report["audit_id"] = await _audit(
         db, actor, body.tenant, "data.erasure", outcome, details, target=target
     )

@@ -40,6 +40,10 @@ class RegistryClient(ServiceClient):
         data = await self.json("GET", "/v1/base-models", tenant=tenant)
         return ListResponse[BaseModelOut].model_validate(data).data
 
+    async def delete_base_model(self, tenant: str, model_id: str) -> None:
+        """Remove the tenant's own base model (a full fine-tune) from the catalog."""
+        await self.request("DELETE", f"/v1/base-models/{model_id}", tenant=tenant)
+
     async def list_adapters(
         self, tenant: str, *, after: str | None = None, limit: int = 100
     ) -> ListResponse[AdapterOut]:

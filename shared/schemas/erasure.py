@@ -114,6 +114,9 @@ class ErasureReport(DerivedCopies):
         description="null when the registry could not answer (see lineage_error)"
     )
     lineage_error: str | None
+    models_error: str | None = Field(
+        default=None, description="merged models whose catalog entry could not be removed"
+    )
     replays_forgotten: int
     audit_id: int
     scope: Literal["tenant", "subject"]

@@ -63,8 +63,13 @@ def copies_of(fl: DataFleet, job_id: str, payload: bytes) -> JobCopies:
     )
 
 
-def as_merged_model(fl: DataFleet, job_id: str, model: str) -> None:
-    """The job as a succeeded ``full`` job whose result was registered as a tenant base."""
+async def as_merged_model(fl: DataFleet, job_id: str, model: str, weights: Path) -> None:
+    """The job as a succeeded ``full`` job whose result was registered as a tenant base
+    (``weights``: a real model dir, what the registry's catalog describes)."""
+    r = await fl.registry.post(
+        "/v1/base-models", headers={"X-Tenant-Id": "acme"}, json={"id": model, "path": str(weights)}
+    )
+    assert r.status_code == 201, r.text
     with training(fl).db.session(write=True) as s:
         row = s.get(JobRow, job_id)
         assert row is not None
@@ -73,7 +78,17 @@ def as_merged_model(fl: DataFleet, job_id: str, model: str) -> None:
         s.add(CheckpointRow(job_id=job_id, step=10, metrics={}, path="ray-runs/ckpt"))
 
 
-async def test_erasure_deletes_and_reports_every_derived_copy(fl: DataFleet) -> None:
+ACME = {"X-Tenant-Id": "acme"}
+
+
+async def catalog_ids(fl: DataFleet) -> set[str]:
+    r = await fl.registry.get("/v1/base-models", headers=ACME)
+    return {m["id"] for m in r.json()["data"]}
+
+
+async def test_erasure_deletes_and_reports_every_derived_copy(
+    fl: DataFleet, model_dir: Path
+) -> None:
     acme = await fl.onboard("acme")
     key = acme["integrator"]
     mentioned = await fl.upload(key, with_subject(reviews(30, 1)))
@@ -84,8 +99,9 @@ async def test_erasure_deletes_and_reports_every_derived_copy(fl: DataFleet) -> 
     erased = copies_of(fl, job["id"], subject_bytes)
     kept = copies_of(fl, other["id"], b"someone else")
     model = f"support-{job['id'][-10:]}"
-    as_merged_model(fl, job["id"], model)
-    as_merged_model(fl, other["id"], f"support-{other['id'][-10:]}")
+    other_model = f"support-{other['id'][-10:]}"
+    await as_merged_model(fl, job["id"], model, model_dir)
+    await as_merged_model(fl, other["id"], other_model, model_dir)
 
     r = await fl.gateway.post("/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN)
     assert r.status_code == 200, r.text
@@ -94,6 +110,8 @@ async def test_erasure_deletes_and_reports_every_derived_copy(fl: DataFleet) -> 
     assert report["checkpoints"] == mine
     assert report["runner_dirs"] == mine
     assert report["models"] == [{"id": model, "tenant": "acme"}]
+    assert report["models_error"] is None
+    assert model not in await catalog_ids(fl) and other_model in await catalog_ids(fl)
     assert report["counts"] == {
         "files": 1,
         "datasets": 1,
@@ -124,16 +142,19 @@ async def test_erasure_deletes_and_reports_every_derived_copy(fl: DataFleet) -> 
     assert again.json()["counts"]["files"] == 0 and again.json()["checkpoints"] == []
 
 
-async def test_tenant_erasure_deletes_its_merged_models(fl: DataFleet) -> None:
+async def test_tenant_erasure_deletes_its_merged_models(fl: DataFleet, model_dir: Path) -> None:
     acme = await fl.onboard("acme")
     f = await fl.upload(acme["integrator"], reviews(20, 3))
     job = await fl.failed_job(acme["integrator"], f["id"])
     copies = copies_of(fl, job["id"], b"acme rows")
-    as_merged_model(fl, job["id"], "full-acme")
+    await as_merged_model(fl, job["id"], "full-acme", model_dir)
     r = await fl.gateway.post("/admin/erasure", json={"tenant": "acme"}, headers=ADMIN)
     assert r.status_code == 200, r.text
     assert r.json()["models"] == [{"id": "full-acme", "tenant": "acme"}]
     assert not any(p.exists() for p in copies.all())
+    assert await catalog_ids(fl) == {"tiny-llama"}  # the fleet's own model stays
+    fleet_model = await fl.registry.delete("/v1/base-models/tiny-llama", headers=ACME)
+    assert fleet_model.status_code == 404  # not a tenant's to delete
 
 
 async def test_a_preparation_racing_an_erasure_commits_nothing(

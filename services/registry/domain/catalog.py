@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from services.registry.storage.tables import BaseModelRow
+from services.registry.storage.tables import BaseModelRow, VersionRow
 from shared.adapters.archive import BaseModelSpec, linear_shapes_from_model_dir
 from shared.errors import Conflict, InvalidRequest, NotFound
 
@@ -120,6 +120,29 @@ def register_model(
     row.linear_shapes = info["linear_shapes"]  # type: ignore[assignment]
     s.flush()  # column defaults (created_at) are applied at flush; callers render the row
     return row
+
+
+def delete_model(s: Session, tenant: str, model_id: str) -> None:
+    """Remove a tenant's own base model (a full fine-tune registered by a job) from the
+    catalog; the fleet's models (owner ``system``) are not a tenant's to delete (404, as
+    for another tenant's). Refused (409) while adapter versions are trained on it."""
+    row = s.scalars(
+        select(BaseModelRow).where(BaseModelRow.id == model_id, BaseModelRow.owner == tenant)
+    ).first()
+    if row is None or tenant == "system":
+        raise NotFound(
+            f"base model {model_id!r} is not one of this tenant's",
+            param="model_id",
+            code="base_model_not_found",
+        )
+    used = s.scalars(select(VersionRow.id).where(VersionRow.base_model == model_id)).first()
+    if used is not None:
+        raise Conflict(
+            f"adapter versions are trained on base model {model_id!r}; delete them first",
+            param="model_id",
+            code="base_model_in_use",
+        )
+    s.delete(row)
 
 
 def seed_catalog(s: Session, models_root: Path) -> list[str]:

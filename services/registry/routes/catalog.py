@@ -50,6 +50,15 @@ def add_base_model(body: BaseModelCreate, st: State, tenant: TenantId) -> BaseMo
         return base_model_out(row)
 
 
+@router.delete("/v1/base-models/{model_id}")
+def delete_base_model(model_id: str, st: State, tenant: TenantId) -> dict[str, object]:
+    """Remove the tenant's own base model (a full fine-tune) from the catalog, e.g. when
+    the data it was trained on is erased; its weights are the training service's."""
+    with st.db.session(write=True) as s:
+        catalog.delete_model(s, tenant, model_id)
+    return {"id": model_id, "object": "base_model", "deleted": True}
+
+
 @router.get("/v1/resolve", response_model=Resolution)
 def resolve(
     st: State, tenant: TenantId, model: Annotated[str, Query(max_length=200)]
