@@ -160,6 +160,18 @@ async def test_tenant_erasure_deletes_its_merged_models(fl: DataFleet, model_dir
 async def test_a_preparation_racing_an_erasure_commits_nothing(
     fl: DataFleet, model_dir: Path
 ) -> None:
+    await race_preparation_against_erasure(fl, model_dir)
+
+
+async def test_a_preparation_racing_an_erasure_on_postgres(
+    tmp_path: Path, model_dir: Path, postgres: Any
+) -> None:
+    urls = {name: postgres.create_database() for name in ("registry", "training", "gateway")}
+    async with data_fleet(tmp_path / "pg", model_dir, urls) as pg:
+        await race_preparation_against_erasure(pg, model_dir)
+
+
+async def race_preparation_against_erasure(fl: DataFleet, model_dir: Path) -> None:
     """The file is erased while its dataset is being prepared (after the preparation read
     the file row, before it commits): the erasure answered, so no dataset may appear."""
     from transformers import AutoTokenizer
