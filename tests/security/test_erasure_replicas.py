@@ -73,7 +73,7 @@ async def fleet(tmp_path: Path, model_dir: Path) -> AsyncIterator[Fleet]:
     registry = create_registry(
         RegistrySettings(
             home=tmp_path / "registry",
-            internal_token=TOKEN,
+            internal_token=SecretStr(TOKEN),
             seed_models_dir=model_dir.parent,
             notify_urls=["http://inference/internal/registry-events"],
             webhook_poll_s=3600,  # the outbox is read and delivered by the test
