@@ -142,6 +142,28 @@ async def test_erasure_deletes_and_reports_every_derived_copy(
     assert again.json()["counts"]["files"] == 0 and again.json()["checkpoints"] == []
 
 
+async def test_erasure_goes_on_when_ray_cannot_stop_a_running_job(fl: DataFleet) -> None:
+    """A job still running on the data is cancelled; Ray being unreachable (the test's
+    backend) must not keep the data on disk: the job ends cancelled, the copies go."""
+    acme = await fl.onboard("acme")
+    f = await fl.upload(acme["integrator"], with_subject(reviews(20, 4)))
+    job = await fl.failed_job(acme["integrator"], f["id"])
+    copies = copies_of(fl, job["id"], EMAIL.encode())
+    with training(fl).db.session(write=True) as s:
+        row = s.get(JobRow, job["id"])
+        assert row is not None
+        row.status, row.ray_job_id, row.error = "running", f"tf-{job['id']}", None
+    r = await fl.gateway.post("/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["jobs_cancelled"] == [job["id"]]
+    assert not any(p.exists() for p in copies.all()) and not fl.blob(f"files/{f['id']}").exists()
+    after = await fl.gateway.get(
+        f"/v1/fine_tuning/jobs/{job['id']}", headers=auth(acme["integrator"])
+    )
+    assert after.json()["status"] == "cancelled"
+    assert erasure.pending_ids(training(fl).db) == []
+
+
 async def test_tenant_erasure_deletes_its_merged_models(fl: DataFleet, model_dir: Path) -> None:
     acme = await fl.onboard("acme")
     f = await fl.upload(acme["integrator"], reviews(20, 3))

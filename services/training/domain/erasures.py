@@ -20,6 +20,7 @@ from services.training.domain.erasure import ACTIVE, Erased
 from services.training.domain.job_outputs import JobOutputs
 from services.training.storage.files import BlobStore
 from shared.db import Database
+from shared.errors import TunefleetError
 
 log = logging.getLogger(__name__)
 Cancel = Callable[[str, str], Awaitable[None]]  # (tenant, job id)
@@ -62,10 +63,22 @@ class Erasures:
         plan = await anyio.to_thread.run_sync(erasure.plan_of, self.db, erasure_id)
         for job_id, (tenant, status) in sorted(plan["jobs"].items()):
             if status in ACTIVE:
-                await self.cancel(tenant, job_id)
+                await self._cancel(tenant, job_id)
         return await anyio.to_thread.run_sync(
             erasure.remove_copies, self.db, self.store, self.outputs, erasure_id
         )
+
+    async def _cancel(self, tenant: str, job_id: str) -> None:
+        """Cancel a job running on the erased data. Its row ends ``cancelled`` before Ray is
+        asked to stop it; Ray unreachable must not keep the data on disk, so that failure is
+        logged and the erasure goes on (the runner's later reports are refused: job ended)."""
+        try:
+            await self.cancel(tenant, job_id)
+        except TunefleetError as exc:
+            log.warning(
+                "could not stop a job's Ray run during erasure",
+                extra={"job_id": job_id, "code": exc.code},
+            )
 
     def start(self) -> None:
         """Finish what a crash left pending, in the background (failures are retried by the
