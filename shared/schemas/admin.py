@@ -90,6 +90,8 @@ class AuditVerification(BaseModel):
     valid: bool
     checked: int
     first_bad_id: int | None
+    reason: str | None = None  # why it is not valid
+    head_seq: int | None = None  # the row the signed head names
 
 
 # --- quotas ------------------------------------------------------------------------------
