@@ -14,8 +14,9 @@ an edited row, a deleted or inserted row (a broken link), a forged row (an HMAC 
 key; a row hashed with the old unkeyed sha256 formula after keyed rows is refused), and a
 truncated tail (the signed head names a row that is gone; a head rewritten to match needs
 the key). What it cannot detect: a rollback of rows *and* head to an earlier genuine state
-the attacker copied (any state kept only in the database can be replayed), and anything done
-by someone holding the key.
+the attacker copied (any state kept only in the database can be replayed; a monitor that
+records the ``(head_seq, head_hash)`` verify answers, outside the database, catches it: that
+row must stay in the chain with that hash), and anything done by someone holding the key.
 
 Rows from before the keyed chain (``key_id`` NULL: ``hash_n = sha256(hash_{n-1} || JSON)``)
 still verify, only as a prefix: the first start after the upgrade signs a head over the last
@@ -190,6 +191,7 @@ def verify_chain(s: Session, keys: AuditKeys) -> dict[str, Any]:
             "first_bad_id": row_id,
             "reason": reason,
             "head_seq": head.seq if head else None,
+            "head_hash": head.hash if head else None,
         }
 
     if head is None:
@@ -229,4 +231,5 @@ def verify_chain(s: Session, keys: AuditKeys) -> dict[str, Any]:
         "first_bad_id": None,
         "reason": None,
         "head_seq": head.seq,
+        "head_hash": head.hash,
     }

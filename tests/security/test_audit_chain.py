@@ -53,6 +53,11 @@ async def audited_actions(http: httpx.AsyncClient, n: int = 6, prefix: str = "t"
         assert r.status_code == 201, r.text
 
 
+async def audit_hashes(http: httpx.AsyncClient) -> list[str]:
+    r = await http.get("/admin/audit", params={"limit": 100}, headers=ADMIN)
+    return [e["hash"] for e in sorted(r.json()["data"], key=lambda e: e["id"])]
+
+
 def ids(db: Database) -> list[int]:
     with db.session() as s:
         return list(s.scalars(select(AuditRow.id).order_by(AuditRow.id)))
@@ -123,6 +128,7 @@ async def test_verify_detects_tampering(tmp_path: Path, how: str) -> None:
         rows = ids(db)
         ok = await verify(http)
         assert ok == {**ok, "valid": True, "checked": len(rows), "head_seq": rows[-1]}
+        assert ok["head_hash"] == (await audit_hashes(http))[-1]
         with db.session(write=True) as s:
             bad_id = TAMPERING[how](s, rows)
         bad = await verify(http)
