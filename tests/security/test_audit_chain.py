@@ -19,13 +19,13 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from asgi_lifespan import LifespanManager
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from gateway.app import MIGRATIONS, VERSION_TABLE
 from gateway.domain import audit
 from gateway.storage.tables import AuditRow
-from shared.db import Database
+from shared.db import Database, normalize_url
 from tests.security.test_operator_scope import BOOTSTRAP, gateway_app
 
 ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
@@ -147,16 +147,15 @@ async def test_appending_after_a_truncation_does_not_hide_it(tmp_path: Path) -> 
         assert (await verify(http))["valid"] is False
 
 
-def legacy_database(home: Path, n: int) -> None:
+def legacy_database(url: str, n: int) -> None:
     """A gateway database at revision 0004 with ``n`` sha256-chained audit rows."""
-    url = f"sqlite:///{home / 'gateway' / 'gateway.db'}"
-    (home / "gateway").mkdir(parents=True)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", url)
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     cfg.attributes["version_table"] = VERSION_TABLE
     command.upgrade(cfg, "0004")
     db = Database(url)
+    columns = [c for c in AuditRow.__table__.columns if c.name not in ("id", "key_id")]
     with db.engine.begin() as conn:
         prev = audit.GENESIS
         for i in range(n):
@@ -166,25 +165,16 @@ def legacy_database(home: Path, n: int) -> None:
                 prev_hash=prev, hash="",
             )  # fmt: skip
             row.hash = audit.legacy_digest(prev, row)
-            conn.execute(
-                text(
-                    "INSERT INTO audit_log (at, tenant, actor, action, target, outcome,"
-                    " request_id, details, prev_hash, hash) VALUES (:at, :tenant, :actor,"
-                    " :action, :target, :outcome, NULL, :details, :prev, :hash)"
-                ),
-                {
-                    "at": row.at, "tenant": row.tenant, "actor": row.actor,
-                    "action": row.action, "target": row.target, "outcome": row.outcome,
-                    "details": f'{{"i": {i}}}', "prev": prev, "hash": row.hash,
-                },
-            )  # fmt: skip
+            values = {c.name: getattr(row, c.name) for c in columns}
+            conn.execute(insert(AuditRow).values(values))
             prev = row.hash
     db.dispose()
 
 
-async def test_rows_from_before_the_keyed_chain_still_verify(tmp_path: Path) -> None:
-    legacy_database(tmp_path, 5)
-    async with running(tmp_path) as (http, db):
+async def test_rows_from_before_the_keyed_chain_still_verify(tmp_path: Path, db_url: str) -> None:
+    """Migration 0005 on SQLite and Postgres: the sha256 rows stay and verify, sealed."""
+    legacy_database(db_url, 5)
+    async with running(tmp_path, database_url=db_url) as (http, db):
         await audited_actions(http, 2)
         ok = await verify(http)
         assert ok == {**ok, "valid": True, "checked": 5 + 1 + 2}  # + the bootstrap key entry
