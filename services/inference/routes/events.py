@@ -1,25 +1,19 @@
-"""Registry events (webhook, signed with the internal token).
-
-A replica keeps no alias cache (it serves the immutable refs the gateway resolved), so an
-alias move needs no invalidation here: the event only prewarms the new version in the
-background, so the first request after a swap does not pay the load. A deleted adapter drops
-its cached versions and its metric series.
-"""
+"""Registry events pushed as webhooks (``notify_urls``, signed with the internal token); the
+same events also arrive through the change feed the replica follows. Both end in
+``services.inference.domain.events.apply_event``."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from services.inference.deps import Srv
+from services.inference.domain.events import apply_event
 from shared import signing
-from shared.errors import TunefleetError, Unauthorized
+from shared.errors import Unauthorized
 
 router = APIRouter(tags=["events"])
-log = logging.getLogger(__name__)
 
 
 @router.post("/internal/registry-events")
@@ -29,26 +23,5 @@ async def registry_event(request: Request, srv: Srv) -> dict[str, Any]:
         request.app.state.internal_token, body, request.headers.get(signing.HEADER)
     ):
         raise Unauthorized("bad or stale event signature", code="invalid_signature")
-    event = await request.json()
-    data = event.get("data", {})
-    tenant = str(event.get("tenant", ""))
-    kind = event.get("type")
-    if kind == "alias.moved" and tenant and data.get("adapter") and data.get("to_version"):
-        task = asyncio.create_task(_prewarm(srv, tenant, f"{data['adapter']}@{data['to_version']}"))
-        request.app.state.background.add(task)
-        task.add_done_callback(request.app.state.background.discard)
-    if kind == "adapter.deleted" and tenant and data.get("adapter"):
-        adapter = str(data["adapter"])
-        dropped = srv.resolver.invalidate(tenant, adapter)
-        series = srv.metrics.forget_adapter(tenant, adapter)
-        log.info(
-            "adapter deleted", extra={"adapter": adapter, "dropped": dropped, "series": series}
-        )
+    await apply_event(srv, await request.json(), request.app.state.background)
     return {"received": True}
-
-
-async def _prewarm(srv: Srv, tenant: str, model: str) -> None:  # type: ignore[valid-type]
-    try:
-        await srv.cache.ensure(await srv.resolver.resolve(tenant, model))
-    except TunefleetError as exc:  # the request path will report it properly
-        log.warning("prewarm failed", extra={"model": model, "code": exc.code})

@@ -72,6 +72,18 @@ class VersionRow(Base):
     adapter: Mapped[AdapterRow] = relationship(back_populates="versions")
 
 
+class VersionCounterRow(Base):
+    """The last version number given out per (tenant, adapter name). It outlives the adapter:
+    a deleted and re-created adapter continues the count, so ``name@vN`` never names two
+    different sets of weights within a tenant (replicas cache refs as immutable)."""
+
+    __tablename__ = "adapter_version_counters"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_number: Mapped[int] = mapped_column(Integer)
+
+
 class AliasRow(Base):
     __tablename__ = "adapter_aliases"
 
