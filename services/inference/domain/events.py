@@ -40,7 +40,7 @@ async def apply_event(
         )
 
 
-async def reset(srv: Server) -> None:
+async def reset_caches(srv: Server) -> None:
     """Events may have been missed (a gap in the feed): forget every cached resolution, so
     each ref is looked up again (loaded weights are keyed on their sha256 and stay valid)."""
     srv.resolver.clear()
