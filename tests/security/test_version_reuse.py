@@ -47,11 +47,15 @@ class LateASGI(httpx.AsyncBaseTransport):
         return await httpx.ASGITransport(app=self.app).handle_async_request(request)
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", "postgres"])
 async def fleet(
-    tmp_path: Path, model_dir: Path
+    request: pytest.FixtureRequest, tmp_path: Path, model_dir: Path
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI]]:
     from transformers import AutoTokenizer
+
+    url = (
+        None if request.param == "sqlite" else request.getfixturevalue("postgres").create_database()
+    )
 
     to_replica = LateASGI()
     registry = create_registry(
@@ -61,6 +65,7 @@ async def fleet(
             seed_models_dir=model_dir.parent,
             notify_urls=["http://replica/internal/registry-events"],
             webhook_poll_s=0.05,
+            database_url=url,
         ),
         webhook_transport=to_replica,
     )
@@ -155,3 +160,17 @@ async def test_recreated_adapter_continues_the_count_and_replicas_serve_its_weig
         assert handle.path != v2.handle.path  # unpacked apart: one directory per content
     assert cache.get("acme/a@v2").sha256 == res.sha256  # the stale entry went
     assert not v2.handle.path.exists()
+
+
+async def test_concurrent_pushes_after_a_deletion_take_distinct_numbers(
+    fleet: tuple[httpx.AsyncClient, httpx.AsyncClient, FastAPI], tmp_path: Path, model_dir: Path
+) -> None:
+    """The counter is the one place numbers come from: concurrent first pushes (the counter
+    row inserted by one, the others retrying) and pushes after a deletion never collide."""
+    reg, _, _ = fleet
+    archive = pack(make_adapter(model_dir, tmp_path / "x", r=4), tmp_path / "x.tar.gz")
+    first = await asyncio.gather(*(_push(reg, archive) for _ in range(4)))
+    assert sorted(first) == [1, 2, 3, 4]
+    assert (await reg.delete("/v1/adapters/a")).status_code == 200
+    again = await asyncio.gather(*(_push(reg, archive) for _ in range(4)))
+    assert sorted(again) == [5, 6, 7, 8]

@@ -26,11 +26,20 @@ TOKEN = "feed-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
 
 
-@pytest.fixture
-async def registry(tmp_path: Path, model_dir: Path) -> AsyncIterator[FastAPI]:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def registry(
+    request: pytest.FixtureRequest, tmp_path: Path, model_dir: Path
+) -> AsyncIterator[FastAPI]:
+    url = (
+        None if request.param == "sqlite" else request.getfixturevalue("postgres").create_database()
+    )
     app = create_registry(
         RegistrySettings(
-            home=tmp_path, internal_token=TOKEN, seed_models_dir=model_dir.parent, feed_poll_s=0.05
+            home=tmp_path,
+            internal_token=TOKEN,
+            seed_models_dir=model_dir.parent,
+            feed_poll_s=0.05,
+            database_url=url,
         )
     )
     async with LifespanManager(app, startup_timeout=60):
