@@ -131,3 +131,57 @@ async def test_follower_applies_in_order_and_resets_at_start(registry: FastAPI) 
     assert seen == [(1, "alias.moved"), (2, "adapter.deleted")] and follower.after == 2
     assert resets == [None]  # no reset while it follows
     await client.aclose()
+
+
+class Outage(httpx.AsyncBaseTransport):
+    """The real registry app, unreachable while ``down`` is set."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.inner = httpx.ASGITransport(app=app)
+        self.down = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("registry down", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+async def test_follower_resumes_after_an_outage_without_losing_events(registry: FastAPI) -> None:
+    transport = Outage(registry)
+    client = RegistryClient("http://registry", TOKEN, transport=transport, retries=1)
+    seen: list[int] = []
+    resets = 0
+
+    async def apply(event: RegistryEvent) -> None:
+        seen.append(event.seq)
+
+    async def reset() -> None:
+        nonlocal resets
+        resets += 1
+
+    follower = EventFollower(client, apply, reset, wait_s=0.2, retry_s=0.05, max_retry_s=0.1)
+    follower.start()
+    try:
+        for _ in range(100):
+            if follower.after is not None:
+                break
+            await asyncio.sleep(0.02)
+        transport.down = True
+        await asyncio.sleep(0.4)  # the long poll under way ends (empty); the next ones fail
+        with registry.state.registry.db.session(write=True) as s:  # changes during the outage
+            for _ in range(3):
+                feed.record_event(
+                    s,
+                    {"tenant": "acme", "type": "alias.moved", "data": {}, "id": "e", "created": 0},
+                )
+        await asyncio.sleep(0.5)
+        assert seen == []
+        transport.down = False
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert seen == [1, 2, 3] and resets == 1  # resumed where it was: no reset, no loss
+    finally:
+        await follower.stop()
+        await client.aclose()
