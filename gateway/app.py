@@ -15,6 +15,7 @@ from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_befo
 from gateway.domain import audit
 from gateway.domain.audit_keys import audit_keys
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
+from gateway.domain.events import apply_event
 from gateway.domain.fasthop import new_session
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.generation import Generations
@@ -44,6 +45,8 @@ from shared.app import create_service_app
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
 from shared.db import Database, run_migrations
+from shared.events_follower import EventFollower
+from shared.schemas.registry import RegistryEvent
 from shared.tracing import instrument_client
 
 log = logging.getLogger(__name__)
@@ -70,6 +73,24 @@ def default_limits(settings: GatewaySettings) -> Callable[[], Limits]:
         return limits
 
     return current
+
+
+def follow_events(
+    settings: GatewaySettings, registry: RegistryClient, resolver: ModelResolver
+) -> EventFollower | None:
+    """Started: the follower of the registry's change feed that keeps ``resolver`` current."""
+    if not settings.follow_events:
+        return None
+
+    async def apply(event: RegistryEvent) -> None:
+        apply_event(resolver, event.model_dump())
+
+    async def reset() -> None:
+        resolver.clear()
+
+    follower = EventFollower(registry, apply, reset, wait_s=settings.events_wait_s)
+    follower.start()
+    return follower
 
 
 def create_app(
@@ -163,9 +184,12 @@ def create_app(
         usage.start()
         purger = ExpiredPurger(db, settings.idempotency_purge_s)
         purger.start()
+        follower = follow_events(settings, registry_client, resolver)
         try:
             yield
         finally:
+            if follower is not None:
+                await follower.stop()
             await purger.stop()
             await replicas.stop()
             await usage.stop()

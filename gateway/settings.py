@@ -66,6 +66,12 @@ class GatewaySettings(ServiceSettings):
     )
     pii_workers: int = Field(default=2, ge=1, description="PII scans running at once")
     upstream_timeout_s: float = Field(default=120.0, gt=0, description="each downstream call")
+    follow_events: bool = Field(
+        default=True,
+        description="follow the registry's change feed (alias moves, deletions reach every "
+        "process); off only where a test drives the pushed events alone",
+    )
+    events_wait_s: float = Field(default=10.0, gt=0, le=60, description="feed long-poll wait")
     resolve_ttl_s: float = Field(
         default=5.0, ge=0, description="model resolution cache; alias webhooks drop it at once"
     )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -57,6 +58,15 @@ def serve(service: str, app: FastAPI, settings: ServiceSettings) -> None:
         timeout_graceful_shutdown=30,
     )
     server = uvicorn.Server(config)
+    original = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        # /readyz answers 503 at once, and long polls (the registry's change feed) return
+        # instead of holding the graceful shutdown for their whole wait
+        app.state.draining = True
+        original(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
 
     async def main() -> None:
         watch = None

@@ -103,6 +103,11 @@ class ModelResolver:
         self._cache[key] = _Entry(res, now + self.ttl_s, now)
         return res
 
+    def clear(self) -> None:
+        """Forget everything (the event feed may have missed changes)."""
+        self._epoch += 1
+        self._cache.clear()
+
     def invalidate(self, tenant: str, adapter: str | None) -> int:
         """Drop ``tenant``'s cached resolutions of ``adapter`` (all of the tenant's if None)."""
         self._epoch += 1

@@ -1,20 +1,19 @@
-"""Registry events (webhook, signed with the internal token): alias moves drop the gateway's
-cached resolutions at once, so routing follows a hot swap without waiting for the TTL."""
+"""Registry events pushed as webhooks (``notify_urls``, signed with the internal token); the
+gateway also follows the registry's change feed. Both end in ``gateway.domain.events``."""
 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from gateway.deps import State
+from gateway.domain.events import apply_event
 from shared import signing
 from shared.errors import InvalidRequest, Unauthorized
 
 router = APIRouter(tags=["events"], include_in_schema=False)
-log = logging.getLogger(__name__)
 
 
 @router.post("/internal/registry-events")
@@ -26,10 +25,4 @@ async def registry_event(request: Request, st: State) -> dict[str, Any]:
         event = json.loads(body)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"event is not JSON: {exc}") from exc
-    data = event.get("data") or {}
-    tenant = str(event.get("tenant") or "")
-    dropped = 0
-    if event.get("type") in ("alias.moved", "alias.deleted", "adapter.deleted") and tenant:
-        dropped = st.resolver.invalidate(tenant, data.get("adapter"))
-        log.info("alias event", extra={"adapter": data.get("adapter"), "dropped": dropped})
-    return {"received": True, "dropped": dropped}
+    return {"received": True, "dropped": apply_event(st.resolver, event)}

@@ -17,6 +17,7 @@ import anyio
 import httpx
 from fastapi import APIRouter, FastAPI
 
+from services.inference.domain.events import apply_event, reset_caches
 from services.inference.domain.serving import Server
 from services.inference.engine.adapters import AdapterCache
 from services.inference.engine.base import GenerationRequest, InferenceEngine, collect
@@ -28,8 +29,9 @@ from shared.adapters.archive import BaseModelSpec, linear_shapes_from_model_dir
 from shared.app import create_service_app
 from shared.auth import InternalAuth
 from shared.clients.registry import RegistryClient
+from shared.events_follower import EventFollower
 from shared.metrics import new_registry
-from shared.schemas.registry import Resolution
+from shared.schemas.registry import RegistryEvent, Resolution
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +104,14 @@ def create_app(
             max_waiting=settings.max_waiting,
         )
         warmup = asyncio.create_task(_warm_up(engine, warm))
+        follower = _follow_events(settings, registry, app)
         try:
             yield
         finally:
             app.state.draining = True
             warmup.cancel()
+            if follower is not None:
+                await follower.stop()
             for task in list(app.state.background):
                 task.cancel()
             await cache.close()
@@ -135,6 +140,26 @@ def create_app(
         api.include_router(module.router)
     app.include_router(api)
     return app
+
+
+def _follow_events(
+    settings: InferenceSettings, registry: RegistryClient, app: FastAPI
+) -> EventFollower | None:
+    """Started: the follower of the registry's change feed (deletions reach this replica
+    wherever it sits behind a Service)."""
+    if not settings.follow_events:
+        return None
+    server: Server = app.state.server
+
+    async def apply(event: RegistryEvent) -> None:
+        await apply_event(server, event.model_dump(), app.state.background)
+
+    async def on_reset() -> None:
+        await reset_caches(server)
+
+    follower = EventFollower(registry, apply, on_reset, wait_s=settings.events_wait_s)
+    follower.start()
+    return follower
 
 
 async def _warm_up(engine: InferenceEngine, warm: dict[str, bool]) -> None:

@@ -35,6 +35,12 @@ class InferenceSettings(ServiceSettings):
         default=True,
         description="CPU: tunefleet's packed multi-LoRA linear instead of vLLM's (no-op on GPU)",
     )
+    follow_events: bool = Field(
+        default=True,
+        description="follow the registry's change feed (alias moves, deletions reach every "
+        "process); off only where a test drives the pushed events alone",
+    )
+    events_wait_s: float = Field(default=10.0, gt=0, le=60, description="feed long-poll wait")
     drain_timeout_s: float = Field(default=30.0, ge=0)
     default_max_tokens: int = Field(default=256, ge=1)
 

@@ -14,7 +14,7 @@ from services.registry.deps import RegistryState
 from services.registry.domain import catalog
 from services.registry.domain.adapters import PushPolicy
 from services.registry.domain.dispatch import WebhookDispatcher
-from services.registry.routes import adapters, lineage, webhooks
+from services.registry.routes import adapters, feed, lineage, webhooks
 from services.registry.routes import catalog as catalog_routes
 from services.registry.settings import RegistrySettings
 from services.registry.storage.artifacts import FileArtifactStore
@@ -92,7 +92,7 @@ def create_app(
         traces_endpoint=settings.traces_endpoint(),
     )
     api = APIRouter(dependencies=[InternalAuth])
-    for module in (catalog_routes, adapters, webhooks, lineage):
+    for module in (catalog_routes, adapters, webhooks, lineage, feed):
         api.include_router(module.router)
     app.include_router(api)
     return app

@@ -34,8 +34,11 @@ class RegistrySettings(ServiceSettings):
     )
     notify_urls: list[str] = Field(
         default_factory=list,
-        description="internal receivers of every event (inference replicas, gateway), "
-        "signed with the internal token",
+        description="internal receivers of every event, signed with the internal token; "
+        "optional: replicas and gateways follow the change feed (/v1/internal/events)",
+    )
+    feed_poll_s: float = Field(
+        default=0.1, gt=0, le=5, description="how often a waiting feed request looks again"
     )
     webhook_timeout_s: float = Field(
         default=5.0,

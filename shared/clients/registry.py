@@ -18,12 +18,15 @@ from shared.schemas.registry import (
     AliasMoveOut,
     AliasOut,
     BaseModelOut,
+    EventPage,
     LineageHit,
     LineageList,
     Resolution,
     VersionMetadata,
     WebhookOut,
 )
+
+DEFAULT_CALL_S = 10.0  # a feed call's time beyond its long-poll wait
 
 
 class RegistryClient(ServiceClient):
@@ -35,6 +38,19 @@ class RegistryClient(ServiceClient):
         kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         data = await self.json("GET", "/v1/resolve", tenant=tenant, params={"model": model}, **kw)
         return Resolution.model_validate(data)
+
+    async def events(
+        self, after: int | None, *, wait_s: float = 0.0, limit: int = 500
+    ) -> EventPage:
+        """The change feed after ``after`` (None: just the head), waiting up to ``wait_s``
+        for an event when there is none yet (a long poll: this call's timeout covers it)."""
+        params: dict[str, Any] = {"wait": wait_s, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        data = await self.json(
+            "GET", "/v1/internal/events", params=params, timeout=wait_s + DEFAULT_CALL_S
+        )
+        return EventPage.model_validate(data)
 
     async def list_base_models(self, tenant: str) -> list[BaseModelOut]:
         data = await self.json("GET", "/v1/base-models", tenant=tenant)

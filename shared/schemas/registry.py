@@ -193,3 +193,28 @@ class LineageList(BaseModel):
     object: str = "list"
     data: list[LineageHit]
     has_more: bool = False
+
+
+class RegistryEvent(BaseModel):
+    """One change in the registry's feed (``GET /v1/internal/events``): what webhooks carry,
+    plus its place in the feed (``seq``, increasing, never reused)."""
+
+    seq: int
+    id: str
+    type: str
+    created: int
+    tenant: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventPage(BaseModel):
+    """Events after the follower's ``after``, oldest first. ``last_seq``: where to continue
+    from. ``reset``: events the follower has not seen are gone (pruned, or the feed began
+    again): it must drop what it cached and continue from ``last_seq``. ``after`` omitted:
+    no events, ``last_seq`` is the head (start following from now)."""
+
+    object: Literal["event_page"] = "event_page"
+    data: list[RegistryEvent]
+    last_seq: int
+    reset: bool = False
+    more: bool = False

@@ -10,6 +10,10 @@
   removed from the engine, and only then are its files deleted (the engine never loads from a
   path we removed). ``capacity`` stays within vLLM's ``max_cpu_loras`` so vLLM never evicts
   (and later reloads from disk) behind our back.
+* Keyed on the content: an entry (and its unpacked directory) is the pair (ref, sha256), so a
+  ref whose meaning changed (an adapter deleted and re-created before the version counter
+  existed, a lost ``adapter.deleted``) loads the new weights instead of serving the old ones;
+  ``forget`` drops a deleted adapter's entries.
 """
 
 from __future__ import annotations
@@ -41,6 +45,13 @@ log = logging.getLogger(__name__)
 
 Fetch = Callable[[Resolution, Path], Awaitable[Path]]
 """Download the archive of ``resolution`` to the given path, verified by sha256."""
+
+CacheKey = tuple[str, str]
+"""(ref, sha256): the weights a ref named when it was loaded."""
+
+
+def cache_key(res: Resolution) -> CacheKey:
+    return (res.ref, res.sha256 or "")
 
 
 @dataclass
@@ -74,8 +85,8 @@ class AdapterCache:
         self.base = base
         self.max_rank = max_rank
         self.capacity = capacity
-        self._loaded: dict[str, LoadedAdapter] = {}
-        self._loading: dict[str, asyncio.Task[LoadedAdapter]] = {}
+        self._loaded: dict[CacheKey, LoadedAdapter] = {}
+        self._loading: dict[CacheKey, asyncio.Task[LoadedAdapter]] = {}
         self._lock = asyncio.Lock()
         self._on_load = on_load or (lambda ref, s: None)
         self._on_evict = on_evict or (lambda ref: None)
@@ -86,14 +97,16 @@ class AdapterCache:
         return sorted(self._loaded.values(), key=lambda a: a.handle.ref)
 
     def get(self, ref: str) -> LoadedAdapter | None:
-        return self._loaded.get(ref)
+        """The newest loaded entry of ``ref`` (whatever its content)."""
+        entries = [a for a in self._loaded.values() if a.handle.ref == ref]
+        return max(entries, key=lambda a: a.loaded_at) if entries else None
 
     # ------------------------------------------------------------------ use
     @asynccontextmanager
     async def use(self, res: Resolution) -> AsyncIterator[AdapterHandle]:
         """Hold a loaded adapter for the duration of one request (never evicted meanwhile)."""
         entry = await self.ensure(res)
-        while self._loaded.get(res.ref) is not entry:
+        while self._loaded.get(cache_key(res)) is not entry:
             # Evicted between its load finishing and this waiter resuming: load it again
             # rather than hand vLLM a handle whose files are gone.
             entry = await self.ensure(res)
@@ -108,22 +121,23 @@ class AdapterCache:
 
     async def ensure(self, res: Resolution) -> LoadedAdapter:
         """The loaded adapter for ``res``, loading it (once) if needed."""
-        entry = self._loaded.get(res.ref)
+        key = cache_key(res)
+        entry = self._loaded.get(key)
         if entry is not None:
             return entry
-        task = self._loading.get(res.ref)
+        task = self._loading.get(key)
         if task is None:
             task = asyncio.create_task(self._load(res), name=f"load {res.ref}")
-            self._loading[res.ref] = task
-            task.add_done_callback(partial(self._load_finished, res.ref))
+            self._loading[key] = task
+            task.add_done_callback(partial(self._load_finished, key))
         return await asyncio.shield(task)
 
-    def _load_finished(self, ref: str, _task: asyncio.Task[LoadedAdapter]) -> None:
-        self._loading.pop(ref, None)
+    def _load_finished(self, key: CacheKey, _task: asyncio.Task[LoadedAdapter]) -> None:
+        self._loading.pop(key, None)
 
     # ------------------------------------------------------------------ admin
     def pin(self, ref: str, pinned: bool = True) -> LoadedAdapter:
-        entry = self._loaded.get(ref)
+        entry = self.get(ref)
         if entry is None:
             raise NotFound(
                 f"adapter {ref!r} is not loaded on this replica",
@@ -135,7 +149,7 @@ class AdapterCache:
 
     async def unload(self, ref: str) -> None:
         async with self._lock:
-            entry = self._loaded.get(ref)
+            entry = self.get(ref)
             if entry is None:
                 raise NotFound(
                     f"adapter {ref!r} is not loaded on this replica",
@@ -143,6 +157,21 @@ class AdapterCache:
                     code="adapter_not_loaded",
                 )
             await self._evict(entry)
+
+    async def forget(self, tenant: str, adapter: str) -> int:
+        """Unload the idle versions of a deleted adapter (``tenant/adapter@vN``); one still
+        serving a request is left to the LRU (its key holds its sha256: it never answers for
+        other weights)."""
+        prefix = f"{tenant}/{adapter}@"
+        async with self._lock:
+            doomed = [
+                a
+                for a in self._loaded.values()
+                if a.handle.ref.startswith(prefix) and a.in_use == 0
+            ]
+            for entry in doomed:
+                await self._evict(entry)
+        return len(doomed)
 
     async def close(self) -> None:
         """Unload every adapter (the engine may outlive this cache, e.g. in tests)."""
@@ -154,7 +183,9 @@ class AdapterCache:
 
     # ------------------------------------------------------------------ internals
     def _dir_for(self, res: Resolution) -> Path:
-        return self.root / res.ref.replace("/", "__").replace("@", "__")
+        # the content hash in the name: two contents of one ref never share a directory
+        name = res.ref.replace("/", "__").replace("@", "__")
+        return self.root / f"{name}-{(res.sha256 or '')[:16]}"
 
     async def _load(self, res: Resolution) -> LoadedAdapter:
         start = time.perf_counter()
@@ -205,7 +236,14 @@ class AdapterCache:
             entry = LoadedAdapter(
                 handle=handle, sha256=res.sha256, loaded_at=now, load_seconds=elapsed, last_used=now
             )
-            self._loaded[res.ref] = entry
+            self._loaded[cache_key(res)] = entry
+            # the ref now names other weights: its old, idle entries go
+            for old in [
+                a
+                for k, a in self._loaded.items()
+                if k[0] == res.ref and a is not entry and a.in_use == 0
+            ]:
+                await self._evict(old)
         self._on_load(res.ref, elapsed)
         log.info("adapter loaded", extra={"ref": res.ref, "seconds": round(elapsed, 3)})
         return entry
@@ -222,7 +260,7 @@ class AdapterCache:
             await self._evict(min(idle, key=lambda a: a.last_used))
 
     async def _evict(self, entry: LoadedAdapter) -> None:
-        self._loaded.pop(entry.handle.ref, None)
+        self._loaded.pop((entry.handle.ref, entry.sha256), None)
         await self.engine.remove_adapter(entry.handle)
         # Only now, with the engine no longer able to load it, may the files go.
         path = entry.handle.path

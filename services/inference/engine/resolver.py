@@ -54,6 +54,10 @@ class ModelResolver:
             raise InvalidRequest(f"model ref {ref!r} is not one of this tenant's versions")
         return await self.resolve(tenant, model)
 
+    def clear(self) -> None:
+        """Forget everything (after a gap in the event feed: a deletion may have been missed)."""
+        self._cache.clear()
+
     def invalidate(self, tenant: str, adapter: str | None = None) -> int:
         """Drop the cached versions of a tenant's deleted adapter (all of the tenant's if
         None)."""

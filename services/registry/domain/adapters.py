@@ -14,14 +14,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.registry.domain import catalog
 from services.registry.domain.events import enqueue_event
 from services.registry.storage.artifacts import FileArtifactStore
-from services.registry.storage.tables import AdapterRow, VersionRow
+from services.registry.storage.tables import AdapterRow, VersionCounterRow, VersionRow
 from shared.adapters.archive import ArchiveLimits, validate_archive
 from shared.countlimit import lock_tenant
 from shared.db import Database
@@ -170,14 +170,7 @@ def push_version(
                     if max_adapters is not None:
                         _check_adapter_room(s, tenant, max_adapters)
                     adapter = _insert_adapter(s, tenant, name)
-                number = (
-                    s.scalar(
-                        select(func.max(VersionRow.number)).where(
-                            VersionRow.adapter_id == adapter.id
-                        )
-                    )
-                    or 0
-                ) + 1
+                number = next_version_number(s, adapter)
                 row = VersionRow(
                     adapter_id=adapter.id,
                     number=number,
@@ -212,6 +205,30 @@ def push_version(
         except IntegrityError:
             continue  # a concurrent push took this number (or created the adapter); go again
     raise InternalError("could not allocate a version number under contention")
+
+
+def next_version_number(s: Session, adapter: AdapterRow) -> int:
+    """Take the next number of ``adapter``'s (tenant, name) counter, which outlives deletion:
+    after delete + re-create the count continues, so a ref never names other weights. Two
+    pushes serialize on the counter row; a concurrent first insert surfaces as IntegrityError
+    (the caller's retry loop goes again)."""
+    key = (VersionCounterRow.tenant == adapter.tenant, VersionCounterRow.name == adapter.name)
+    bumped = s.execute(
+        update(VersionCounterRow).where(*key).values(last_number=VersionCounterRow.last_number + 1)
+    )
+    highest = (
+        s.scalar(select(func.max(VersionRow.number)).where(VersionRow.adapter_id == adapter.id))
+        or 0
+    )
+    if getattr(bumped, "rowcount", 0) == 0:
+        s.add(VersionCounterRow(tenant=adapter.tenant, name=adapter.name, last_number=highest + 1))
+        s.flush()
+        return highest + 1
+    number = s.scalar(select(VersionCounterRow.last_number).where(*key)) or 0
+    if number <= highest:  # a counter behind its versions (restored backup): never collide
+        number = highest + 1
+        s.execute(update(VersionCounterRow).where(*key).values(last_number=number))
+    return number
 
 
 def delete_adapter(

@@ -1,4 +1,4 @@
-"""Events announced to webhooks, written to the outbox in the caller's transaction.
+"""Events announced to webhooks and the change feed, written in the caller's transaction.
 
 Writing the delivery rows in the same unit of work as the change means an alias move is never
 committed without its notification, and a crash between the two cannot lose one.
@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.registry.domain.feed import record_event
 from services.registry.storage.tables import DeliveryRow, WebhookRow
 
 SYSTEM = None  # webhook_id of deliveries to the fleet's own receivers (notify_urls)
@@ -21,7 +22,8 @@ SYSTEM = None  # webhook_id of deliveries to the fleet's own receivers (notify_u
 def enqueue_event(
     s: Session, tenant: str, event: str, data: dict[str, Any], system_urls: list[str]
 ) -> int:
-    """Queue one delivery per subscribed webhook of the tenant plus one per system URL."""
+    """Record the event in the change feed; queue one delivery per subscribed webhook of the
+    tenant plus one per system URL."""
     payload = {
         "id": "evt_" + uuid.uuid4().hex[:24],
         "type": event,
@@ -29,6 +31,7 @@ def enqueue_event(
         "tenant": tenant,
         "data": data,
     }
+    record_event(s, payload)
     hooks = s.scalars(select(WebhookRow).where(WebhookRow.tenant == tenant)).all()
     targets: list[tuple[str | None, str]] = [(h.id, h.url) for h in hooks if event in h.events]
     targets += [(SYSTEM, url) for url in system_urls]

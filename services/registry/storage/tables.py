@@ -72,6 +72,18 @@ class VersionRow(Base):
     adapter: Mapped[AdapterRow] = relationship(back_populates="versions")
 
 
+class VersionCounterRow(Base):
+    """The last version number given out per (tenant, adapter name). It outlives the adapter:
+    a deleted and re-created adapter continues the count, so ``name@vN`` never names two
+    different sets of weights within a tenant (replicas cache refs as immutable)."""
+
+    __tablename__ = "adapter_version_counters"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_number: Mapped[int] = mapped_column(Integer)
+
+
 class AliasRow(Base):
     __tablename__ = "adapter_aliases"
 
@@ -130,3 +142,17 @@ class DeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class EventRow(Base):
+    """The change feed that replicas and gateways follow: written in the transaction of the
+    change it records (as the outbox), ``seq`` in commit order, old rows pruned."""
+
+    __tablename__ = "registry_events"
+    __table_args__ = {"sqlite_autoincrement": True}  # a seq is never handed out twice
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
