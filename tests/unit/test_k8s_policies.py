@@ -8,6 +8,7 @@ sources and destination ports below must be denied."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +163,7 @@ def test_evaluator_semantics() -> None:
 
 
 # ------------------------------------------------------------------ the manifests' pods
+@functools.cache  # the manifests are read once for the whole matrix
 def policies() -> list[dict[str, Any]]:
     return [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
 
@@ -171,6 +173,7 @@ def ray_cluster() -> dict[str, Any]:
     return cluster
 
 
+@functools.cache
 def fleet_pods() -> dict[str, Pod]:
     """Every pod the manifests create, with its template labels and named ports; Ray pods
     with the labels KubeRay gives them (``ray.io/cluster``, ``ray.io/node-type``)."""
