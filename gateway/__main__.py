@@ -10,7 +10,14 @@ from shared.settings import load_settings
 
 def main() -> None:
     settings = load_settings(GatewaySettings)
-    serve("gateway", create_app(settings), settings)
+    hsts = settings.hsts_header()
+    serve(
+        "gateway",
+        create_app(settings),
+        settings,
+        tls=settings.tls_files(),
+        headers=[("strict-transport-security", hsts)] if hsts else None,
+    )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared import db
 from shared.settings import ServiceSettings
+
+ONE_YEAR_S = 365 * 24 * 3600
 
 
 class GatewaySettings(ServiceSettings):
@@ -79,6 +81,41 @@ class GatewaySettings(ServiceSettings):
     idempotency_purge_s: float = Field(
         default=600, ge=0.1, description="how often expired idempotency records are deleted"
     )
+
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="PEM certificate (chain): the gateway serves HTTPS itself (exposed without "
+        "an ingress that terminates TLS); needs TUNEFLEET_GATEWAY_TLS_KEY_FILE",
+    )
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of the cert")
+    hsts_max_age_s: int | None = Field(
+        default=None,
+        ge=0,
+        description="Strict-Transport-Security max-age sent on every answer; unset: one year "
+        "when the gateway serves TLS itself, none otherwise; 0: never",
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "TUNEFLEET_GATEWAY_TLS_CERT_FILE and TUNEFLEET_GATEWAY_TLS_KEY_FILE go together"
+            )
+        return self
+
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """(certificate, key) when the gateway terminates TLS itself, else None."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return self.tls_cert_file, self.tls_key_file
+
+    def hsts_header(self) -> str | None:
+        """The Strict-Transport-Security value, or None (browsers ignore it over plain HTTP,
+        so behind a TLS-terminating ingress the gateway may send it and the ingress relays it)."""
+        max_age = self.hsts_max_age_s
+        if max_age is None:
+            max_age = ONE_YEAR_S if self.tls_files() else 0
+        return f"max-age={max_age}; includeSubDomains" if max_age else None
 
     def db_url(self) -> str:
         return db.db_url(self.database_url, self.home / "gateway" / "gateway.db")

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -38,14 +39,23 @@ def loop_factory(
     return make
 
 
-def serve(service: str, app: FastAPI, settings: ServiceSettings) -> None:
-    """Serve on ``settings.host:port`` (127.0.0.1 unless told otherwise) with JSON logs."""
+def serve(
+    service: str,
+    app: FastAPI,
+    settings: ServiceSettings,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    headers: list[tuple[str, str]] | None = None,
+) -> None:
+    """Serve on ``settings.host:port`` (127.0.0.1 unless told otherwise) with JSON logs;
+    HTTPS with ``tls`` (certificate file, key file), ``headers`` added to every answer."""
     configure_logging(service, settings.log_level, json_format=settings.log_json)
     log.info(
         "starting",
         extra={
             "host": settings.host,
             "port": settings.port,
+            "tls": tls is not None,
             "slow_callback_ms": settings.slow_callback_ms,
         },
     )
@@ -56,6 +66,9 @@ def serve(service: str, app: FastAPI, settings: ServiceSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=30,
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
+        headers=headers or [],
     )
     server = uvicorn.Server(config)
     original = server.handle_exit

@@ -260,8 +260,12 @@ def test_kuberay_token_auth_on_every_node_and_client() -> None:
 
 def test_kuberay_network_policy_admits_only_ray_pods_and_training() -> None:
     (cluster,) = [o for o in k8s_objects() if o["kind"] == "RayCluster"]
-    (policy,) = [o for o in k8s_objects() if o["kind"] == "NetworkPolicy"]
     selector = {"ray.io/cluster": cluster["metadata"]["name"]}
+    (policy,) = [
+        o
+        for o in k8s_objects()
+        if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"].get("matchLabels") == selector
+    ]
     assert policy["spec"]["podSelector"]["matchLabels"] == selector
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     sources = []
