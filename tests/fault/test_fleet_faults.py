@@ -287,8 +287,8 @@ async def test_replica_killed_under_mixed_load_fails_over(
         deadline = time.monotonic() + 60
         while not both_kinds_mid_generation() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        killed_at = time.monotonic()  # before: kill_hard returns once the children are reaped
         await asyncio.to_thread(kill_hard, pf.procs[victim])
-        killed_at = time.monotonic()
         await asyncio.sleep(8.0)
         stop.set()
         await asyncio.gather(*workers)
@@ -311,7 +311,9 @@ async def test_replica_killed_under_mixed_load_fails_over(
         "survivor": survivor,
         "requests": len(outcomes),
         "in_flight_at_kill": {
-            "streamed": [(o.status, o.error_event, o.done) for o in in_flight if o.streamed],
+            "streamed": [
+                (o.status, o.error_event, o.done, o.events) for o in in_flight if o.streamed
+            ],
             "non_streamed": [o.status for o in in_flight if not o.streamed],
         },
         "started_after_kill": len(later),
