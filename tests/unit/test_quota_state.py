@@ -1,6 +1,7 @@
-"""The shared (SQL) quota and feedback state on SQLite, with a clock the test moves: the same
-answers as the in-memory state, two "gateways" (two ``SqlQuotaState`` on one database) sharing
-their buckets and streams, leases of a crashed gateway expiring, feedback across gateways."""
+"""The shared (SQL) quota and feedback state on SQLite and Postgres, with a clock the test
+moves: the same answers as the in-memory state, two "gateways" (two ``SqlQuotaState`` on one
+database) sharing their buckets and streams, leases of a crashed gateway expiring, feedback
+across gateways."""
 
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ class Clock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'gateway.db'}"
-    run_migrations(url, MIGRATIONS, VERSION_TABLE)
-    database = Database(url)
+def db(db_url: str) -> Iterator[Database]:
+    run_migrations(db_url, MIGRATIONS, VERSION_TABLE)
+    database = Database(db_url)
     yield database
     database.dispose()
 
