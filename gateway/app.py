@@ -167,9 +167,13 @@ def create_app(
         purger = ExpiredPurger(db, settings.idempotency_purge_s, also=also)
         purger.start()
         await quota_state.start()
+        if predictions:
+            await predictions.start()
         try:
             yield
         finally:
+            if predictions:
+                await predictions.stop()
             await quota_state.stop()
             await purger.stop()
             await replicas.stop()

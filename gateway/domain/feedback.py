@@ -11,18 +11,19 @@ older or unknown request, or another tenant's, is a 404. Streamed answers are no
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import delete, text
 
-from gateway.storage.tables import PredictionRow
+from gateway.storage.rawsql import Sql
 from shared.db import Database
 from shared.errors import NotFound
 
@@ -92,30 +93,20 @@ class MemoryPredictions:
 
 class SqlPredictions:
     """Tables ``feedback_predictions`` (keyed by tenant and id, expiring) and
-    ``feedback_tally``; expired rows are deleted by ``purge`` (the idempotency purger)."""
+    ``feedback_tally``. Predictions are written in batches every ``flush_s`` (a request pays
+    no database round trip for them): feedback sent within that time of the answer may find
+    nothing yet. Expired rows are deleted by ``purge`` (the idempotency purger calls it)."""
 
-    def __init__(self, db: Database, ttl_s: int) -> None:
-        self.db = db
+    def __init__(self, db: Database, ttl_s: int, *, flush_s: float = 0.05) -> None:
+        self.sql = Sql(db)
         self.ttl_s = ttl_s
-        self._put = text(
-            "INSERT INTO feedback_predictions (tenant, id, adapter, predicted, digest, expires_at)"
-            " VALUES (:tenant, :id, :adapter, :predicted, :digest, :expires_at)"
-            " ON CONFLICT (tenant, id) DO UPDATE SET adapter = excluded.adapter,"
-            " predicted = excluded.predicted, digest = excluded.digest,"
-            " expires_at = excluded.expires_at"
-        )
-        self._get = text(
-            "SELECT adapter, predicted, digest FROM feedback_predictions"
-            " WHERE tenant = :tenant AND id = :id AND expires_at > :now"
-        )
-        self._count = text(
-            "INSERT INTO feedback_tally (tenant, adapter, correct, total)"
-            " VALUES (:tenant, :adapter, :ok, 1) ON CONFLICT (tenant, adapter) DO UPDATE SET"
-            " correct = feedback_tally.correct + :ok, total = feedback_tally.total + 1"
-            " RETURNING correct, total"
-        )
+        self.flush_s = flush_s
+        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
-    def _remember(self, ids: list[str], p: Prediction) -> None:
+    async def remember(self, ids: list[str], prediction: Prediction) -> None:
+        p = prediction
         row = {
             "tenant": p.tenant,
             "adapter": p.adapter,
@@ -123,34 +114,81 @@ class SqlPredictions:
             "digest": _digest(p.predicted),
             "expires_at": int(time.time()) + self.ttl_s,
         }
-        with self.db.session(write=True) as s:
-            for i in sorted({i[:128] for i in ids if i}):
-                s.execute(self._put, row | {"id": i})
+        for i in ids:
+            if i:
+                self._pending[(p.tenant, i[:128])] = row | {"id": i[:128]}
+        self._wake.set()
 
-    async def remember(self, ids: list[str], prediction: Prediction) -> None:
-        await anyio.to_thread.run_sync(self._remember, ids, prediction)
+    def _write(self, rows: list[dict[str, Any]]) -> None:
+        def tx(ex: Callable[..., Any]) -> None:
+            for row in rows:
+                ex(_PUT, row)
+
+        self.sql.run(tx)
+
+    async def flush(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, {}
+            await anyio.to_thread.run_sync(self._write, [batch[k] for k in sorted(batch)])
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.flush_s)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("predictions not kept for feedback")
 
     def _score(self, tenant: str, request_id: str, correct: str) -> Score:
-        with self.db.session(write=True) as s:
+        def tx(ex: Callable[..., Any]) -> Score:
             args = {"tenant": tenant, "id": request_id[:128], "now": int(time.time())}
-            row = s.execute(self._get, args).first()
+            row = ex(_GET, args).fetchone()
             if row is None:
                 raise _unknown(request_id)
             adapter, predicted, digest = str(row[0]), str(row[1]), str(row[2])
             ok = _digest(correct) == digest
-            args = {"tenant": tenant, "adapter": adapter, "ok": int(ok)}
-            tally = s.execute(self._count, args).one()
-        return Score(Prediction(tenant, adapter, predicted), ok, int(tally[0]), int(tally[1]))
+            tally = ex(_COUNT, {"tenant": tenant, "adapter": adapter, "ok": int(ok)}).fetchone()
+            return Score(Prediction(tenant, adapter, predicted), ok, int(tally[0]), int(tally[1]))
+
+        return self.sql.run(tx)
 
     async def score(self, tenant: str, request_id: str, correct: str) -> Score:
         return await anyio.to_thread.run_sync(self._score, tenant, request_id, correct)
 
     def purge(self) -> int:
         """Delete expired predictions (blocking); how many."""
-        with self.db.session(write=True) as s:
-            now = int(time.time())
-            result: Any = s.execute(delete(PredictionRow).where(PredictionRow.expires_at <= now))
-            return int(result.rowcount or 0)
+        sql = "DELETE FROM feedback_predictions WHERE expires_at <= :now"
+        return int(self.sql.run(lambda ex: ex(sql, {"now": int(time.time())}).rowcount))
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._flusher(), name="feedback-predictions")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        self.sql.dispose()
+
+
+_PUT = (
+    "INSERT INTO feedback_predictions (tenant, id, adapter, predicted, digest, expires_at)"
+    " VALUES (:tenant, :id, :adapter, :predicted, :digest, :expires_at)"
+    " ON CONFLICT (tenant, id) DO UPDATE SET adapter = excluded.adapter,"
+    " predicted = excluded.predicted, digest = excluded.digest, expires_at = excluded.expires_at"
+)
+_GET = (
+    "SELECT adapter, predicted, digest FROM feedback_predictions"
+    " WHERE tenant = :tenant AND id = :id AND expires_at > :now"
+)
+_COUNT = (
+    "INSERT INTO feedback_tally (tenant, adapter, correct, total)"
+    " VALUES (:tenant, :adapter, :ok, 1) ON CONFLICT (tenant, adapter) DO UPDATE SET"
+    " correct = feedback_tally.correct + :ok, total = feedback_tally.total + 1"
+    " RETURNING correct, total"
+)
 
 
 class FeedbackBook:

@@ -133,6 +133,20 @@ async def _quota(http: httpx.AsyncClient, gw: ServiceProcess, **limits: int) -> 
     await asyncio.sleep(2.3)  # the other gateway re-reads limits every 2 s
 
 
+async def _feedback(
+    http: httpx.AsyncClient, gw: ServiceProcess, key: dict[str, str], rid: str, correct: str
+) -> Any:
+    """Feedback through ``gw``; a prediction is written within ``flush_s`` (50 ms) of its
+    answer, so a 404 is retried for a moment."""
+    for _ in range(20):
+        fb = {"request_id": rid, "correct": correct}
+        r = await http.post(f"{gw.url}/v1/feedback", json=fb, headers=key)
+        if r.status_code != 404:
+            return await _json(r)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"feedback for {rid} never found: {r.text}")
+
+
 async def test_two_gateways_hold_one_tenant_to_its_limits(
     gateways: tuple[ServiceProcess, ServiceProcess],
 ) -> None:
@@ -158,12 +172,10 @@ async def test_two_gateways_hold_one_tenant_to_its_limits(
 
         # feedback posted to B for an answer served by A counts (and the other way round)
         answer = await _json(await http.post(f"{a.url}/v1/completions", json=body, headers=app))
-        fb = {"request_id": answer["id"], "correct": "Billing"}
-        out = await _json(await http.post(f"{b.url}/v1/feedback", json=fb, headers=app))
+        out = await _feedback(http, b, app, answer["id"], "Billing")
         assert (out["match"], out["count"]) == (True, 1)
         answer = await _json(await http.post(f"{b.url}/v1/completions", json=body, headers=app))
-        fb = {"request_id": answer["id"], "correct": "outage"}
-        out = await _json(await http.post(f"{a.url}/v1/feedback", json=fb, headers=app))
+        out = await _feedback(http, a, app, answer["id"], "outage")
         assert (out["match"], out["count"], out["accuracy"]) == (False, 2, 0.5)
 
         # one stream at a time for acme, wherever it is opened

@@ -92,7 +92,8 @@ async def test_two_gateways_share_buckets_and_streams(db: Database) -> None:
     b.charge([("tpm:tenant:a", 60, 90.0)])
     await b.flush()
     with pytest.raises(RateLimited) as debt:
-        await a.admit([], [("tpm:tenant:a", 60)])
+        await a.reserve([("tpm:tenant:a", 60)], 1)
+    assert debt.value.code == "tokens_rate_limit_exceeded"
     assert 25 <= int(debt.value.headers["Retry-After"]) <= 61
 
     async with a.streams([("tenant:a", 2)]), b.streams([("tenant:a", 2)]):
@@ -118,15 +119,20 @@ async def test_a_crashed_gateways_streams_expire(db: Database) -> None:
 
 
 async def test_feedback_reaches_another_gateway(db: Database) -> None:
-    a = FeedbackBook(CollectorRegistry(), store=SqlPredictions(db, ttl_s=3600))
+    kept = SqlPredictions(db, ttl_s=3600)
+    a = FeedbackBook(CollectorRegistry(), store=kept)
     b = FeedbackBook(CollectorRegistry(), store=SqlPredictions(db, ttl_s=3600))
     await a.remember(["req-1", "cmpl-1"], Prediction("acme", "router@v1", "Billing " * 500))
+    with pytest.raises(NotFound):  # written with the next batch (every flush_s)
+        await b.record("acme", "cmpl-1", "billing")
+    await kept.flush()
     out = await b.record("acme", "cmpl-1", "billing " * 500)  # a long answer matches too
     assert (out["match"], out["count"], out["accuracy"]) == (True, 1, 1.0)
     out = await a.record("acme", "req-1", "outage")
     assert (out["match"], out["count"], out["accuracy"]) == (False, 2, 0.5)
     with pytest.raises(NotFound):
         await b.record("globex", "req-1", "billing")  # another tenant's id is unknown
+    assert kept.purge() == 0  # none expired
 
 
 def test_state_store_defaults_to_the_database_on_postgres(tmp_path: Path) -> None:
