@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.app import MIGRATIONS, VERSION_TABLE
+from gateway.domain.erasure import forget_replays
 from gateway.domain.feedback import FeedbackBook, Prediction, SqlPredictions
 from gateway.domain.quota_sql import SqlQuotaState
 from gateway.domain.quota_state import MemoryQuotaState, QuotaState
@@ -133,6 +134,10 @@ async def test_feedback_reaches_another_gateway(db: Database) -> None:
     with pytest.raises(NotFound):
         await b.record("globex", "req-1", "billing")  # another tenant's id is unknown
     assert kept.purge() == 0  # none expired
+    with db.session(write=True) as s:  # erasing the tenant forgets its answers too
+        forget_replays(s, tenant="acme", file_ids=[])
+    with pytest.raises(NotFound):
+        await b.record("acme", "cmpl-1", "billing")
 
 
 def test_state_store_defaults_to_the_database_on_postgres(tmp_path: Path) -> None:
