@@ -98,7 +98,7 @@ class SqlPredictions:
     nothing yet. Expired rows are deleted by ``purge`` (the idempotency purger calls it)."""
 
     def __init__(self, db: Database, ttl_s: int, *, flush_s: float = 0.05) -> None:
-        self.sql = Sql(db)
+        self.sql = Sql(db, pool_size=1, max_overflow=3)  # batched writes, feedback calls
         self.ttl_s = ttl_s
         self.flush_s = flush_s
         self._pending: dict[tuple[str, str], dict[str, Any]] = {}
@@ -169,7 +169,10 @@ class SqlPredictions:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("predictions not kept for feedback at shutdown")
         self.sql.dispose()
 
 

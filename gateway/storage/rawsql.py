@@ -26,11 +26,13 @@ class Sql:
     the driver's cursor (``fetchone``, ``rowcount``). ``postgres``: which dialect the
     statements are for."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, pool_size: int = 4, max_overflow: int = 12) -> None:
         self.postgres = db.engine.dialect.name == "postgresql"
         # SQLite: the app's engine (its pragmas); Postgres: a small pool of its own, no ping
         self._engine: Engine = (
-            create_engine(db.url, pool_size=4, max_overflow=12) if self.postgres else db.engine
+            create_engine(db.url, pool_size=pool_size, max_overflow=max_overflow)
+            if self.postgres
+            else db.engine
         )
         self._owned = self.postgres
         self._cache: dict[str, str] = {}
