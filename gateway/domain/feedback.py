@@ -119,17 +119,11 @@ class SqlPredictions:
                 self._pending[(p.tenant, i[:128])] = row | {"id": i[:128]}
         self._wake.set()
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        def tx(ex: Callable[..., Any]) -> None:
-            for row in rows:
-                ex(_PUT, row)
-
-        self.sql.run(tx)
-
     async def flush(self) -> None:
         if self._pending:
             batch, self._pending = self._pending, {}
-            await anyio.to_thread.run_sync(self._write, [batch[k] for k in sorted(batch)])
+            rows = [batch[k] for k in sorted(batch)]
+            await anyio.to_thread.run_sync(self.sql.run_many, _PUT, rows)
 
     async def _flusher(self) -> None:
         while True:

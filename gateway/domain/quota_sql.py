@@ -157,12 +157,11 @@ class SqlQuotaState:
 
     def _write_charges(self, batch: dict[tuple[str, int], float]) -> None:
         now = self.clock()
-
-        def tx(ex: Execute) -> None:
-            for (bucket, cap), cost in sorted(batch.items()):
-                ex(self._charge, {"bucket": bucket, "cap": float(cap), "cost": cost, "now": now})
-
-        self.sql.run(tx)
+        rows = [
+            {"bucket": bucket, "cap": float(cap), "cost": cost, "now": now}
+            for (bucket, cap), cost in sorted(batch.items())
+        ]
+        self.sql.run_many(self._charge, rows)
 
     async def flush(self) -> None:
         """Write the charges made so far (the background task does this every ``flush_s``)."""

@@ -10,7 +10,7 @@ and prepared by the driver after a few uses.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine
@@ -46,7 +46,9 @@ class Sql:
     def _once(self, conn: Any, fn: Callable[[Callable[..., Any]], T], atomic: bool) -> T:
         cur = conn.cursor()
 
-        def execute(sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        def execute(sql: str, params: Any = None, *, many: bool = False) -> Any:
+            if many:  # params: a list of rows
+                return cur.executemany(self._driver_sql(sql), params)
             return cur.execute(self._driver_sql(sql), params or {})
 
         if not atomic:  # each statement its own transaction: one round trip, no BEGIN/COMMIT
@@ -97,6 +99,11 @@ class Sql:
             finally:
                 conn.close()  # back to the pool (an invalidated one is discarded)
         raise AssertionError("unreachable")
+
+    def run_many(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        """``sql`` once per row, in one transaction (psycopg pipelines them: one round trip)."""
+        if rows:
+            self.run(lambda ex: ex(sql, rows, many=True))
 
     def dispose(self) -> None:
         if self._owned:
