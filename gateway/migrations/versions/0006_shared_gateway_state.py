@@ -1,7 +1,7 @@
 """state shared by several gateways: quota buckets, stream leases, feedback predictions
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-03 20:00:00
 
 Used when ``TUNEFLEET_GATEWAY_STATE_STORE`` is ``database`` (the default on Postgres); a single
@@ -11,8 +11,8 @@ gateway on SQLite keeps this state in memory and leaves these tables empty.
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
