@@ -12,6 +12,8 @@ import httpx
 from fastapi import FastAPI
 
 from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_before_body
+from gateway.domain import audit
+from gateway.domain.audit_keys import audit_keys
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.fasthop import new_session
 from gateway.domain.feedback import FeedbackBook, SqlPredictions
@@ -90,10 +92,12 @@ def create_app(
             token,
         )
         configured = settings.admin_key.get_secret_value() if settings.admin_key else None
+        keys = audit_keys(settings, key_secret)
 
         def bootstrap() -> str | None:
             with db.session(write=True) as s:
-                return bootstrap_admin(s, key_secret, configured, settings.admin_key_file())
+                audit.seal(s, keys)
+                return bootstrap_admin(s, key_secret, keys, configured, settings.admin_key_file())
 
         written = await anyio.to_thread.run_sync(bootstrap)  # never block the event loop
         if written:
@@ -137,6 +141,7 @@ def create_app(
             settings=settings,
             db=db,
             key_secret=key_secret,
+            audit_keys=keys,
             internal_token=token,
             upstream=upstream,
             training=training,

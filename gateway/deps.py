@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from starlette.datastructures import Headers
 from starlette.types import Scope
 
+from gateway.domain.audit_keys import AuditKeys
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.generation import Generations
 from gateway.domain.keys import Principal, authenticate, bearer_key, hash_key
@@ -35,6 +36,7 @@ class GatewayState:
     settings: GatewaySettings
     db: Database
     key_secret: str
+    audit_keys: AuditKeys
     internal_token: str
     upstream: Upstream  # the one hop to internal services: inference traffic, raw proxying
     training: TrainingClient  # typed calls the gateway makes itself

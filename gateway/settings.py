@@ -34,6 +34,15 @@ class GatewaySettings(ServiceSettings):
         description="HMAC key of API-key hashes (never the internal token); unset: "
         "$TUNEFLEET_HOME/key_hash_secret. Gateways sharing a database must share it",
     )
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="HMAC key of the audit chain (never in the database); unset: derived from "
+        "the key-hash secret. Gateways sharing a database must share it",
+    )
+    audit_retired_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="earlier audit keys (JSON list): rows they signed still verify",
+    )
     training_url: str = "http://127.0.0.1:8002"
     # Defaults for tenants and keys without their own row in /admin/quotas.
     default_rpm: int = Field(default=600, ge=1)

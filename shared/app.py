@@ -226,7 +226,9 @@ def create_service_app(
     authentication) runs before a byte of the body is read.
 
     Readiness: append async checks to ``app.state.readiness_checks``; ``/readyz`` is 503 with
-    the first failing reason, and also while ``app.state.draining`` is set.
+    the first failing reason, and also while ``app.state.draining`` is set. Fields put in
+    ``app.state.ready_info`` are added to the ready answer (an inference replica announces the
+    base models it serves there).
 
     Tracing (``shared.tracing``) is on when ``traces_endpoint`` is set: the app's requests
     become server spans and ``app.state.tracer_provider`` is the provider for its clients
@@ -246,6 +248,7 @@ def create_service_app(
     app.state.metrics_registry = registry or new_registry()
     app.state.http_metrics = HttpMetrics(app.state.metrics_registry, service)
     app.state.readiness_checks = []
+    app.state.ready_info = {}  # extra fields of the ready answer (inference: its bases)
     app.state.draining = False
     app.add_middleware(
         BodyLimitMiddleware,
@@ -280,7 +283,7 @@ def create_service_app(
                 status_code=503,
                 headers={"Retry-After": "1"},
             )
-        return JSONResponse({"status": "ready", "service": service})
+        return JSONResponse({"status": "ready", "service": service, **app.state.ready_info})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

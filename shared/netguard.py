@@ -3,8 +3,10 @@
 A tenant-supplied URL must not reach the machine's own services, the cloud metadata endpoint
 or the private network. ``check_outbound_url`` resolves the host and refuses any address in a
 non-public range unless the host name, the address or a CIDR containing it is allow-listed by
-the operator. Call it when the URL is accepted *and* again right before each call: a DNS name
-can resolve to a public address at registration and to 127.0.0.1 later (DNS rebinding).
+the operator. Call it when the URL is accepted; right before each call use
+``pin_outbound_url``, which checks again and gives the address to connect to: a DNS name can
+resolve to a public address at registration and to 127.0.0.1 later (DNS rebinding), even
+between a check and the connection that follows it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from shared.errors import InvalidRequest
 
@@ -25,7 +28,7 @@ _AWS_IPV6_METADATA = ipaddress.ip_address("fd00:ec2::254")
 _METADATA_V4 = ipaddress.ip_network("169.254.0.0/16")
 
 
-def _resolve(host: str, port: int) -> list[str]:
+def resolve_host(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
 
@@ -67,18 +70,51 @@ def _allowed(host: str, ip: IPAddress | None, allow: Sequence[str]) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class PinnedUrl:
+    """A checked URL and the address to connect to, so the call reaches what was checked.
+
+    ``connect_url`` has the host replaced by the checked address; send ``headers`` (the
+    original ``Host``) and ``extensions`` (for https the original name as the TLS server name,
+    httpx's ``sni_hostname``: the certificate is verified against it). When the operator
+    allow-listed the host name itself, the name is trusted as it resolves: ``address`` is None
+    and the URL is called as given.
+    """
+
+    url: str
+    connect_url: str
+    address: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, str] = field(default_factory=dict)
+
+
 def check_outbound_url(
     url: str,
     allow: Sequence[str],
     *,
     param: str = "url",
-    resolver: Resolver = _resolve,
+    resolver: Resolver = resolve_host,
 ) -> None:
     """Raise InvalidRequest (naming ``param``) unless ``url`` may be called from inside.
 
     ``allow`` holds host names, addresses or CIDRs (``receiver.internal``, ``10.0.0.0/8``).
     Every address the host resolves to must be public or allow-listed: one private answer
     among public ones is enough to refuse (the client may connect to any of them).
+    """
+    pin_outbound_url(url, allow, param=param, resolver=resolver)
+
+
+def pin_outbound_url(
+    url: str,
+    allow: Sequence[str],
+    *,
+    param: str = "url",
+    resolver: Resolver = resolve_host,
+) -> PinnedUrl:
+    """``check_outbound_url`` that also says which address to connect to.
+
+    Resolving once and connecting to that address closes the window between the check and
+    the connection in which a DNS answer can change (rebinding with a short TTL).
     """
     try:
         parts = urlsplit(url)
@@ -89,7 +125,7 @@ def check_outbound_url(
         raise InvalidRequest(f"{param} must be an http(s) URL with a host", param=param)
     host = parts.hostname.lower().rstrip(".")
     if _allowed(host, None, allow):
-        return
+        return PinnedUrl(url=url, connect_url=url)
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
     except ValueError:
@@ -118,3 +154,16 @@ def check_outbound_url(
                 param=param,
                 code="url_not_allowed",
             )
+    ip = addresses[0]
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    literal_host = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = (userinfo + "@" if userinfo else "") + literal_host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return PinnedUrl(
+        url=url,
+        connect_url=urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")),
+        address=str(ip),
+        headers={"Host": hostport},
+        extensions={"sni_hostname": host} if parts.scheme == "https" else {},
+    )

@@ -65,6 +65,7 @@ def rotate_bootstrap_key(as_json: JsonOpt = False) -> None:
     written to $TUNEFLEET_HOME/admin_key (0600). With TUNEFLEET_ADMIN_KEY set, change that
     variable and restart the gateway instead."""
     from gateway.app import MIGRATIONS, VERSION_TABLE
+    from gateway.domain.audit_keys import audit_keys
     from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret, rotate_bootstrap
     from gateway.settings import GatewaySettings
     from shared.db import Database, run_migrations
@@ -84,8 +85,9 @@ def rotate_bootstrap_key(as_json: JsonOpt = False) -> None:
             db,
             settings.resolved_token(),
         )
+        keys = audit_keys(settings, secret)
         with db.session(write=True) as s:
-            _, revoked = rotate_bootstrap(s, secret, settings.admin_key_file())
+            _, revoked = rotate_bootstrap(s, secret, keys, settings.admin_key_file())
     finally:
         db.dispose()
     out = {"key_file": str(settings.admin_key_file()), "revoked": revoked}

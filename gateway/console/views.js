@@ -166,7 +166,8 @@ views.audit = async (root) => {
   const [rows, check] = await Promise.all([api.list("/admin/audit?limit=100"), api.get("/admin/audit/verify")]);
   root.append(h("div", { class: "card" }, h("h2", {}, "Audit log"),
     h("p", { class: check.valid ? "pass" : "fail" },
-      "hash chain: " + (check.valid ? `verified (${check.checked} entries)` : `BROKEN at entry ${check.first_bad_id}`)),
+      "hash chain: " + (check.valid ? `verified (${check.checked} entries)`
+        : "BROKEN" + (check.first_bad_id != null ? ` at entry ${check.first_bad_id}` : "") + (check.reason ? `: ${check.reason}` : ""))),
     dataTable(rows, [{ label: "at", render: (r) => when(r.at) }, "tenant", "actor", "action", "target", "outcome", "request_id"])));
 };
 

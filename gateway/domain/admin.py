@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.domain import audit
+from gateway.domain.audit_keys import AuditKeys
 from gateway.domain.keys import Principal, create_key, create_tenant, get_tenant
 from gateway.storage.tables import ApiKeyRow, AuditRow, TenantRow, UsageRow
 from shared.errors import NotFound
@@ -37,10 +38,17 @@ class Actor:
 
     who: Principal
     request_id: str | None
+    keys: AuditKeys
 
     def record(self, s: Session, *, tenant: str | None, action: str, **kw: Any) -> AuditRow:
         return audit.record(
-            s, tenant=tenant, actor=self.who.key_id, action=action, request_id=self.request_id, **kw
+            s,
+            self.keys,
+            tenant=tenant,
+            actor=self.who.key_id,
+            action=action,
+            request_id=self.request_id,
+            **kw,
         )
 
 
@@ -157,5 +165,5 @@ def audit_entries(s: Session, tenant: str | None, limit: int) -> list[AuditEntry
     ]
 
 
-def verify_audit(s: Session) -> AuditVerification:
-    return AuditVerification(**audit.verify_chain(s))
+def verify_audit(s: Session, keys: AuditKeys) -> AuditVerification:
+    return AuditVerification(**audit.verify_chain(s, keys))

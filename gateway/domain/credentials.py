@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.domain import audit
+from gateway.domain.audit_keys import AuditKeys
 from gateway.domain.keys import BOOTSTRAP_SCOPE, SYSTEM_TENANT, create_key
 from gateway.storage.tables import ApiKeyRow
 from shared.db import Database
@@ -56,7 +57,9 @@ def key_hash_secret(configured: str | None, path: Path, db: Database, internal_t
     return value
 
 
-def rotate_bootstrap(s: Session, secret: str, key_file: Path) -> tuple[str, list[str]]:
+def rotate_bootstrap(
+    s: Session, secret: str, audit_keys: AuditKeys, key_file: Path
+) -> tuple[str, list[str]]:
     """Create a new bootstrap admin key, revoke every active earlier one (audited) and write
     the new key to ``key_file`` (0600). Returns the new key and the revoked key ids."""
     old = list(
@@ -75,6 +78,7 @@ def rotate_bootstrap(s: Session, secret: str, key_file: Path) -> tuple[str, list
     revoked = [r.id for r in old]
     audit.record(
         s,
+        audit_keys,
         tenant=SYSTEM_TENANT,
         actor="cli",
         action="key.bootstrap",

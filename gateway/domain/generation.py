@@ -103,7 +103,11 @@ class Generations:
             res = await self.resolver.resolve(quota.who.tenant, body["model"])
             sent = True
             resp = await self.upstream.generate(
-                path, key=route_key(res), headers=headers, raw=raw or json.dumps(body).encode()
+                path,
+                key=route_key(res),
+                headers=headers,
+                raw=raw or json.dumps(body).encode(),
+                base=res.base_model,
             )
             try:
                 out = await resp.aread()
@@ -170,7 +174,9 @@ class Generations:
         once however it ends (see the module docstring)."""
         model = body["model"]
         async with quota.stream_slot():
-            resp = await self.upstream.generate(path, key=route_key(res), headers=headers, raw=raw)
+            resp = await self.upstream.generate(
+                path, key=route_key(res), headers=headers, raw=raw, base=res.base_model
+            )
             answer.status, answer.headers = resp.status_code, response_headers(resp)
             if not resp.headers.get("content-type", "").startswith("text/event-stream"):
                 try:

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.domain import audit
+from gateway.domain.audit_keys import AuditKeys
 from gateway.storage.tables import ApiKeyRow, TenantRow
 from shared.auth import TENANT_RE
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
@@ -191,7 +192,9 @@ def authenticate(s: Session, secret: str, authorization: str | None) -> Principa
     )
 
 
-def bootstrap_admin(s: Session, secret: str, configured: str | None, key_file: Path) -> str | None:
+def bootstrap_admin(
+    s: Session, secret: str, audit_keys: AuditKeys, configured: str | None, key_file: Path
+) -> str | None:
     """Ensure the bootstrap admin key exists: TUNEFLEET_ADMIN_KEY, else one generated once into
     a 0600 file. Returns the key file path written, if any.
 
@@ -246,6 +249,7 @@ def bootstrap_admin(s: Session, secret: str, configured: str | None, key_file: P
     s.flush()
     audit.record(
         s,
+        audit_keys,
         tenant=SYSTEM_TENANT,
         actor="startup",
         action="key.bootstrap",

@@ -1,7 +1,15 @@
-"""Choosing an inference replica: rendezvous hashing over the healthy ones.
+"""Choosing an inference replica: rendezvous hashing over the healthy ones that serve the
+request's base model.
 
-The same model key (tenant + model) always lands on the same replica while it is healthy, so
-each adapter stays warm on few replicas; when a replica goes down only its keys move.
+Each replica announces the base models it serves in its ready answer (``/readyz``:
+``{"status": "ready", "bases": [...]}``), read by the health loop. A request goes only to a
+replica serving its base; when none does (while some replica is up), it is 503
+``base_model_unavailable`` with ``Retry-After``, naming the base. A replica that has not
+announced its bases yet (never probed, or an older version) is taken to serve any.
+
+The same model key (the immutable version) always lands on the same replica while it is
+healthy, so each adapter stays warm on few replicas; when a replica goes down only its keys
+move.
 """
 
 from __future__ import annotations
@@ -26,10 +34,24 @@ class Replica:
     url: str
     healthy: bool = True
     failures: int = 0
+    bases: frozenset[str] | None = None  # None: not announced yet (may serve any)
+
+    def serves(self, base: str | None) -> bool:
+        return base is None or self.bases is None or base in self.bases
 
 
 def _score(key: str, url: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest(), "big")
+
+
+def _announced_bases(resp: httpx.Response) -> frozenset[str] | None:
+    try:
+        bases = resp.json().get("bases")
+    except ValueError:
+        return None
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        return None
+    return frozenset(bases)
 
 
 class ReplicaSet:
@@ -39,21 +61,31 @@ class ReplicaSet:
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
-    def ranked(self, key: str) -> list[Replica]:
-        """Healthy replicas, best first for ``key``; raises 503 when none is healthy."""
+    def ranked(self, key: str, base: str | None = None) -> list[Replica]:
+        """Healthy replicas serving ``base``, best first for ``key``; raises 503 when none is
+        healthy, or none of the healthy ones serves ``base``."""
         healthy = [r for r in self.replicas if r.healthy]
         if not healthy:
             raise ServiceUnavailable(
                 "no inference replica is available", retry_after=2, code="inference_unavailable"
             )
-        return sorted(healthy, key=lambda r: _score(key, r.url), reverse=True)
+        serving = [r for r in healthy if r.serves(base)]
+        if not serving:
+            raise ServiceUnavailable(
+                f"no inference replica serves base model {base!r} at the moment; the operator "
+                "deploys replicas per base",
+                retry_after=10,
+                code="base_model_unavailable",
+            )
+        return sorted(serving, key=lambda r: _score(key, r.url), reverse=True)
 
-    async def pick(self, key: str) -> list[Replica]:
-        """Like ``ranked``, but when every replica is marked down, probe them all once more
-        right now: a replica that just became ready is used without waiting for the loop."""
-        if not any(r.healthy for r in self.replicas):
+    async def pick(self, key: str, base: str | None = None) -> list[Replica]:
+        """Like ``ranked``, but when no replica serving ``base`` is up, probe them all once
+        more right now: a replica that just became ready is used without waiting for the
+        loop."""
+        if not any(r.healthy and r.serves(base) for r in self.replicas):
             await self.check_once()
-        return self.ranked(key)
+        return self.ranked(key, base)
 
     def any_ready(self) -> bool:
         return any(r.healthy for r in self.replicas)
@@ -67,7 +99,10 @@ class ReplicaSet:
         async def probe(r: Replica) -> None:
             slow = False
             try:
-                ok = (await self.http.get(f"{r.url}/readyz", timeout=2.0)).status_code == 200
+                resp = await self.http.get(f"{r.url}/readyz", timeout=2.0)
+                ok = resp.status_code == 200
+                if ok:
+                    r.bases = _announced_bases(resp)
             except httpx.TimeoutException:
                 ok, slow = False, True
             except httpx.HTTPError:

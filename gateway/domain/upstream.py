@@ -231,10 +231,10 @@ class Upstream:
 
     # ------------------------------------------------------------------ inference
     async def generate(
-        self, path: str, *, key: str, headers: dict[str, str], raw: bytes
+        self, path: str, *, key: str, headers: dict[str, str], raw: bytes, base: str | None = None
     ) -> Answered:
-        """The opened (streaming) answer of the best replica for ``key`` (the immutable ref),
-        failing over once to the next if the first answered nothing."""
+        """The opened (streaming) answer of the best replica serving ``base`` for ``key`` (the
+        immutable ref), failing over once to the next if the first answered nothing."""
         last: ServiceUnavailable | None = None
         headers = {
             **headers,
@@ -242,7 +242,7 @@ class Upstream:
             MULTIPLEX_HEADER: key,
             MODEL_REF_HEADER: key,
         }
-        ranked = (await self.replicas.pick(key))[:2]
+        ranked = (await self.replicas.pick(key, base))[:2]
         for i, replica in enumerate(ranked):
             try:
                 resp = await self._post(f"{replica.url}{path}", headers, raw)

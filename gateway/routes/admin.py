@@ -43,8 +43,8 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 DAY = r"^\d{4}-\d{2}-\d{2}$"
 
 
-def _actor(request: Request, who: Principal) -> domain.Actor:
-    return domain.Actor(who, request_id_of(request))
+def _actor(request: Request, st: GatewayState, who: Principal) -> domain.Actor:
+    return domain.Actor(who, request_id_of(request), st.audit_keys)
 
 
 async def _created(
@@ -63,7 +63,7 @@ async def _created(
 @router.post("/tenants", status_code=201, response_model=TenantOut)
 async def add_tenant(body: TenantCreate, request: Request, st: State, who: Caller) -> Response:
     who.require_platform("admin_write", "creating a tenant")
-    actor = _actor(request, who)
+    actor = _actor(request, st, who)
     return await _created(request, st, who, lambda s: domain.add_tenant(s, body, actor))
 
 
@@ -77,7 +77,7 @@ async def update_tenant(
     changes = body.model_dump(exclude_none=True)
     if "rpm" in changes:
         who.require_platform("admin_write", "changing a tenant's rpm")
-    actor = _actor(request, who)
+    actor = _actor(request, st, who)
     out = await in_session(
         st.db, lambda s: domain.update_tenant(s, tenant_id, changes, actor), write=True
     )
@@ -103,7 +103,7 @@ async def add_key(body: KeyCreate, request: Request, st: State, who: Caller) -> 
             code="platform_role_required",
             param="tenant",
         )
-    actor = _actor(request, who)
+    actor = _actor(request, st, who)
     return await _created(request, st, who, lambda s: domain.add_key(s, st.key_secret, body, actor))
 
 
@@ -117,7 +117,7 @@ def list_keys(st: State, who: Caller, tenant: str | None = None) -> ListResponse
 @router.delete("/keys/{key_id}")
 async def revoke_key(key_id: str, request: Request, st: State, who: Caller) -> KeyRevoked:
     who.require("admin_write")
-    actor = _actor(request, who)
+    actor = _actor(request, st, who)
     out = await in_session(st.db, lambda s: domain.revoke_key(s, key_id, actor), write=True)
     st.auth_cache.clear()  # revocation takes effect at once on this gateway
     return out
@@ -155,4 +155,4 @@ def verify_audit(st: State, who: Caller) -> AuditVerification:
     """Walks the whole hash chain: a plain ``def`` handler, so it runs in the thread pool."""
     who.require_platform("admin_read", "verifying the fleet's audit chain")
     with st.db.session() as s:
-        return domain.verify_audit(s)
+        return domain.verify_audit(s, st.audit_keys)

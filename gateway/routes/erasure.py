@@ -39,7 +39,7 @@ async def erasure(body: ErasureRequest, request: Request, st: State, who: Caller
     else:
         who.require_tenant("admin_write", body.tenant)
         await _tenant_exists(st, body.tenant)
-    actor = Actor(who, request_id_of(request))
+    actor = Actor(who, request_id_of(request), st.audit_keys)
     return await erase_audited(st.db, st.key_secret, st.training, st.registry, body, actor)
 
 
@@ -51,7 +51,7 @@ async def set_retention(
     training service purges older ones on its own schedule."""
     who.require_tenant("admin_write", tenant_id)
     await _tenant_exists(st, tenant_id)
-    actor = Actor(who, request_id_of(request))
+    actor = Actor(who, request_id_of(request), st.audit_keys)
     return await set_retention_audited(st.db, st.training, tenant_id, body, actor)
 
 

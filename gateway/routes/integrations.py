@@ -68,7 +68,7 @@ async def _spec(st: GatewayState, tenant: str, name: str) -> integ.IntegrationSp
 async def create(request: Request, st: State, who: Caller) -> Response:
     who.require("write")
     raw = await proxy.read_body(request, st.settings.max_body_bytes)
-    actor = Actor(who, request_id_of(request))
+    actor = Actor(who, request_id_of(request), st.audit_keys)
 
     async def call() -> Response:
         spec = _validate(loads_untrusted(raw, what="request body"))
@@ -100,7 +100,7 @@ async def delete_integration(
     name: str, request: Request, st: State, who: Caller
 ) -> IntegrationDeleted:
     who.require("write")
-    actor = Actor(who, request_id_of(request))
+    actor = Actor(who, request_id_of(request), st.audit_keys)
     await in_session(st.db, lambda s: store.delete(s, who.tenant, name, actor), write=True)
     return IntegrationDeleted(id=name)
 

@@ -106,6 +106,7 @@ async def record_audit(
         with st.db.session(write=True) as s:
             audit.record(
                 s,
+                st.audit_keys,
                 tenant=who.tenant,
                 actor=who.key_id,
                 action=action or route_action(request),

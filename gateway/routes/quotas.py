@@ -35,7 +35,7 @@ def put_quota(
 ) -> TenantQuotaOut | KeyQuotaOut:
     """Set (replace) the limits of one tenant or key. Applies at once on this gateway."""
     who.require("admin_write")
-    actor = Actor(who, request_id_of(request))
+    actor = Actor(who, request_id_of(request), st.audit_keys)
     with st.db.session(write=True) as s:
         scope, subject, limits = quota_admin.set_quota(s, body, actor)
     st.quotas.book.invalidate()

@@ -56,7 +56,8 @@ class ApiKeyRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only, hash-chained: each row's hash covers its content and the previous hash."""
+    """Append-only, hash-chained: each row's hash covers its content and the previous hash
+    (HMAC with the audit key ``key_id``; NULL: a sha256 row from before the keyed chain)."""
 
     __tablename__ = "audit_log"
 
@@ -71,6 +72,20 @@ class AuditRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str | None] = mapped_column(String(16))
+
+
+class AuditHeadRow(Base):
+    """The chain's signed head: the last row's (id, hash), HMAC-signed with the audit key and
+    rewritten in the transaction that appends the row. One row, id 1."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    sig: Mapped[str] = mapped_column(String(64))
 
 
 class UsageRow(Base):

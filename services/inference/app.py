@@ -129,6 +129,7 @@ def create_app(
     )
     app.state.background = set()
     app.state.readiness_checks.append(engine_ready)
+    app.state.ready_info["bases"] = [settings.base_model]  # the gateway routes by it
     api = APIRouter(dependencies=[InternalAuth])
     for module in (openai, admin, events):
         api.include_router(module.router)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from services.registry.deps import RegistryState
 from services.registry.domain import catalog
 from services.registry.domain.adapters import PushPolicy
-from services.registry.domain.webhooks import WebhookDispatcher
+from services.registry.domain.dispatch import WebhookDispatcher
 from services.registry.routes import adapters, lineage, webhooks
 from services.registry.routes import catalog as catalog_routes
 from services.registry.settings import RegistrySettings
@@ -50,6 +50,7 @@ def create_app(
             timeout_s=settings.webhook_timeout_s,
             max_attempts=settings.webhook_max_attempts,
             poll_s=settings.webhook_poll_s,
+            lane_concurrency=settings.webhook_lane_concurrency,
             transport=webhook_transport,
             url_allow=settings.webhook_allow,
         )

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from services.registry.domain.adapters import PushPolicy
-from services.registry.domain.webhooks import WebhookDispatcher
+from services.registry.domain.dispatch import WebhookDispatcher
 from services.registry.settings import RegistrySettings
 from services.registry.storage.artifacts import FileArtifactStore
 from shared.db import Database

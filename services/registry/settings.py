@@ -37,7 +37,18 @@ class RegistrySettings(ServiceSettings):
         description="internal receivers of every event (inference replicas, gateway), "
         "signed with the internal token",
     )
-    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="deadline of one delivery attempt, all of it (connect, send, the answer's "
+        "headers); the answer's body is never read",
+    )
+    webhook_lane_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="deliveries in flight per tenant; each tenant has its own lane, the fleet's "
+        "own receivers (notify_urls) another, so a slow receiver delays only its tenant",
+    )
     webhook_max_attempts: int = Field(default=8, ge=1)
     webhook_poll_s: float = Field(default=0.5, gt=0)
     webhook_allow: list[str] = Field(

@@ -90,6 +90,9 @@ class AuditVerification(BaseModel):
     valid: bool
     checked: int
     first_bad_id: int | None
+    reason: str | None = None  # why it is not valid
+    head_seq: int | None = None  # the row the signed head names
+    head_hash: str | None = None  # and its hash: record both outside to detect a rollback
 
 
 # --- quotas ------------------------------------------------------------------------------

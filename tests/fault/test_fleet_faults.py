@@ -1,13 +1,16 @@
-"""The fleet as real processes (registry + inference + gateway on loopback) under faults.
+"""The fleet as real processes (registry + two inference replicas + gateway on loopback)
+under faults.
 
-One fleet for the module (a vLLM start costs minutes on 2 cores); each test leaves it
-healthy. In order: the registry goes down (loaded adapters keep serving, a new model is 503
-with Retry-After, everything recovers when it returns, nothing restarted); the inference
-replica is killed mid-stream (clean SSE error event, replica marked down, 503 while none is
-left, the restarted replica rejoins: one replica only, 2 cores cannot hold two engines);
-SIGTERM of the gateway under load (in-flight requests finish, later ones are refused); and
-last, every captured log is searched for the API keys, the internal token and the PII sent.
-Each test prints a ``RESULT <scenario> {json}`` line that RELIABILITY.md quotes.
+One fleet for the module (a vLLM start costs a minute on 2 cores); each test leaves it
+healthy. Each replica is its own process with its own vLLM engine and home (tiny-llama fits
+twice). In order: the registry goes down (loaded adapters keep serving, a new model is 503
+with Retry-After, everything recovers when it returns, nothing restarted); the replica serving
+an adapter is killed (-9, EngineCore too) under mixed streamed and non-streamed load (streams
+in flight end with a clean SSE error event, non-streamed ones not yet answered are retried on
+the other replica, every later request succeeds, the restarted replica rejoins); SIGTERM of the
+gateway under load (in-flight requests finish, later ones are refused); and last, every
+captured log is searched for the API keys, the internal token and the PII sent. Each test
+prints a ``RESULT <scenario> {json}`` line that RELIABILITY.md quotes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fault.procs import kill_hard, start_at, wait_port_free
 from tests.support.adapters import make_adapter, pack
@@ -34,6 +38,7 @@ PII = ("jane.roe@example.com", "4111 1111 1111 1111", "+1 201-555-0123")
 MODULES = {
     "registry": ("services.registry", "TUNEFLEET_REGISTRY_PORT"),
     "inference": ("services.inference", "TUNEFLEET_INFERENCE_PORT"),
+    "inference2": ("services.inference", "TUNEFLEET_INFERENCE_PORT"),
     "gateway": ("gateway", "TUNEFLEET_GATEWAY_PORT"),
 }
 
@@ -50,12 +55,15 @@ class ProcFleet:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start(self, name: str, timeout: float = 600) -> float:
+    def launch(self, name: str) -> ServiceProcess:
         module, port_var = MODULES[name]
-        t0 = time.monotonic()
         sp = start_at(name, module, self.home, self.env[name], port_var, self.ports[name])
         self.procs[name] = sp
-        sp.wait_ready(timeout)
+        return sp
+
+    def start(self, name: str, timeout: float = 600) -> float:
+        t0 = time.monotonic()
+        self.launch(name).wait_ready(timeout)
         return time.monotonic() - t0
 
     def gw(self, key: str = "app") -> dict[str, str]:
@@ -72,13 +80,15 @@ def pf(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
     home = tmp_path_factory.mktemp("procfleet")
     ports = {name: free_port() for name in MODULES}
     base = {"TUNEFLEET_INTERNAL_TOKEN": TOKEN}
-    inf_url = f"http://127.0.0.1:{ports['inference']}"
+    replica_urls = [f"http://127.0.0.1:{ports[name]}" for name in ("inference", "inference2")]
     reg_url = f"http://127.0.0.1:{ports['registry']}"
     env = {
         "registry": {
             **base,
             "TUNEFLEET_REGISTRY_SEED_MODELS_DIR": str(model_dir.parent),
-            "TUNEFLEET_REGISTRY_NOTIFY_URLS": json.dumps([f"{inf_url}/internal/registry-events"]),
+            "TUNEFLEET_REGISTRY_NOTIFY_URLS": json.dumps(
+                [f"{url}/internal/registry-events" for url in replica_urls]
+            ),
         },
         "inference": {
             **base,
@@ -94,14 +104,19 @@ def pf(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pr
             **base,
             "TUNEFLEET_ADMIN_KEY": ADMIN_KEY,
             "TUNEFLEET_GATEWAY_REGISTRY_URL": reg_url,
-            "TUNEFLEET_GATEWAY_INFERENCE_URLS": json.dumps([inf_url]),
+            "TUNEFLEET_GATEWAY_INFERENCE_URLS": json.dumps(replica_urls),
             "TUNEFLEET_GATEWAY_TRAINING_URL": f"http://127.0.0.1:{free_port()}",
         },
     }
+    # the second replica: same settings, its own home (adapter copies, engine files)
+    env["inference2"] = {**env["inference"], "TUNEFLEET_HOME": str(home / "replica2")}
     fleet = ProcFleet(home, ports, env, secrets=[TOKEN, ADMIN_KEY])
     try:
-        for name in MODULES:
-            fleet.start(name)
+        fleet.start("registry")
+        replicas = [fleet.launch(name) for name in ("inference", "inference2")]  # in parallel
+        for sp in replicas:
+            sp.wait_ready(600)
+        fleet.start("gateway")
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         r = httpx.post(f"{fleet.url('gateway')}/admin/tenants", json={"id": "acme"}, headers=admin)
         assert r.status_code == 201, r.text
@@ -192,49 +207,130 @@ def test_registry_down_loaded_adapters_keep_serving(
     assert not result["loaded_failed"], result
 
 
-async def test_inference_killed_mid_stream(pf: ProcFleet) -> None:
-    lines: list[str] = []
-    killed_at = ended_at = 0.0
-    body = _completion("steady", max_tokens=300, stream=True)
-    async with httpx.AsyncClient(timeout=60) as client:
-        async with client.stream(
-            "POST", f"{pf.url('gateway')}/v1/completions", json=body, headers=pf.gw()
-        ) as resp:
-            assert resp.status_code == 200
-            async for line in resp.aiter_lines():
-                lines.append(line)
-                if not killed_at and line.startswith("data: {") and len(lines) > 4:
-                    await asyncio.to_thread(kill_hard, pf.procs["inference"])
-                    killed_at = time.monotonic()
-        ended_at = time.monotonic()
-    assert killed_at, f"the stream ended before the kill: {lines[-3:]}"
-    errors = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: {") and '"error"' in ln]
-    after = complete(pf, "steady", max_tokens=4)
-    ready = httpx.get(f"{pf.url('gateway')}/readyz")
+def served_requests(pf: ProcFleet, name: str) -> float:
+    """Generation requests a replica has counted (its Prometheus counter, every label)."""
+    text = httpx.get(f"{pf.url(name)}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "tunefleet_inference_requests"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
 
-    restart_s = pf.start("inference")
+
+@dataclass
+class Outcome:
+    streamed: bool
+    started: float
+    ended: float = 0.0
+    status: int | str = 0
+    error_event: str | None = None
+    done: bool = False
+    events: int = 0
+
+
+async def one_request(client: httpx.AsyncClient, streamed: bool, log: list[Outcome]) -> None:
+    """One generation through the gateway, its outcome appended to ``log`` as it goes."""
+    out = Outcome(streamed, time.monotonic())
+    log.append(out)
+    # long enough to be cut: ~1-3 s of generation each (tiny-llama would stop at EOS early)
+    body = _completion("steady", max_tokens=300, stream=streamed, ignore_eos=True)
+    try:
+        if streamed:
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                out.status = resp.status_code
+                async for line in resp.aiter_lines():
+                    out.events += 1
+                    if line.startswith("data: {") and '"error"' in line:
+                        out.error_event = json.loads(line[6:])["error"]["code"]
+                    out.done = out.done or line == "data: [DONE]"
+        else:
+            resp = await client.post("/v1/completions", json=body)
+            out.status = resp.status_code
+    except httpx.TransportError as exc:
+        out.status = type(exc).__name__
+    out.ended = time.monotonic()
+
+
+async def test_replica_killed_under_mixed_load_fails_over(
+    pf: ProcFleet, model_dir: Path, tmp_path: Path
+) -> None:
+    """Two replicas with their own engines; the one serving ``steady`` is killed -9 under
+    streamed and non-streamed load: streams in flight end with an error event, non-streamed
+    calls not yet answered are retried on the other replica, later requests all succeed, the
+    restarted replica rejoins and gets its adapter's traffic back (affinity)."""
+    if "steady" not in httpx.get(f"{pf.url('gateway')}/v1/models", headers=pf.gw()).text:
+        steady = pack(make_adapter(model_dir, tmp_path / "s", seed=11), tmp_path / "s.tar.gz")
+        push_and_promote(pf, "steady", steady)  # run alone (-k): the adapter of the first test
+    before = {n: served_requests(pf, n) for n in ("inference", "inference2")}
+    assert complete(pf, "steady", max_tokens=4).status_code == 200
+    gained = {n: served_requests(pf, n) - before[n] for n in before}
+    victim = max(gained, key=lambda n: gained[n])
+    survivor = "inference2" if victim == "inference" else "inference"
+    outcomes: list[Outcome] = []
+    stop = asyncio.Event()
+
+    async def worker(client: httpx.AsyncClient, streamed: bool) -> None:
+        while not stop.is_set():
+            await one_request(client, streamed, outcomes)
+
+    def both_kinds_mid_generation() -> bool:
+        live = [o for o in outcomes if not o.ended]
+        now = time.monotonic()
+        return any(o.streamed and o.events >= 3 for o in live) and any(
+            not o.streamed and now - o.started > 0.3 for o in live
+        )
+
+    async with httpx.AsyncClient(base_url=pf.url("gateway"), headers=pf.gw(), timeout=120) as c:
+        workers = [asyncio.create_task(worker(c, i % 2 == 0)) for i in range(4)]
+        deadline = time.monotonic() + 60
+        while not both_kinds_mid_generation() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(kill_hard, pf.procs[victim])
+        killed_at = time.monotonic()
+        await asyncio.sleep(8.0)
+        stop.set()
+        await asyncio.gather(*workers)
+    in_flight = [o for o in outcomes if o.started < killed_at < o.ended]
+    ready = httpx.get(f"{pf.url(survivor)}/readyz").json()
+    later = [o for o in outcomes if o.started > killed_at]
+
+    restart_s = pf.start(victim)
     t0 = time.monotonic()
     rejoined = None
     while time.monotonic() - t0 < 120:
-        if complete(pf, "steady", max_tokens=4).status_code == 200:
+        before_victim = served_requests(pf, victim)
+        assert complete(pf, "steady", max_tokens=4).status_code == 200
+        if served_requests(pf, victim) > before_victim:
             rejoined = time.monotonic() - t0
             break
         await asyncio.sleep(0.5)
     result = {
-        "stream_end_after_kill_s": round(ended_at - killed_at, 2),
-        "error_event": errors[-1]["error"]["code"] if errors else None,
-        "ended_with_done": [ln for ln in lines if ln.strip()][-1:] == ["data: [DONE]"],
-        "next_request_status": after.status_code,
-        "gateway_readyz_while_down": ready.status_code,
+        "victim": victim,
+        "survivor": survivor,
+        "requests": len(outcomes),
+        "in_flight_at_kill": {
+            "streamed": [(o.status, o.error_event, o.done) for o in in_flight if o.streamed],
+            "non_streamed": [o.status for o in in_flight if not o.streamed],
+        },
+        "started_after_kill": len(later),
+        "failed_after_kill": sum(o.status != 200 or o.error_event is not None for o in later),
+        "streams_after_kill_in_s": [round(o.ended - killed_at, 2) for o in in_flight if o.streamed],
+        "survivor_ready": ready,
         "replica_restart_s": round(restart_s, 1),
-        "rejoined_after_ready_s": None if rejoined is None else round(rejoined, 2),
+        "affinity_back_after_ready_s": None if rejoined is None else round(rejoined, 2),
     }
-    print("RESULT inference_kill " + json.dumps(result))
-    assert errors and errors[-1]["error"]["code"], lines[-5:]
-    assert result["ended_with_done"]
-    assert after.status_code == 503 and after.headers.get("retry-after")
-    assert ready.status_code == 503
-    assert rejoined is not None
+    print("RESULT replica_failover " + json.dumps(result))
+    assert {o.streamed for o in in_flight} == {True, False}, result  # both kinds were cut
+    streams_cut = [o for o in in_flight if o.streamed and o.error_event is not None]
+    assert streams_cut, result  # a stream the victim was generating ends with an error event
+    assert all(o.done for o in streams_cut), result  # ... then [DONE]: no hang
+    assert all(o.status == 200 for o in in_flight), result  # the stream's 200 was sent before
+    assert all(o.error_event is None for o in in_flight if not o.streamed), result
+    assert later and not result["failed_after_kill"], result
+    assert rejoined is not None, result
+    assert ready["bases"] == ["tiny-llama"]  # what the gateway routes by
 
 
 async def test_sigterm_registry_and_gateway_under_load(

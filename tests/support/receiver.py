@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class WebhookReceiver:
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(
+        self, fail_first: int = 0, *, host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0
+    ) -> None:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.fail_remaining = fail_first
         self._lock = threading.Lock()
@@ -16,6 +19,8 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if delay_s:
+                    time.sleep(delay_s)  # a slow receiver: answers late
                 with owner._lock:
                     failing = owner.fail_remaining > 0
                     if failing:
@@ -30,8 +35,10 @@ class WebhookReceiver:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> WebhookReceiver:

@@ -67,6 +67,41 @@ async def test_generation_fails_over_with_the_ref() -> None:
         assert not replicas.replicas[0].healthy
 
 
+async def test_generation_goes_to_a_replica_of_its_base() -> None:
+    """Replicas announce their bases in /readyz; a request reaches only a replica serving its
+    base, and a base nobody serves is a 503 naming it, with Retry-After."""
+    seen: list[str] = []
+    bases = {"a1": ["tiny-llama"], "a2": ["tiny-llama"], "b1": ["acme/merged-b"]}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            return httpx.Response(200, json={"status": "ready", "bases": bases[request.url.host]})
+        seen.append(request.url.host)
+        return httpx.Response(200, json={"choices": []})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        replicas = ReplicaSet([f"http://{h}" for h in bases], http)
+        await replicas.check_once()
+        up = Upstream(http, replicas)
+        for i in range(12):
+            resp = await up.generate(
+                "/v1/completions", key=f"acme/a@v{i}", headers={}, raw=b"{}", base="tiny-llama"
+            )
+            await resp.aclose()
+        assert set(seen) == {"a1", "a2"}  # spread by affinity, never to b1
+        seen.clear()
+        resp = await up.generate(
+            "/v1/completions", key="acme/merged-b", headers={}, raw=b"{}", base="acme/merged-b"
+        )
+        await resp.aclose()
+        assert seen == ["b1"]
+        with pytest.raises(ServiceUnavailable) as err:
+            await up.generate("/v1/completions", key="k", headers={}, raw=b"{}", base="other")
+        assert err.value.code == "base_model_unavailable"
+        assert err.value.headers["Retry-After"] == "10"
+        assert "'other'" in err.value.message
+
+
 async def test_stream_slot_is_given_back(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'gateway.db'}"
     run_migrations(url, MIGRATIONS, VERSION_TABLE)
