@@ -17,11 +17,13 @@ from gateway.domain.audit_keys import audit_keys
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.events import apply_event
 from gateway.domain.fasthop import new_session
-from gateway.domain.feedback import FeedbackBook
+from gateway.domain.feedback import FeedbackBook, SqlPredictions
 from gateway.domain.generation import Generations
 from gateway.domain.idempotency import ExpiredPurger
 from gateway.domain.keys import bootstrap_admin
 from gateway.domain.pii_guard import PiiGuard
+from gateway.domain.quota_sql import SqlQuotaState
+from gateway.domain.quota_state import MemoryQuotaState, QuotaState
 from gateway.domain.quotas import Limits, Quotas
 from gateway.domain.resolver import ModelResolver
 from gateway.domain.routing import ReplicaSet
@@ -150,7 +152,12 @@ def create_app(
         )
         usage = UsageRecorder(db)
         resolver = ModelResolver(registry_client, ttl_s=settings.resolve_ttl_s)
-        feedback = FeedbackBook(app.state.metrics_registry)
+        shared = settings.shared_state()  # several gateways on one database
+        predictions = SqlPredictions(db, settings.feedback_ttl_s) if shared else None
+        feedback = FeedbackBook(app.state.metrics_registry, store=predictions)
+        quota_state: QuotaState = (
+            SqlQuotaState(db, lease_s=settings.stream_lease_s) if shared else MemoryQuotaState()
+        )
         app.state.gateway = GatewayState(
             settings=settings,
             db=db,
@@ -161,7 +168,7 @@ def create_app(
             training=training,
             registry=registry_client,
             replicas=replicas,
-            quotas=Quotas(db, default_limits(settings)),
+            quotas=Quotas(db, default_limits(settings), quota_state),
             resolver=resolver,
             feedback=feedback,
             usage=usage,
@@ -182,12 +189,19 @@ def create_app(
 
         app.state.readiness_checks.append(inference_ready)
         usage.start()
-        purger = ExpiredPurger(db, settings.idempotency_purge_s)
+        also = [predictions.purge] if predictions else []
+        purger = ExpiredPurger(db, settings.idempotency_purge_s, also=also)
         purger.start()
         follower = follow_events(settings, registry_client, resolver)
+        await quota_state.start()
+        if predictions:
+            await predictions.start()
         try:
             yield
         finally:
+            if predictions:
+                await predictions.stop()
+            await quota_state.stop()
             if follower is not None:
                 await follower.stop()
             await purger.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -117,8 +118,32 @@ class GatewaySettings(ServiceSettings):
             max_age = ONE_YEAR_S if self.tls_files() else 0
         return f"max-age={max_age}; includeSubDomains" if max_age else None
 
+    state_store: Literal["auto", "memory", "database"] = Field(
+        default="auto",
+        description="where quota buckets, open streams and feedback predictions live: memory "
+        "(one gateway) or the gateway database (shared by every gateway on it); auto: the "
+        "database on Postgres, memory on SQLite",
+    )
+    stream_lease_s: float = Field(
+        default=30.0,
+        ge=3,
+        description="state_store=database: an open stream's lease, renewed every third of it; "
+        "a crashed gateway's streams stop counting after this",
+    )
+    feedback_ttl_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="state_store=database: how long a prediction can receive feedback",
+    )
+
     def db_url(self) -> str:
         return db.db_url(self.database_url, self.home / "gateway" / "gateway.db")
 
     def admin_key_file(self) -> Path:
         return self.home / "admin_key"
+
+    def shared_state(self) -> bool:
+        """Whether quota and feedback state lives in the database (``state_store``)."""
+        if self.state_store == "auto":
+            return db.normalize_url(self.db_url()).startswith("postgresql")
+        return self.state_store == "database"

@@ -16,7 +16,8 @@ erased data lose their weights in the training service and their catalog entry h
 catalog the registry could not update is reported (``models_error``), not failed.
 
 The gateway's own copies go too: idempotency replays (the stored first answers of uploads
-and job creations, kept for a day) that name an erased file, or all of an erased tenant's.
+and job creations, kept for a day) that name an erased file, or all of an erased tenant's;
+and an erased tenant's answers kept for feedback in the shared database (several gateways).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.admin import Actor
-from gateway.storage.tables import IdempotencyRow
+from gateway.storage.tables import IdempotencyRow, PredictionRow
 from shared.clients.registry import RegistryClient
 from shared.clients.training import TrainingClient
 from shared.db import Database
@@ -134,6 +135,7 @@ def forget_replays(s: Session, *, tenant: str | None, file_ids: list[str]) -> in
         mine = IdempotencyRow.tenant == tenant
         count = s.scalar(select(func.count()).select_from(IdempotencyRow).where(mine)) or 0
         s.execute(delete(IdempotencyRow).where(mine))
+        s.execute(delete(PredictionRow).where(PredictionRow.tenant == tenant))
         return count
     needles = [f.encode() for f in file_ids]
     if not needles:

@@ -97,7 +97,7 @@ class Generations:
     ) -> Answer:
         """One non-streamed generation (``raw``: the body's bytes when unchanged). Cancelling
         it (client gone) closes the upstream call, which cancels the generation there."""
-        quota.reserve(reservation(body, self.default_max_tokens))
+        await quota.reserve(reservation(body, self.default_max_tokens))
         sent = False
         try:
             res = await self.resolver.resolve(quota.who.tenant, body["model"])
@@ -122,7 +122,7 @@ class Generations:
         if resp.status_code == 200:
             data = json.loads(out)
             self._bill(quota, body["model"], data.get("usage") or {})
-            self.feedback.remember(
+            await self.feedback.remember(
                 [request_id or "", str(data.get("id", ""))],
                 Prediction(quota.who.tenant, adapter_label(res), answer_text(data)),
             )
@@ -141,7 +141,7 @@ class Generations:
         """A streamed generation: ``events`` set when the replica streams (the stream slot is
         held until they end, however they end), else the replica's error ``body``. Errors
         before the replica answers (429 no stream slot, 503 no replica) are raised here."""
-        quota.reserve(reservation(body, self.default_max_tokens))
+        await quota.reserve(reservation(body, self.default_max_tokens))
         try:
             res = await self.resolver.resolve(quota.who.tenant, body["model"])
             hide_usage = ask_for_usage(body)

@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -126,17 +127,23 @@ def purge_expired(s: Session) -> int:
 
 
 class ExpiredPurger:
-    """Deletes expired idempotency records: once at start, then every ``interval_s``."""
+    """Deletes expired idempotency records: once at start, then every ``interval_s``; and
+    with them whatever else expires (``also``: blocking purges returning rows deleted, such as
+    the shared feedback predictions)."""
 
-    def __init__(self, db: Database, interval_s: float) -> None:
+    def __init__(
+        self, db: Database, interval_s: float, *, also: Sequence[Callable[[], int]] = ()
+    ) -> None:
         self.db = db
         self.interval_s = interval_s
+        self.also = list(also)
         self._task: asyncio.Task[None] | None = None
 
     async def run_once(self) -> int:
         def purge() -> int:
             with self.db.session(write=True) as s:
-                return purge_expired(s)
+                n = purge_expired(s)
+            return n + sum(other() for other in self.also)
 
         return await anyio.to_thread.run_sync(purge)
 
@@ -146,7 +153,7 @@ class ExpiredPurger:
                 try:
                     n = await self.run_once()
                     if n:
-                        log.info("expired idempotency records purged", extra={"rows": n})
+                        log.info("expired records purged", extra={"rows": n})
                 except Exception:
                     log.exception("idempotency purge failed")
                 await asyncio.sleep(self.interval_s)

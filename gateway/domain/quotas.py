@@ -1,4 +1,4 @@
-"""Quotas per tenant and per API key, enforced in memory by one gateway.
+"""Quotas per tenant and per API key.
 
 * requests per minute and tokens per minute: token buckets (capacity = the per-minute limit,
   refilled continuously). A generation is admitted only if the tokens bucket covers what it
@@ -7,25 +7,23 @@
   reservation is settled to what was used (``Admission.settle``: the rest is given back, or
   the overrun charged: the bucket may go into debt, at most one minute's worth, and the next
   request waits (429, ``Retry-After``) until it is repaid).
-* concurrent streams: a counter held for the life of a streamed response.
+* concurrent streams: held for the life of a streamed response.
 * adapters and concurrent training jobs: counted at the source (registry, training) when a
   create is attempted.
 
 A key is bound by its own limits (if set) and by its tenant's; unset = the gateway defaults.
 
-Several gateways: these buckets and counters are per process, so N gateways admit up to N times
-the limit. To share them, keep the same interface and move the state to one place: Redis
-(``INCRBY`` on a per-window key with ``EXPIRE`` for rpm/tpm, ``INCR``/``DECR`` with a TTL'd
-lease for streams) or Postgres (``UPDATE quota_buckets SET tokens = … RETURNING`` in one
-statement). The limits themselves already live in SQL (table ``quotas``) and are re-read every
-``refresh_s`` by every gateway.
+The limits live in SQL (table ``quotas``), re-read every ``refresh_s`` by every gateway. The
+buckets and open streams live in a ``QuotaState`` (``gateway.domain.quota_state``): this
+process's memory for one gateway, or the shared database for several
+(``gateway.domain.quota_sql``), so N gateways together hold a tenant to its limits.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,9 +31,11 @@ import anyio
 from sqlalchemy import select
 
 from gateway.domain.keys import Principal
+from gateway.domain.quota_state import MemoryQuotaState, QuotaState, RateLimiter, StreamGate
 from gateway.storage.tables import QuotaRow
 from shared.db import Database
-from shared.errors import RateLimited
+
+__all__ = ["Admission", "Limits", "QuotaBook", "Quotas", "RateLimiter", "StreamGate"]
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_streams", "max_adapters", "max_jobs")
 
@@ -57,98 +57,6 @@ class Limits:
 
 
 _UNSET = Limits()
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """Token buckets keyed by an arbitrary string (``rpm:acme``, ``tpm:key_…``)."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[str, _Bucket] = {}
-
-    def _refill(self, key: str, per_minute: int) -> _Bucket:
-        now = time.monotonic()
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = _Bucket(tokens=float(per_minute), updated=now)
-        b.tokens = min(float(per_minute), b.tokens + (now - b.updated) * per_minute / 60.0)
-        b.updated = now
-        return b
-
-    def take(self, key: str, per_minute: int, cost: float = 1.0, what: str = "requests") -> None:
-        """Spend ``cost`` from ``key``'s bucket (capacity = per_minute) or raise 429."""
-        b = self._refill(key, per_minute)
-        if b.tokens < cost:
-            raise RateLimited(
-                f"rate limit of {per_minute} {what} per minute exceeded",
-                retry_after=(cost - b.tokens) * 60.0 / per_minute,
-            )
-        b.tokens -= cost
-
-    def check_positive(self, key: str, per_minute: int, what: str = "tokens") -> None:
-        """429 while ``key``'s bucket is in debt (see the module docstring)."""
-        b = self._refill(key, per_minute)
-        if b.tokens <= 0:
-            raise RateLimited(
-                f"rate limit of {per_minute} {what} per minute exceeded",
-                retry_after=(1.0 - b.tokens) * 60.0 / per_minute,
-                code="tokens_rate_limit_exceeded",
-            )
-
-    def charge(self, key: str, per_minute: int, cost: float) -> None:
-        """Spend ``cost`` even past zero (never more than one minute of debt); a negative
-        ``cost`` gives tokens back (never above the capacity)."""
-        b = self._refill(key, per_minute)
-        b.tokens = min(float(per_minute), max(-float(per_minute), b.tokens - cost))
-
-    def reserve(self, wants: list[tuple[str, int]], cost: float) -> dict[str, float]:
-        """Take ``cost`` tokens (at most one minute's budget) from every (key, per_minute)
-        bucket, or none of them (429 ``tokens_rate_limit_exceeded``); what each one gave."""
-        for key, per_minute in wants:
-            b, need = self._refill(key, per_minute), min(cost, float(per_minute))
-            if b.tokens < need or b.tokens <= 0:
-                raise RateLimited(
-                    f"rate limit of {per_minute} tokens per minute exceeded: this request may "
-                    f"use {int(cost)} tokens (prompt + max_tokens), "
-                    f"{max(0, int(b.tokens))} are left",
-                    retry_after=max(1.0, (need - b.tokens) * 60.0 / per_minute),
-                    code="tokens_rate_limit_exceeded",
-                )
-        taken = {}
-        for key, per_minute in wants:
-            taken[key] = min(cost, float(per_minute))
-            self._buckets[key].tokens -= taken[key]
-        return taken
-
-
-class StreamGate:
-    """Concurrent streamed responses per subject."""
-
-    def __init__(self) -> None:
-        self.open: dict[str, int] = {}
-
-    @contextmanager
-    def hold(self, subjects: list[tuple[str, int]]) -> Iterator[None]:
-        """Count one stream against every (subject, limit) or raise 429 without counting."""
-        for subject, limit in subjects:
-            if self.open.get(subject, 0) >= limit:
-                raise RateLimited(
-                    f"at most {limit} concurrent streams allowed; wait for one to finish",
-                    retry_after=1,
-                    code="too_many_streams",
-                )
-        for subject, _ in subjects:
-            self.open[subject] = self.open.get(subject, 0) + 1
-        try:
-            yield
-        finally:
-            for subject, _ in subjects:
-                self.open[subject] -= 1
 
 
 class QuotaBook:
@@ -236,10 +144,11 @@ class Admission:
     reserved: dict[str, float] = field(default_factory=dict)
     settled: bool = False
 
-    def reserve(self, tokens: int) -> None:
+    async def reserve(self, tokens: int) -> None:
         """Take ``tokens`` from the tenant's and key's tpm budgets, or 429 (nothing taken)."""
         pairs = self.quotas._pairs(self.who, self.tenant_limits, self.key_limits, "tpm")
-        self.reserved = self.quotas.rate.reserve([(f"tpm:{s}", n) for s, n in pairs], tokens)
+        wants = [(f"tpm:{s}", n) for s, n in pairs]
+        self.reserved = await self.quotas.state.reserve(wants, tokens)
 
     def settle(self, tokens: int) -> bool:
         """Charge the tokens the request used (prompt + generated) instead of its reservation;
@@ -247,27 +156,30 @@ class Admission:
         if self.settled:
             return False
         self.settled = True
-        for subject, limit in self.quotas._pairs(
-            self.who, self.tenant_limits, self.key_limits, "tpm"
-        ):
+        pairs = self.quotas._pairs(self.who, self.tenant_limits, self.key_limits, "tpm")
+        charges = []
+        for subject, limit in pairs:
             key = f"tpm:{subject}"
-            self.quotas.rate.charge(key, limit, tokens - self.reserved.get(key, 0.0))
+            charges.append((key, limit, tokens - self.reserved.get(key, 0.0)))
+        self.quotas.state.charge(charges)
         return True
 
     @asynccontextmanager
     async def stream_slot(self) -> AsyncIterator[None]:
         """Hold one concurrent stream for the body of the ``async with`` (429 if none free)."""
-        with self.quotas.stream(self.who, self.tenant_limits, self.key_limits):
+        pairs = self.quotas._pairs(self.who, self.tenant_limits, self.key_limits, "max_streams")
+        async with self.quotas.state.streams(pairs):
             yield
 
 
 class Quotas:
     """What the request path calls: admit, charge tokens, hold a stream."""
 
-    def __init__(self, db: Database, defaults: Callable[[], Limits]) -> None:
+    def __init__(
+        self, db: Database, defaults: Callable[[], Limits], state: QuotaState | None = None
+    ) -> None:
         self.book = QuotaBook(db)
-        self.rate = RateLimiter()
-        self.streams = StreamGate()
+        self.state: QuotaState = state or MemoryQuotaState()
         self.defaults = defaults  # read per call: settings may change at runtime
 
     async def limits(self, who: Principal) -> tuple[Limits, Limits]:
@@ -285,19 +197,15 @@ class Quotas:
     async def admit(self, who: Principal) -> tuple[Limits, Limits]:
         """Count one request (rpm) and refuse while the tokens budget is in debt (tpm)."""
         t, k = await self.limits(who)
-        for subject, limit in self._pairs(who, t, k, "rpm"):
-            self.rate.take(f"rpm:{subject}", limit)
-        for subject, limit in self._pairs(who, t, k, "tpm"):
-            self.rate.check_positive(f"tpm:{subject}", limit)
+        rpm = [(f"rpm:{s}", n) for s, n in self._pairs(who, t, k, "rpm")]
+        tpm = [(f"tpm:{s}", n) for s, n in self._pairs(who, t, k, "tpm")]
+        await self.state.admit(rpm, tpm)
         return t, k
 
     async def admission(self, who: Principal) -> Admission:
         """``admit`` as an object the request carries to its end (charge, stream slot)."""
         t, k = await self.admit(who)
         return Admission(self, who, t, k)
-
-    def stream(self, who: Principal, t: Limits, k: Limits) -> AbstractContextManager[None]:
-        return self.streams.hold(self._pairs(who, t, k, "max_streams"))
 
     async def count_limit(self, who: Principal, field: str) -> int:
         """The smaller of the tenant's and the key's ``field`` (max_adapters, max_jobs)."""

@@ -14,4 +14,6 @@ router = APIRouter(tags=["feedback"])
 async def feedback(body: FeedbackIn, st: State, who: Caller) -> FeedbackOut:
     """Scores the prediction and updates ``tunefleet_gateway_feedback_accuracy{tenant,adapter}``."""
     who.require("infer")
-    return FeedbackOut.model_validate(st.feedback.record(who.tenant, body.request_id, body.correct))
+    return FeedbackOut.model_validate(
+        await st.feedback.record(who.tenant, body.request_id, body.correct)
+    )

@@ -1,11 +1,21 @@
 """Gateway tables (owner: gateway): tenants, API keys (hashed), audit log, usage,
-idempotency records, quotas, integrations."""
+idempotency records, quotas, integrations, and the state gateways share when several run
+(quota buckets, stream leases, feedback predictions)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared import db
@@ -143,3 +153,51 @@ class IntegrationRow(Base):
     template: Mapped[str] = mapped_column(Text)
     output: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class QuotaBucketRow(Base):
+    """One token bucket shared by every gateway (``rpm:tenant:acme``, ``tpm:key:key_…``):
+    ``tokens`` as of ``updated`` (unix seconds); refilled by whoever touches it next."""
+
+    __tablename__ = "quota_buckets"
+
+    bucket: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float, index=True)
+
+
+class StreamLeaseRow(Base):
+    """One open stream held by one gateway (``holder``) against one subject; renewed while
+    it lasts, so a crashed gateway's streams free themselves at ``expires_at``."""
+
+    __tablename__ = "quota_stream_leases"
+
+    id: Mapped[str] = mapped_column(String(48), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(128), index=True)
+    holder: Mapped[str] = mapped_column(String(32), index=True)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class PredictionRow(Base):
+    """A served answer that feedback may score (request id or response id), until
+    ``expires_at``."""
+
+    __tablename__ = "feedback_predictions"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(200))
+    predicted: Mapped[str] = mapped_column(Text)  # its first PREDICTED_CHARS, to show
+    digest: Mapped[str] = mapped_column(String(64))  # of the whole answer, to match
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class FeedbackTallyRow(Base):
+    """Correct / total fed-back predictions per tenant and adapter version."""
+
+    __tablename__ = "feedback_tally"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    adapter: Mapped[str] = mapped_column(String(200), primary_key=True)
+    correct: Mapped[int] = mapped_column(BigInteger, default=0)
+    total: Mapped[int] = mapped_column(BigInteger, default=0)

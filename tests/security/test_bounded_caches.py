@@ -165,17 +165,17 @@ def test_deleted_adapter_metric_series_are_removed() -> None:
     assert series("acme", "ab@v1") > 0 and series("globex", "a@v1") > 0
 
 
-def test_feedback_tallies_and_metrics_carry_the_tenant() -> None:
+async def test_feedback_tallies_and_metrics_carry_the_tenant() -> None:
     """Two tenants' ``router@v1`` are different adapters: one's feedback never moves the
     other's accuracy (it used to: one tally and one series per adapter label)."""
     from gateway.domain.feedback import FeedbackBook, Prediction
 
     registry = new_registry()
     book = FeedbackBook(registry)
-    book.remember(["req-a"], Prediction("acme", "router@v1", "billing"))
-    book.remember(["req-g"], Prediction("globex", "router@v1", "billing"))
-    assert book.record("acme", "req-a", "billing")["accuracy"] == 1.0
-    out = book.record("globex", "req-g", "outage")
+    await book.remember(["req-a"], Prediction("acme", "router@v1", "billing"))
+    await book.remember(["req-g"], Prediction("globex", "router@v1", "billing"))
+    assert (await book.record("acme", "req-a", "billing"))["accuracy"] == 1.0
+    out = await book.record("globex", "req-g", "outage")
     assert (out["accuracy"], out["count"]) == (0.0, 1)  # not 0.5 over both tenants
     text = render(registry).decode()
     assert 'tunefleet_gateway_feedback_accuracy{adapter="router@v1",tenant="acme"} 1.0' in text

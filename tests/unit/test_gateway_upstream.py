@@ -116,5 +116,5 @@ async def test_stream_slot_is_given_back(tmp_path: Path) -> None:
                 pass
     async with admission.stream_slot():  # the slot came back
         pass
-    assert quotas.streams.open["tenant:acme"] == 0
+    assert quotas.state.gate.open["tenant:acme"] == 0  # type: ignore[attr-defined]
     db.dispose()
