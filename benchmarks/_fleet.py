@@ -44,6 +44,8 @@ class Fleet:
         self.model_dir = model_dir
         self.stack = stack
         self.pids: dict[str, int] = {}
+        self._pending: dict[str, tuple[str, subprocess.Popen[bytes], Path, float]] = {}
+        self._migrated = False  # the first gateway migrates the database alone
         self.pg = PostgresCluster(home / "pg").start()
         stack.callback(self.pg.stop)
         self.db_url = self.pg.create_database("gateways")
@@ -65,9 +67,11 @@ class Fleet:
         cpus: str | None = None,
         stack: ExitStack | None = None,
         ready_s: float = 300,
+        wait: bool = True,
     ) -> str:
         """Start ``argv`` (``{port}`` in ``env`` values or ``argv`` is a free port) and wait
-        until its ``/readyz`` answers 200; the URL. Stopped (SIGTERM) when ``stack`` closes."""
+        (unless not ``wait``: then ``ready`` does) until its ``/readyz`` answers 200; the URL.
+        Stopped (SIGTERM) when ``stack`` closes."""
         port = free_port()
         home = self.home / name
         home.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,18 @@ class Fleet:
 
         (stack or self.stack).callback(stop)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + ready_s
+        self._pending[url] = (name, proc, home, time.monotonic() + ready_s)
+        if wait:
+            self.ready(url)
+        return url
+
+    def ready(self, *urls: str) -> None:
+        """Wait until each started process at ``urls`` answers ``/readyz`` with 200."""
+        for url in urls:
+            self._ready(url)
+
+    def _ready(self, url: str) -> None:
+        name, proc, home, deadline = self._pending.pop(url)
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited; see {home / 'out.log'}")
@@ -109,13 +124,18 @@ class Fleet:
             time.sleep(0.3)
         self.pids[name] = proc.pid
         log(f"{name} ready at {url}")
-        return url
 
     def stub(self, name: str, delay_s: float, cap: int = 0, cpus: str | None = None) -> str:
         argv = [sys.executable, str(STUB), "{port}", str(delay_s), str(cap)]
         return self.start(name, argv, {}, cpus=cpus)
 
-    def replica(self, name: str, kind: str, cpus: str | None = None) -> str:
+    def replicas(self, names: list[str], kind: str) -> list[str]:
+        """``replica`` for each name, started side by side."""
+        urls = [self.replica(n, kind, wait=False) for n in names]
+        self.ready(*urls)
+        return urls
+
+    def replica(self, name: str, kind: str, cpus: str | None = None, wait: bool = True) -> str:
         """The real inference app: ``digest`` (the tests' stand-in engine, every answer the
         digest of the adapter weights that served it) or ``vllm``."""
         module = "tests.support.digest_replica" if kind == "digest" else "services.inference"
@@ -128,7 +148,8 @@ class Fleet:
             "TUNEFLEET_INFERENCE_MAX_MODEL_LEN": "512",
             "TUNEFLEET_INFERENCE_DRAIN_TIMEOUT_S": "2",
         }
-        return self.start(name, [sys.executable, "-m", module], env, cpus=cpus, ready_s=900)
+        argv = [sys.executable, "-m", module]
+        return self.start(name, argv, env, cpus=cpus, ready_s=900, wait=wait)
 
     def gateway(
         self,
@@ -138,6 +159,7 @@ class Fleet:
         *,
         store: str = "database",
         cpus: str | None = None,
+        wait: bool = True,
         **settings: Any,
     ) -> str:
         """A gateway on the shared Postgres database, its quota state in ``store``."""
@@ -152,7 +174,24 @@ class Fleet:
             "TUNEFLEET_GATEWAY_KEY_HASH_SECRET": KEY_SECRET,
             **{f"TUNEFLEET_GATEWAY_{k.upper()}": str(v) for k, v in settings.items()},
         }
-        return self.start(name, [sys.executable, "-m", "gateway"], env, cpus=cpus, stack=stack)
+        argv = [sys.executable, "-m", "gateway"]
+        wait = wait or not self._migrated
+        url = self.start(name, argv, env, cpus=cpus, stack=stack, wait=wait)
+        self._migrated = True
+        return url
+
+    def gateways(
+        self, names: list[str], replicas: list[str], stack: ExitStack, cpus: list[str], **kw: Any
+    ) -> list[str]:
+        """``gateway`` for each name (pinned to ``cpus[-1]``, ``cpus[0]``, ... in turn),
+        started side by side once the database is migrated."""
+        pins = cpus[::-1]
+        urls = [
+            self.gateway(n, replicas, stack, cpus=pins[i % len(pins)], wait=False, **kw)
+            for i, n in enumerate(names)
+        ]
+        self.ready(*[u for u in urls if u in self._pending])
+        return urls
 
     # ------------------------------------------------------------------ set-up calls
     def tenant_key(self, gateway: str, tenant: str, **quota: int) -> str:

@@ -20,7 +20,7 @@ in one run (phases alternate round by round so background load hits both sides a
   gateways under load; the alias ``production`` moves ``--moves`` times; per move, the time
   from the PUT until no gateway answers with the old version any more (p50 / max).
 
-    .venv/bin/python benchmarks/scale_out.py                      # ~3-4 min on 2 busy cores
+    .venv/bin/python benchmarks/scale_out.py                      # 4.5-6 min on 2 busy cores
     .venv/bin/python benchmarks/scale_out.py --seconds 20 --rounds 3 --moves 8
     .venv/bin/python benchmarks/scale_out.py --only replicas --replica-kind vllm
 
@@ -151,8 +151,7 @@ def ratio(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 def scenario_gateways(fleet: Fleet, args: argparse.Namespace, cpus: list[str]) -> dict[str, Any]:
     stub = fleet.stub("stub-fast", args.stub_delay)
     with ExitStack() as stack:
-        ga = fleet.gateway("gw-a", [stub], stack, cpus=cpus[-1])
-        gb = fleet.gateway("gw-b", [stub], stack, cpus=cpus[0])
+        ga, gb = fleet.gateways(["gw-a", "gw-b"], [stub], stack, cpus)
         key = fleet.tenant_key(ga, "bench", **UNLIMITED)
         pa, pb = fleet.pids["gw-a"], fleet.pids["gw-b"]
         arms = {
@@ -191,7 +190,7 @@ def scenario_replicas(fleet: Fleet, args: argparse.Namespace, cpus: list[str]) -
     if args.replica_kind == "stub":
         reps = [fleet.stub(f"stub-c{i}", args.replica_delay, args.replica_cap) for i in (0, 1)]
     else:
-        reps = [fleet.replica(f"{args.replica_kind}-{i}", args.replica_kind) for i in (0, 1)]
+        reps = fleet.replicas([f"{args.replica_kind}-{i}" for i in (0, 1)], args.replica_kind)
 
     def served() -> list[int]:
         if args.replica_kind != "stub":
@@ -199,8 +198,8 @@ def scenario_replicas(fleet: Fleet, args: argparse.Namespace, cpus: list[str]) -
         return [int(httpx.get(f"{r}/stats").json()["served"]) for r in reps]
 
     with ExitStack() as stack:
-        g1 = fleet.gateway("gw-r1", reps[:1], stack, cpus=cpus[-1])
-        g2 = fleet.gateway("gw-r2", reps, stack, cpus=cpus[-1])
+        (g1,) = fleet.gateways(["gw-r1"], reps[:1], stack, cpus[-1:])
+        (g2,) = fleet.gateways(["gw-r2"], reps, stack, cpus[-1:])
         key = fleet.tenant_key(g1, "bench", **UNLIMITED)
         p1, p2 = fleet.pids["gw-r1"], fleet.pids["gw-r2"]
         arms = {
@@ -239,10 +238,8 @@ def scenario_quota(fleet: Fleet, args: argparse.Namespace, cpus: list[str]) -> d
     out: dict[str, Any] = {"rpm": n, "window_s": window, "one_bucket_allows": round(allowed, 1)}
     for store in ("database", "memory"):
         with ExitStack() as stack:
-            gws = [
-                fleet.gateway(f"gw-q{store[0]}{i}", [stub], stack, store=store, cpus=cpus[i - 1])
-                for i in (1, 2)
-            ]
+            names = [f"gw-q{store[0]}{i}" for i in (1, 2)]
+            gws = fleet.gateways(names, [stub], stack, cpus, store=store)
             key = fleet.tenant_key(gws[0], f"quota-{store}", rpm=n, tpm=10**9, max_streams=100)
             time.sleep(2.5)  # every gateway re-reads limits every 2 s
             codes = asyncio.run(hammer(gws, key, window))
@@ -298,13 +295,10 @@ def scenario_swap(fleet: Fleet, args: argparse.Namespace, cpus: list[str]) -> di
         assert fleet.push_adapter("swap", "a", archives[v - 1]) == v
         digests[v] = weights_digest(fleet.home / "adapters" / name)
     fleet.move_alias("swap", "a", 1)
-    reps = [fleet.replica(f"digest-{i}", "digest") for i in (0, 1)]
+    reps = fleet.replicas(["digest-0", "digest-1"], "digest")
     versions = [2 if i % 2 == 0 else 1 for i in range(args.moves)]
     with ExitStack() as stack:
-        gws = [
-            fleet.gateway(f"gw-s{i}", reps, stack, cpus=cpus[i - 1], resolve_ttl_s=300)
-            for i in (1, 2)
-        ]
+        gws = fleet.gateways(["gw-s1", "gw-s2"], reps, stack, cpus, resolve_ttl_s=300)
         key = fleet.tenant_key(gws[0], "swap", **UNLIMITED)
         answers, moved = asyncio.run(
             swap_load(gws, key, versions, args.move_gap, lambda v: fleet.move_alias("swap", "a", v))
@@ -388,7 +382,9 @@ def main() -> None:
             fleet = Fleet(home, model_dir, stack)
             for name in only:
                 log(f"scenario {name}")
+                t1 = time.monotonic()
                 report[name] = runners[name](fleet, args, cpus)
+                report[name]["wall_s"] = round(time.monotonic() - t1, 1)  # starts included
     finally:
         shutil.rmtree(home, ignore_errors=True)
     report["total_wall_s"] = round(time.monotonic() - t0, 1)
