@@ -66,7 +66,8 @@ PROFILE_FRAMES = {
     "asgi_app_total": "RequestResponseCycle.run_asgi",
     "request_context_middleware": "RequestContextMiddleware.__call__",
     "fastapi_dependencies": "solve_dependencies",
-    "route_generate": "_generate",
+    "inference_fast_path": "InferenceFastPath.__call__",
+    "route_generate": "generate",
     "domain_generation": "Generations.complete",
     "upstream_hop_send": "Upstream.generate",
     "model_resolution": "ModelResolver.resolve",
@@ -230,6 +231,8 @@ async def run(args: argparse.Namespace, urls: dict[str, str], gateway_pid: int) 
                 # the sampled phase is not counted at all: py-spy's pauses slow the gateway
                 spy.wait()
                 profile = profile_summary(raw) if raw.stat().st_size else {"error": "no samples"}
+                if args.profile_stacks:
+                    shutil.copyfile(raw, args.profile_stacks)
                 raw.unlink()
                 log(f"round {rnd} {name}: profiled, not counted")
                 continue
@@ -287,6 +290,9 @@ def main() -> None:
         "--others-cpus", default=others, help="registry, inference, client; '' = unpinned"
     )
     ap.add_argument("--profile", action="store_true", help="py-spy the first gateway phase")
+    ap.add_argument(
+        "--profile-stacks", type=Path, default=None, help="keep py-spy's collapsed stacks here"
+    )
     ap.add_argument(
         "--stub-replica",
         type=float,

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import httpx
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_before_body
 from gateway.domain import audit
@@ -41,6 +42,7 @@ from gateway.routes import (
     registry,
     training,
 )
+from gateway.routes.fastpath import InferenceFastPath
 from gateway.settings import GatewaySettings
 from shared.apidocs import declare_bearer_auth
 from shared.app import create_service_app
@@ -235,6 +237,9 @@ def create_app(
     ):
         app.include_router(module.router)
     app.include_router(console.router)
+    # innermost middleware (after the body limit and authentication): the two generation
+    # routes served without FastAPI's routing and dependency solving (issue 19 item 5)
+    app.user_middleware.append(Middleware(InferenceFastPath))
     declare_bearer_auth(
         app,
         lambda path: path.startswith(AUTHENTICATED_PREFIXES),

@@ -8,9 +8,9 @@ and ``/healthz``, ``/readyz``, ``/metrics``. Services add their routers and life
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,9 @@ _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 
 
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex[:24]
+    """``req_`` and 24 random hex digits (96 bits; ``os.urandom`` directly: a ``uuid4``
+    per request was 2 % of the gateway's CPU)."""
+    return "req_" + os.urandom(12).hex()
 
 
 def client_request_id(raw: bytes) -> str | None:

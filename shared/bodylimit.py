@@ -30,6 +30,8 @@ Limit = int | Callable[[], int]
 """A byte limit, or a function returning it (read per request: settings may change live)."""
 """Runs before any body byte is read; raises a TunefleetError to refuse the request."""
 
+_MATCHES_KEPT = 4096
+_PATH_KEPT_CHARS = 256
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -65,11 +67,21 @@ class BodyLimitMiddleware:
         self.before_body = before_body
         self.render = render
         self._uploads: list[BaseRoute] | None = None
+        self._is_upload: dict[tuple[str, str, str], bool] = {}  # (method, root, path)
 
     def limit_for(self, scope: Scope) -> int:
         if self._uploads is None:  # routes are all added before the first request
             self._uploads = [r for r in scope["app"].router.routes if is_upload_route(r)]
-        upload = any(route.matches(scope)[0] == Match.FULL for route in self._uploads)
+        # a route match is a regex per upload route: remembered per (method, path), for a
+        # bounded number of short paths (paths carry ids; a client chooses them)
+        seen = (scope["method"], scope.get("root_path", ""), scope["path"])
+        upload = self._is_upload.get(seen)
+        if upload is None:
+            upload = any(route.matches(scope)[0] == Match.FULL for route in self._uploads)
+            if len(seen[2]) <= _PATH_KEPT_CHARS:
+                if len(self._is_upload) >= _MATCHES_KEPT:
+                    self._is_upload.clear()
+                self._is_upload[seen] = upload
         limit = self.max_upload if upload else self.max_body
         return limit if isinstance(limit, int) else limit()
 

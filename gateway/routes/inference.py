@@ -84,7 +84,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-async def _generate(path: str, request: Request, st: State, who: Caller) -> Response:
+async def generate(path: str, request: Request, st: State, who: Caller) -> Response:
+    """A generation, behind both the FastAPI routes below and ``gateway.routes.fastpath``."""
     who.require("infer")
     quota = await st.quotas.admission(who)
     raw = await read_body(request, st.settings.max_body_bytes)
@@ -110,13 +111,13 @@ async def _generate(path: str, request: Request, st: State, who: Caller) -> Resp
 @router.post("/v1/chat/completions", **_documented(ChatCompletionRequest, ChatCompletionResponse))
 async def chat_completions(request: Request, st: State, who: Caller) -> Response:
     """A chat completion (OpenAI's shape), by a base model or a tenant's adapter."""
-    return await _generate("/v1/chat/completions", request, st, who)
+    return await generate("/v1/chat/completions", request, st, who)
 
 
 @router.post("/v1/completions", **_documented(CompletionRequest, CompletionResponse))
 async def completions(request: Request, st: State, who: Caller) -> Response:
     """A text completion (OpenAI's shape), by a base model or a tenant's adapter."""
-    return await _generate("/v1/completions", request, st, who)
+    return await generate("/v1/completions", request, st, who)
 
 
 async def _models_call(request: Request, st: State, who: Caller, path: str) -> Response:
