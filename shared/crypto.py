@@ -27,6 +27,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shared.durable import replace_durably
 from shared.errors import InternalError, InvalidRequest
 
 MAGIC = b"TFE1"
@@ -145,11 +146,8 @@ def rewrap(paths: Iterable[Path], old: DataCipher | None, new: DataCipher | None
         plain = old.decrypt(blob) if old is not None else blob
         out = new.encrypt(plain) if new is not None else plain
         tmp = path.with_name(f".{path.name}.rewrap")
-        with tmp.open("wb") as fh:
-            fh.write(out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        tmp.write_bytes(out)
+        replace_durably(tmp, path)
         changed += 1
     return changed
 

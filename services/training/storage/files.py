@@ -2,7 +2,9 @@
 
 Every byte goes through :class:`BlobStore`, so encryption at rest plugs in here: pass a
 cipher (``shared.crypto.DataCipher``: ``encrypt``/``decrypt`` of whole blobs) and nothing
-else changes. Writes are atomic (temp file + rename), keys are plain relative names made by
+else changes. Writes are atomic (temp file + rename) and durable before they return (the file
+and its directory fsynced, ``shared.durable``: a power cut after the request was acknowledged
+keeps the blob its database row names), keys are plain relative names made by
 the domain code (``files/<id>``, ``datasets/<id>/train.jsonl``), never user input.
 """
 
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from shared.durable import make_dirs, replace_durably
 from shared.errors import NotFound
 
 TMP_PREFIX = ".tmp-"
@@ -44,13 +47,13 @@ class BlobStore:
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key`` (replacing it atomically)."""
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         blob = self.cipher.encrypt(data) if self.cipher else data
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(blob)
-            os.replace(tmp, path)
+            replace_durably(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -63,12 +66,12 @@ class BlobStore:
             src.unlink(missing_ok=True)
             return
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
         os.close(fd)
         try:
             shutil.move(src, tmp)
-            os.replace(tmp, path)
+            replace_durably(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
