@@ -158,7 +158,7 @@ def test_blob_store_put_syncs_file_and_directory(
     tmp_path: Path, fsynced: list[Path], encrypted: bool
 ) -> None:
     store = BlobStore(tmp_path, DataCipher([os.urandom(32)]) if encrypted else None)
-    store.put("datasets/ds_1/train.jsonl", b'{"x": 1}\n')
+    store.put("datasets/ds_1/train.jsonl", b'{"x": 1}\n', tenant="acme")
     folder = tmp_path / "datasets" / "ds_1"
     synced_tmp = [i for i, p in enumerate(fsynced) if p.name.startswith(".tmp-")]
     assert [fsynced[i].parent for i in synced_tmp] == [folder], fsynced  # the bytes
