@@ -2,7 +2,14 @@
 
 ``DataCipher`` seals blobs with AES-256-GCM. Blob layout::
 
-    b"TFE1" | key id (8 bytes) | nonce (12 bytes) | ciphertext + 16-byte tag
+    b"TFE2" | key id (8 bytes) | nonce (12 bytes) | ciphertext + 16-byte tag
+
+The header and a *context* (the caller's name for the blob: the training store passes the
+tenant and the blob's key, e.g. ``files/<id>``) are the associated data, so a sealed blob
+opens only under the name it was sealed for: copied to another tenant's record or another
+purpose it fails authentication, as tampered bytes do. The context is not stored; the reader
+must know it. ``TFE1`` blobs (before the context) authenticated the header only: they still
+open, under any context, and ``rewrap`` (``needs_rewrap``) reseals them as ``TFE2``.
 
 The key id is the first 8 bytes of SHA-256 of the key, so a blob names the key that sealed
 it without revealing it. The first configured key encrypts; every configured key decrypts,
@@ -21,15 +28,17 @@ import binascii
 import hashlib
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from shared.durable import replace_durably
 from shared.errors import InternalError, InvalidRequest
 
-MAGIC = b"TFE1"
+MAGIC = b"TFE2"
+LEGACY_MAGIC = b"TFE1"  # header-only associated data: not bound to a context
 KEY_ID_LEN = 8
 NONCE_LEN = 12
 HEADER_LEN = len(MAGIC) + KEY_ID_LEN + NONCE_LEN
@@ -68,7 +77,14 @@ def parse_keys(text: str, *, param: str = KEYS_ENV) -> list[bytes]:
 
 
 def is_sealed(blob: bytes) -> bool:
-    return blob[: len(MAGIC)] == MAGIC and len(blob) >= HEADER_LEN + 16
+    return blob[: len(MAGIC)] in (MAGIC, LEGACY_MAGIC) and len(blob) >= HEADER_LEN + 16
+
+
+def _associated_data(header: bytes, context: bytes) -> bytes:
+    if header.startswith(LEGACY_MAGIC):
+        return header
+    # the length prefix keeps (header, context) pairs from colliding
+    return header + len(context).to_bytes(4, "big") + context
 
 
 class DataCipher:
@@ -95,16 +111,18 @@ class DataCipher:
     def primary_key_id(self) -> bytes:
         return key_id(self._primary)
 
-    def encrypt(self, data: bytes) -> bytes:
-        """Seal ``data`` under the primary key with a fresh random nonce."""
+    def encrypt(self, data: bytes, context: bytes = b"") -> bytes:
+        """Seal ``data`` under the primary key with a fresh random nonce, bound to
+        ``context`` (it must be given again to decrypt)."""
         kid = key_id(self._primary)
         nonce = os.urandom(NONCE_LEN)
         header = MAGIC + kid + nonce
         # The header is authenticated too: a blob cannot be relabelled to another key.
-        return header + self._ring[kid].encrypt(nonce, data, header)
+        return header + self._ring[kid].encrypt(nonce, data, _associated_data(header, context))
 
-    def decrypt(self, blob: bytes) -> bytes:
-        """Open a sealed blob; raise DecryptionError (never garbage) when that is impossible."""
+    def decrypt(self, blob: bytes, context: bytes = b"") -> bytes:
+        """Open a sealed blob; raise DecryptionError (never garbage) when that is impossible,
+        including a ``context`` other than the one it was sealed with (``TFE1`` blobs: any)."""
         if not is_sealed(blob):
             raise DecryptionError("data is not an encrypted tunefleet blob (missing header)")
         kid = blob[len(MAGIC) : len(MAGIC) + KEY_ID_LEN]
@@ -115,20 +133,32 @@ class DataCipher:
             )
         header, body = blob[:HEADER_LEN], blob[HEADER_LEN:]
         try:
-            return aead.decrypt(header[-NONCE_LEN:], body, header)
+            return aead.decrypt(header[-NONCE_LEN:], body, _associated_data(header, context))
         except InvalidTag:
             raise DecryptionError(
-                f"data sealed with key {kid.hex()} failed authentication (tampered or truncated)"
+                f"data sealed with key {kid.hex()} failed authentication (tampered, truncated, "
+                "or sealed for another record)"
             ) from None
 
     def needs_rewrap(self, blob: bytes) -> bool:
-        return not is_sealed(blob) or blob[len(MAGIC) : len(MAGIC) + KEY_ID_LEN] != (
-            self.primary_key_id
+        """Not sealed, sealed without a context (``TFE1``), or under another key."""
+        return (
+            not is_sealed(blob)
+            or not blob.startswith(MAGIC)
+            or blob[len(MAGIC) : len(MAGIC) + KEY_ID_LEN] != self.primary_key_id
         )
 
 
-def rewrap(paths: Iterable[Path], old: DataCipher | None, new: DataCipher | None) -> int:
+def rewrap(
+    paths: Iterable[Path],
+    old: DataCipher | None,
+    new: DataCipher | None,
+    context: Callable[[Path], bytes] | None = None,
+) -> int:
     """Re-encrypt each file from ``old`` to ``new`` in place; returns how many changed.
+
+    ``context(path)``: the context each file is (to be) sealed for; none means the empty
+    context (files of the training store have their own: ``services.training.storage.rekey``).
 
     ``old`` None means the files are plaintext (turning encryption on); ``new`` None decrypts
     (turning it off). Each file is replaced atomically (temp file + fsync + rename), so a
@@ -142,14 +172,12 @@ def rewrap(paths: Iterable[Path], old: DataCipher | None, new: DataCipher | None
             continue
         if new is None and not is_sealed(blob):
             continue  # already plaintext
-        plain = old.decrypt(blob) if old is not None else blob
-        out = new.encrypt(plain) if new is not None else plain
+        ctx = context(path) if context is not None else b""
+        plain = old.decrypt(blob, ctx) if old is not None else blob
+        out = new.encrypt(plain, ctx) if new is not None else plain
         tmp = path.with_name(f".{path.name}.rewrap")
-        with tmp.open("wb") as fh:
-            fh.write(out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        tmp.write_bytes(out)
+        replace_durably(tmp, path)
         changed += 1
     return changed
 

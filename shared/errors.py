@@ -7,6 +7,7 @@ Never match on message strings: branch on the class or ``code``.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -125,6 +126,17 @@ STATUS_TO_ERROR: dict[int, type[TunefleetError]] = {
     429: RateLimited,
     503: ServiceUnavailable,
 }
+
+
+# an absolute path: a "/" not preceded by a name character, a slash or a URL scheme's colon
+# (``acme/a@v1`` and ``http://host/x`` stay), up to whitespace, a quote or a bracket
+_ABS_PATH = re.compile(r"(?<![\w/.:~-])/[^\s'\"`,;()\[\]{}<>]+")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with absolute filesystem paths replaced by ``<path>``: for messages about
+    server-side files (an adapter the engine cannot load) that reach a client."""
+    return _ABS_PATH.sub("<path>", text)
 
 
 def error_from_envelope(status: int, body: Any) -> TunefleetError:

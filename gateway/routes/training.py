@@ -20,7 +20,7 @@ from gateway.deps import Caller, GatewayState, State
 from gateway.domain.keys import Principal
 from gateway.routes import proxy
 from shared.bodylimit import UPLOAD_ROUTE
-from shared.countlimit import MAX_JOBS_HEADER
+from shared.countlimit import MAX_ADAPTERS_HEADER, MAX_JOBS_HEADER
 from shared.errors import RateLimited
 from shared.openapi import BINARY, binary_response, json_body, multipart_body
 from shared.schemas.common import ListResponse
@@ -120,6 +120,8 @@ async def create(request: Request, st: State, who: Caller) -> Response:
             limit = await st.quotas.count_limit(who, "max_jobs")
             await _check_job_quota(st, who, limit)
             extra[MAX_JOBS_HEADER] = str(limit)
+            # the adapter the job will publish counts against the tenant's max_adapters
+            extra[MAX_ADAPTERS_HEADER] = str(await st.quotas.count_limit(who, "max_adapters"))
         resp = await proxy.forward(
             request, st, who, _url(st), "training", body=body, extra_headers=extra
         )

@@ -242,9 +242,16 @@ def check_base_model_name(name: Any, base_id: str, names: Collection[str]) -> st
     accepted = {base_id, *names}
     if name in accepted or tail(name) in {tail(a) for a in accepted}:
         return name
+
+    def shown(s: str) -> str:
+        # the accepted names include the model's directory on this server, and a fleet-trained
+        # adapter names the trainer's: a path shows its last component only (what the match
+        # above compares); hub ids (``org/model``) stay whole
+        return tail(s) if s.startswith(("/", "~", "\\")) or ":\\" in s else s
+
     raise Unprocessable(
-        f"adapter was trained on base model {name!r}, not on {base_id!r} "
-        f"(accepted names: {', '.join(sorted(accepted))})",
+        f"adapter was trained on base model {shown(name)!r}, not on {base_id!r} "
+        f"(accepted names: {', '.join(sorted({shown(a) for a in accepted}))})",
         param="base_model_name_or_path",
         code="base_model_mismatch",
     )

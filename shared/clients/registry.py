@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.clients.base import ServiceClient
+from shared.countlimit import MAX_ADAPTERS_HEADER
 from shared.errors import InternalError
 from shared.schemas.common import ListResponse
 from shared.schemas.registry import (
@@ -82,8 +83,13 @@ class RegistryClient(ServiceClient):
         metadata: VersionMetadata,
         *,
         actor: str | None = None,
+        max_adapters: int | None = None,
     ) -> AdapterVersionOut:
-        headers = {"X-Tunefleet-Actor": actor} if actor else None
+        """``max_adapters``: the tenant's limit, applied when this version creates the adapter
+        (429 ``adapter_quota_exceeded`` at it)."""
+        headers = {"X-Tunefleet-Actor": actor} if actor else {}
+        if max_adapters is not None:
+            headers[MAX_ADAPTERS_HEADER] = str(max_adapters)
         with archive.open("rb") as fh:
             data = await self.json(
                 "POST",

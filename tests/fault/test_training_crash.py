@@ -108,14 +108,14 @@ def check_invariants(
     root = home / "training"
     store = BlobStore(root / "blobs", DataCipher.from_settings(KEY))
     with sqlite3.connect(root / "training.db") as db:
-        files = db.execute("SELECT id, sha256 FROM training_files").fetchall()
-        datasets = [r[0] for r in db.execute("SELECT id FROM training_datasets").fetchall()]
-    for file_id, sha in files:
-        data = store.get(f"files/{file_id}")
+        files = db.execute("SELECT id, sha256, tenant FROM training_files").fetchall()
+        datasets = db.execute("SELECT id, tenant FROM training_datasets").fetchall()
+    for file_id, sha, tenant in files:
+        data = store.get(f"files/{file_id}", tenant=tenant)
         assert hashlib.sha256(data).hexdigest() == sha, f"file row {file_id} without its data"
-    for ds in datasets:
+    for ds, tenant in datasets:
         for split in ("train", "validation"):
-            for line in store.get(f"datasets/{ds}/{split}.jsonl").splitlines():
+            for line in store.get(f"datasets/{ds}/{split}.jsonl", tenant=tenant).splitlines():
                 json.loads(line)  # complete JSONL: a torn write would not parse
 
     job_ids = list_ids(url, "/v1/fine_tuning/jobs")

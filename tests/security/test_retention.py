@@ -189,7 +189,7 @@ def test_purge_keeps_what_a_running_job_reads(tmp_path: Path) -> None:
                 training_file="file-1", seed=0, request={}, runner_token_sha256="0" * 64,
             )
         )  # fmt: skip
-    store.put(file_key("file-1"), b'{"prompt": "a", "completion": "b"}\n')
+    store.put(file_key("file-1"), b'{"prompt": "a", "completion": "b"}\n', tenant="acme")
     set_retention(db, "acme", 1)
     clock = FakeClock(t0)
     clock.advance(3)

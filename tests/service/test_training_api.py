@@ -117,7 +117,8 @@ def test_pii_never_reaches_the_prepared_dataset(stack: TrainingStack) -> None:
     assert ds and ds.startswith("ds-")
     store = stack.store()
     stored = b"".join(
-        store.get(f"datasets/{ds}/{split}.jsonl") for split in ("train", "validation", "test")
+        store.get(f"datasets/{ds}/{split}.jsonl", tenant="acme")
+        for split in ("train", "validation", "test")
     )
     assert stored.count(b"\n") == f["prep_report"]["rows_out"] >= 10
     for s in secrets_:
@@ -370,7 +371,7 @@ def test_blobs_are_encrypted_at_rest_when_keys_are_set(
         secret = b"Review: the quiet fan is superb. Sentiment:"
         f = st.upload([{"prompt": secret.decode(), "completion": " positive"}]).json()
         raw = (st.settings.data_root() / "blobs" / "files" / f["id"]).read_bytes()
-        assert raw.startswith(b"TFE1") and secret not in raw
+        assert raw.startswith(b"TFE2") and secret not in raw
         content = st.http.get(f"/v1/files/{f['id']}/content", headers=st.headers()).content
         assert secret in content
 

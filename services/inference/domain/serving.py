@@ -10,6 +10,7 @@ yields engine chunks while recording metrics. Labels (``choices_allowed``, a JSO
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,8 @@ from shared.errors import InvalidRequest, NotFound, ServiceUnavailable, Tuneflee
 from shared.rendering import LabelConstraint, label_constraint, render_chat, render_prompt
 from shared.schemas.openai import ChatCompletionRequest, CompletionRequest, SamplingFields
 from shared.schemas.registry import Resolution
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,6 +205,11 @@ class Server:
             status = str(exc.status)
             if isinstance(exc, AdapterLoadError):
                 self.metrics.adapter_load_failures.labels(exc.reason).inc()
+                # the full text (server paths included) stays here; the client's has none
+                log.warning(
+                    "adapter load failed",
+                    extra={"ref": exc.ref, "reason": exc.reason, "detail": exc.detail},
+                )
             raise
         finally:
             m = self.metrics

@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -52,6 +54,19 @@ CacheKey = tuple[str, str]
 
 def cache_key(res: Resolution) -> CacheKey:
     return (res.ref, res.sha256 or "")
+
+
+def adapter_dir_name(ref: str, sha256: str) -> str:
+    """The unpacked directory of (ref, sha256): one per pair, never shared.
+
+    The readable part alone is not one-to-one (the old ``/``/``@`` → ``__`` made
+    ``acme/x__y@v1`` and ``acme__x/y@v1`` one directory: with equal bytes, evicting one
+    tenant's adapter deleted the files the other's was loaded from, and their loads shared a
+    staging directory), so a digest of the ref itself and the whole content hash follow it.
+    """
+    readable = re.sub(r"[^a-z0-9._-]", "+", ref.lower())[:100]
+    ref_digest = hashlib.sha256(ref.encode()).hexdigest()[:16]
+    return f"{readable}-{ref_digest}-{sha256}"
 
 
 @dataclass
@@ -183,9 +198,7 @@ class AdapterCache:
 
     # ------------------------------------------------------------------ internals
     def _dir_for(self, res: Resolution) -> Path:
-        # the content hash in the name: two contents of one ref never share a directory
-        name = res.ref.replace("/", "__").replace("@", "__")
-        return self.root / f"{name}-{(res.sha256 or '')[:16]}"
+        return self.root / adapter_dir_name(res.ref, res.sha256 or "")
 
     async def _load(self, res: Resolution) -> LoadedAdapter:
         start = time.perf_counter()

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from shared.errors import InvalidRequest, ServiceUnavailable, TunefleetError, Unprocessable
+from shared.errors import (
+    InvalidRequest,
+    ServiceUnavailable,
+    TunefleetError,
+    Unprocessable,
+    without_paths,
+)
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -24,21 +30,28 @@ Device = Literal["auto", "cpu", "cuda"]
 
 
 class EngineError(TunefleetError):
-    """Base of engine failures that are not a client's fault."""
+    """Base of engine failures that are not a client's fault. The message reaches the client:
+    server paths in it (vLLM's own exception texts name adapter directories) are hidden."""
 
     code = "engine_error"
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        super().__init__(without_paths(message), **kw)
 
 
 class AdapterLoadError(Unprocessable):
     """The engine refused an adapter (missing files, rank above the limit, corrupt weights).
 
-    The engine itself stays usable; ``reason`` is a short machine-readable cause.
+    The engine itself stays usable; ``reason`` is a short machine-readable cause. The client
+    sees the message without server paths (where the replica unpacked the adapter, what vLLM
+    said about it); ``detail`` keeps the full text for the replica's log.
     """
 
     code = "adapter_load_failed"
 
     def __init__(self, message: str, *, ref: str, reason: str = "rejected") -> None:
-        super().__init__(message, param="adapter")
+        super().__init__(without_paths(message), param="adapter")
+        self.detail = message
         self.ref = ref
         self.reason = reason
 

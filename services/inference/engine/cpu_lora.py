@@ -5,7 +5,10 @@ and every slice (q, k, v separately) it gathers each token's *whole* padded
 ``max_lora_rank`` matrices (``weights[token_slot]``) and runs a batched einsum, shrink and
 expand separately: ~40 small ops per layer and O(tokens x rank x hidden) copied bytes, which
 dominates a small model on a CPU. It also indexes with the slot ``-1`` of base tokens, so in
-a batch that mixes base and adapter requests the base rows get the *last* slot's adapter.
+a batch that mixes base and adapter requests the base rows get the *last* slot's adapter
+(another tenant's, when that slot is in use). Where this module falls back to the stock ops
+(the path switched off, a padded batch) it puts the base rows back afterwards
+(:func:`base_rows`); on a vLLM it does not patch (below) the stock behaviour remains.
 
 :func:`add_lora_linear` replaces ``PunicaWrapperCPU.add_lora_linear`` with a masked dense
 version. The resident adapters' A matrices of all slices are packed into one
@@ -148,7 +151,11 @@ def install(*, enabled: bool = True, version: str | None = None) -> bool:
     ) -> None:
         x2 = x.reshape(-1, x.shape[-1])
         if not _STATE.enabled or len(self.token_lora_indices) != x2.shape[0]:
+            keep = base_rows(self, y)  # the stock ops add the last slot's adapter to them
             stock_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs)
+            if keep is not None:
+                rows, saved = keep
+                y.view(-1, y.shape[-1]).index_copy_(0, rows, saved)
             return
         add_lora_linear(self, y, x2, lora_a_stacked, lora_b_stacked, scale, output_slices)
 
@@ -180,6 +187,20 @@ def pack_control(cache_pieces: bool | None = None) -> dict[str, Any]:
     return {"cache_pieces": pieces.capacity > 0, "cached_adapters": len(pieces)} | (
         pieces.stats.as_dict()
     )
+
+
+def base_rows(wrapper: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rows of ``y`` that belong to base tokens (slot -1) and their values now, for the
+    stock ops' path: they index the weights with -1, i.e. the *last* slot, so a base request
+    batched with adapter requests got another tenant's adapter. The caller puts these rows
+    back after the stock op. None when there are none."""
+    idx = wrapper.token_lora_indices
+    y2 = y.view(-1, y.shape[-1])
+    n = min(len(idx), y2.shape[0])
+    rows = torch.nonzero(idx[:n] < 0).flatten()
+    if rows.numel() == 0:
+        return None
+    return rows, y2.index_select(0, rows)
 
 
 def add_lora_linear(

@@ -50,7 +50,7 @@ from services.inference.engine.vllm_config import (
     resolve_device,
 )
 from shared.adapters.checks import adapter_dir_rank, has_adapter_weights
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, without_paths
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +321,7 @@ class VllmEngine:
                 output_kind=RequestOutputKind.DELTA,
             )
         except (ValueError, VLLMClientError) as e:
-            raise InvalidGenerationRequest(str(e)) from e
+            raise InvalidGenerationRequest(without_paths(str(e))) from e
 
     async def generate(self, req: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream :class:`GenerationChunk` deltas; closing the iterator aborts the request."""
@@ -359,9 +359,9 @@ class VllmEngine:
         except VllmEngineDeadError as e:
             raise EngineDeadError("vLLM engine core is dead") from e
         except GracefulHTTPError as e:
-            raise EngineOverloadedError(str(e)) from e
+            raise EngineOverloadedError(without_paths(str(e))) from e
         except VLLMClientError as e:
-            raise InvalidGenerationRequest(str(e)) from e
+            raise InvalidGenerationRequest(without_paths(str(e))) from e
         except EngineGenerateError as e:
             if llm.errored:
                 raise EngineDeadError("vLLM engine core is dead") from e

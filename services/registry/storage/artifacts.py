@@ -1,7 +1,9 @@
 """Content-addressed artifact store.
 
 Blobs live at ``<root>/sha256/ab/cdef…``: written to a temp file in the same directory tree,
-fsynced and renamed (atomic: a crash never leaves a partial blob under its final name),
+fsynced and renamed (atomic: a crash never leaves a partial blob under its final name), the
+directory fsynced too before ``put_file`` returns (durable: a power cut after the push was
+acknowledged keeps the blob; ``shared.durable``),
 deduplicated by hash, and verified on read. ``ArtifactStore`` is the seam for S3-compatible
 storage later.
 """
@@ -14,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from shared.durable import fsync_path, make_dirs, replace_durably
 from shared.errors import InternalError, NotFound
 
 CHUNK = 1 << 20
@@ -62,16 +65,15 @@ class FileArtifactStore:
         dest = self.path(digest)
         size = src.stat().st_size
         if dest.exists() and dest.stat().st_size == size:
+            fsync_path(dest.parent)  # a concurrent push may not have synced its entry yet
             return digest, size
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest.parent)
         fd, tmp_name = tempfile.mkstemp(dir=self.staging_dir(), prefix="blob-")
         try:
             with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
                 while chunk := inp.read(CHUNK):
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp_name, dest)
+            replace_durably(tmp_name, dest)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise

@@ -60,32 +60,35 @@ def _word(ch: str) -> bool:
     return ch.isalnum() or ch in _TOKEN_CHARS
 
 
-def _file_ids(db: Database) -> Iterator[str]:
-    """Every file id, a page per session, so a big store is never loaded at once."""
+def all_files(db: Database) -> Iterator[tuple[str, str]]:
+    """Every file as (id, tenant), a page per session, so a big store is never loaded at
+    once."""
     after = ""
     while True:
         with db.session() as s:
-            q = select(FileRow.id).where(FileRow.id > after).order_by(FileRow.id).limit(_PAGE)
-            ids = list(s.scalars(q))
-        if not ids:
+            q = select(FileRow.id, FileRow.tenant).where(FileRow.id > after)
+            rows = [(r[0], r[1]) for r in s.execute(q.order_by(FileRow.id).limit(_PAGE))]
+        if not rows:
             return
-        yield from ids
-        after = ids[-1]
+        yield from rows
+        after = rows[-1][0]
 
 
-def _datasets(db: Database) -> Iterator[tuple[str, str, str | None, str | None]]:
-    """Every dataset as (id, training, validation and test files), paged like ``_file_ids``."""
+def all_datasets(db: Database) -> Iterator[tuple[str, str, str, str | None, str | None]]:
+    """Every dataset as (id, tenant, training, validation and test files), paged like
+    ``all_files``."""
     after = ""
     while True:
         with db.session() as s:
             q = select(
                 DatasetRow.id,
+                DatasetRow.tenant,
                 DatasetRow.file_id,
                 DatasetRow.validation_file_id,
                 DatasetRow.test_file_id,
             )
             q = q.where(DatasetRow.id > after).order_by(DatasetRow.id).limit(_PAGE)
-            rows = [(r[0], r[1], r[2], r[3]) for r in s.execute(q)]
+            rows = [(r[0], r[1], r[2], r[3], r[4]) for r in s.execute(q)]
         if not rows:
             return
         yield from rows
@@ -94,19 +97,19 @@ def _datasets(db: Database) -> Iterator[tuple[str, str, str | None, str | None]]
 
 def subject_files(db: Database, store: BlobStore, match: Matcher) -> set[str]:
     """Ids of files whose raw bytes, or a dataset derived from them, mention the subject."""
-    hits = {f for f in _file_ids(db) if _blob_matches(store, file_key(f), match)}
-    for ds_id, *sources in _datasets(db):
+    hits = {f for f, t in all_files(db) if _blob_matches(store, t, file_key(f), match)}
+    for ds_id, tenant, *sources in all_datasets(db):
         keys = [dataset_key(ds_id, sp) for sp in SPLITS]
-        if any(store.exists(k) and _blob_matches(store, k, match) for k in keys):
+        if any(store.exists(k) and _blob_matches(store, tenant, k, match) for k in keys):
             # which of its sources carried the subject is unknown after redaction:
             # erase them all rather than keep personal data
             hits.update(x for x in sources if x)
     return hits
 
 
-def _blob_matches(store: BlobStore, key: str, match: Matcher) -> bool:
+def _blob_matches(store: BlobStore, tenant: str, key: str, match: Matcher) -> bool:
     try:
-        return match(store.get(key))
+        return match(store.get(key, tenant=tenant))
     except NotFound:  # blob already gone (an earlier, interrupted erasure): nothing to find
         return False
 

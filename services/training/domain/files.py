@@ -120,7 +120,7 @@ def create_file(
         report=check.report,
         idempotency_key=idempotency_key,
     )
-    store.put_file(file_key(row.id), upload.path)
+    store.put_file(file_key(row.id), upload.path, tenant=tenant)
     try:
         with db.session(write=True) as s:
             s.add(row)
@@ -238,16 +238,16 @@ def prepare_dataset(
         if existing is not None:
             return existing
     prepared = prepare(
-        store.source(file_key(train.id)),
+        store.source(file_key(train.id), tenant=train.tenant),
         train.filename,
         mapping=train.mapping,
         task=task,
         tokenizer=tokenizer,
         max_len=max_len,
-        validation=store.source(file_key(valid.id)) if valid else None,
+        validation=store.source(file_key(valid.id), tenant=valid.tenant) if valid else None,
         validation_filename=valid.filename if valid else None,
         seed=seed,
-        test=store.source(file_key(held.id)) if held else None,
+        test=store.source(file_key(held.id), tenant=held.tenant) if held else None,
         test_filename=held.filename if held else None,
         test_fraction=test_fraction,
     )
@@ -268,9 +268,9 @@ def prepare_dataset(
         seed=seed,
         report=prepared.report.model_dump(mode="json"),
     )
-    store.put(dataset_key(row.id, "train"), to_jsonl(prepared.train))
-    store.put(dataset_key(row.id, "validation"), to_jsonl(prepared.validation))
-    store.put(dataset_key(row.id, "test"), to_jsonl(prepared.test))
+    store.put(dataset_key(row.id, "train"), to_jsonl(prepared.train), tenant=tenant)
+    store.put(dataset_key(row.id, "validation"), to_jsonl(prepared.validation), tenant=tenant)
+    store.put(dataset_key(row.id, "test"), to_jsonl(prepared.test), tenant=tenant)
     sources = {train.id, *(f.id for f in (valid, held) if f is not None)}
     try:
         with db.session(write=True) as s:
@@ -302,10 +302,10 @@ def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:
     return [name for name in SPLITS if store.exists(dataset_key(dataset_id, name))]
 
 
-def dataset_split(store: BlobStore, dataset_id: str, split: str) -> bytes:
+def dataset_split(store: BlobStore, tenant: str, dataset_id: str, split: str) -> bytes:
     if split not in SPLITS:
         raise NotFound(f"no split {split!r}", param="split")
     key = dataset_key(dataset_id, split)
     if split == "test" and not store.exists(key):
         return b""  # a dataset prepared before the test split existed
-    return store.get(key)
+    return store.get(key, tenant=tenant)

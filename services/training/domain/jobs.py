@@ -46,12 +46,14 @@ def create_job(
     seed: int,
     idempotency_key: str | None = None,
     max_jobs: int | None = None,
+    max_adapters: int | None = None,
 ) -> tuple[JobRow, str | None]:
     """Insert a job (``validating_files``); returns it and the runner's one-job token.
 
     A repeated ``idempotency_key`` returns the first job and no token (nothing to launch).
     ``max_jobs``: the tenant's limit of active jobs (429 at it), counted atomically with the
-    insert (``shared.countlimit``).
+    insert (``shared.countlimit``). ``max_adapters``: the tenant's adapter limit, kept with
+    the job and sent with the push of its result (a new adapter beyond it is refused).
     """
     if idempotency_key:
         with db.session() as s:
@@ -71,6 +73,7 @@ def create_job(
         metadata_=body.metadata,
         runner_token_sha256=token_hash(token),
         idempotency_key=idempotency_key,
+        max_adapters=max_adapters,
     )
     try:
         with db.session(write=True) as s:

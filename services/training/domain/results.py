@@ -92,7 +92,9 @@ async def finish(
                 lineage=lineage,
                 labels={"task": body.task, "job": job_id},
             )
-            version = await registry.push_version(tenant, name, archive, meta, actor=job_id)
+            version = await registry.push_version(
+                tenant, name, archive, meta, actor=job_id, max_adapters=row.max_adapters
+            )
             model = f"{name}@v{version.version}"
             if body.auto_promote is not None:
                 result["promotion"] = await _promote(

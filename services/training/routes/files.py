@@ -89,7 +89,7 @@ def get_file(file_id: str, st: State, tenant: TenantId) -> FileOut:
 def file_content(file_id: str, st: State, tenant: TenantId) -> Response:
     with st.db.session() as s:
         row = domain.get_file(s, tenant, file_id)
-    source = st.store.source(domain.file_key(row.id))
+    source = st.store.source(domain.file_key(row.id), tenant=row.tenant)
     if isinstance(source, Path):  # streamed from disk, not read whole
         return FileResponse(source, media_type="application/octet-stream")
     return Response(source, media_type="application/octet-stream")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from services.training.deps import State
 from services.training.domain import files, jobs
 from shared.auth import TenantId
-from shared.countlimit import MAX_JOBS_HEADER
+from shared.countlimit import MAX_ADAPTERS_HEADER, MAX_JOBS_HEADER
 from shared.errors import InvalidRequest
 from shared.offloop import in_session
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
@@ -31,9 +31,13 @@ async def create_job(
     max_jobs: Annotated[
         int | None, Header(alias=MAX_JOBS_HEADER, ge=1, include_in_schema=False)
     ] = None,
+    max_adapters: Annotated[
+        int | None, Header(alias=MAX_ADAPTERS_HEADER, ge=1, include_in_schema=False)
+    ] = None,
 ) -> JobOut:
     """``X-Tunefleet-Max-Jobs`` (sent by the gateway): the tenant's limit of active jobs,
-    counted atomically with the insert; absent: no limit here."""
+    counted atomically with the insert; absent: no limit here. ``X-Tunefleet-Max-Adapters``:
+    the tenant's adapter limit, applied when the job publishes its adapter."""
 
     # What can be checked now is checked now (400 naming the field, nothing stored); the
     # data itself is validated by the job (validating_files → failed invalid_training_file).
@@ -63,7 +67,7 @@ async def create_job(
     await st.lifecycle.base_model(tenant, body.model)
     seed = body.seed if body.seed is not None else secrets.randbelow(2**31 - 1)
     row, token = await anyio.to_thread.run_sync(
-        jobs.create_job, st.db, tenant, body, seed, idempotency_key, max_jobs
+        jobs.create_job, st.db, tenant, body, seed, idempotency_key, max_jobs, max_adapters
     )
     if token is None:  # a retry: answer with the job as it is now
         return await in_session(st.db, lambda s: jobs.job_out(jobs.get_job(s, tenant, row.id)))

@@ -93,7 +93,7 @@ def data(job_id: str, split: str, st: State, token: RunnerToken) -> Response:
     row = _job(st, job_id, token)
     if not row.dataset_id:
         raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
-    body = files.dataset_split(st.store, row.dataset_id, split)
+    body = files.dataset_split(st.store, row.tenant, row.dataset_id, split)
     return Response(body, media_type="application/jsonl")
 
 

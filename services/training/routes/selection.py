@@ -38,7 +38,9 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
             raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
     tok = await st.lifecycle.tokenizer(tenant, names[0])
     # a file is read line by line; an encrypted one is decrypted whole: off the loop
-    data = await anyio.to_thread.run_sync(st.store.source, files.file_key(row.id))
+    data = await anyio.to_thread.run_sync(
+        lambda: st.store.source(files.file_key(row.id), tenant=row.tenant)
+    )
 
     def run() -> list[dict[str, Any]]:
         prepared = prepare(

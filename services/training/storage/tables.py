@@ -79,6 +79,9 @@ class JobRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    # the tenant's max_adapters when the job was created (X-Tunefleet-Max-Adapters): the
+    # adapter the job publishes is counted against it (migration 0006)
+    max_adapters: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     finished_at: Mapped[int | None] = mapped_column(BigInteger)
 
