@@ -9,7 +9,10 @@ announced its bases yet (never probed, or an older version) is taken to serve an
 
 The same model key (the immutable version) always lands on the same replica while it is
 healthy, so each adapter stays warm on few replicas; when a replica goes down only its keys
-move.
+move. Spill-over: a replica also announces how many sequences it runs at once
+(``max_running``); once this gateway has that many generations open on a key's first replica,
+the next one goes to the least busy replica of the same base that has room (one hot model then
+uses a second replica instead of queueing on the first).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ class Replica:
     healthy: bool = True
     failures: int = 0
     bases: frozenset[str] | None = None  # None: not announced yet (may serve any)
+    capacity: int | None = None  # sequences it runs at once (announced); None: unknown
+    in_flight: int = 0  # generations this gateway has open on it
+
+    def full(self) -> bool:
+        return self.capacity is not None and self.in_flight >= self.capacity
 
     def serves(self, base: str | None) -> bool:
         return base is None or self.bases is None or base in self.bases
@@ -44,14 +52,21 @@ def _score(key: str, url: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest(), "big")
 
 
-def _announced_bases(resp: httpx.Response) -> frozenset[str] | None:
+def _announced(resp: httpx.Response) -> tuple[frozenset[str] | None, int | None]:
+    """(bases, capacity) from a replica's ready answer; None for what it does not say."""
     try:
-        bases = resp.json().get("bases")
+        info = resp.json()
     except ValueError:
-        return None
+        return None, None
+    if not isinstance(info, dict):
+        return None, None
+    bases = info.get("bases")
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        return None
-    return frozenset(bases)
+        bases = None
+    capacity = info.get("max_running")
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+        capacity = None
+    return (None if bases is None else frozenset(bases)), capacity
 
 
 class ReplicaSet:
@@ -77,7 +92,14 @@ class ReplicaSet:
                 retry_after=10,
                 code="base_model_unavailable",
             )
-        return sorted(serving, key=lambda r: _score(key, r.url), reverse=True)
+        ranked = sorted(serving, key=lambda r: _score(key, r.url), reverse=True)
+        if ranked[0].full():  # spill over to the least busy one with room, if any
+            room = [r for r in ranked[1:] if not r.full()]
+            if room:
+                spill = min(room, key=lambda r: r.in_flight)
+                ranked.remove(spill)
+                ranked.insert(0, spill)
+        return ranked
 
     async def pick(self, key: str, base: str | None = None) -> list[Replica]:
         """Like ``ranked``, but when no replica serving ``base`` is up, probe them all once
@@ -102,7 +124,7 @@ class ReplicaSet:
                 resp = await self.http.get(f"{r.url}/readyz", timeout=2.0)
                 ok = resp.status_code == 200
                 if ok:
-                    r.bases = _announced_bases(resp)
+                    r.bases, r.capacity = _announced(resp)
             except httpx.TimeoutException:
                 ok, slow = False, True
             except httpx.HTTPError:

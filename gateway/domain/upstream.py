@@ -9,7 +9,8 @@
   inference replica (below), where nothing was generated yet.
 * Failover across inference replicas: ranked by rendezvous hash of the immutable version, the
   request goes to the first, and once to the second if the first failed before answering
-  (connection failure, or 503 while draining).
+  (connection failure, or 503 while draining). Each replica's open generations are counted
+  until their answer is closed, which is what spill-over (``routing``) reads.
 * SSE relay: a streamed generation is relayed event by event; its usage comes from the final
   chunk, which the gateway asks for (``stream_options.include_usage``) and hides again when the
   client did not ask for it itself. A replica that dies mid-stream ends the stream with an
@@ -33,7 +34,7 @@ from starlette.background import BackgroundTask
 
 from gateway.domain import fasthop
 from gateway.domain.keys import Principal
-from gateway.domain.routing import ReplicaSet
+from gateway.domain.routing import Replica, ReplicaSet
 from shared.errors import InvalidRequest, ServiceUnavailable, error_from_envelope
 from shared.logging import request_id_var
 from shared.modelref import MODEL_REF_HEADER
@@ -244,16 +245,21 @@ class Upstream:
         }
         ranked = (await self.replicas.pick(key, base))[:2]
         for i, replica in enumerate(ranked):
+            replica.in_flight += 1  # counted until the answer is closed (spill-over)
             try:
                 resp = await self._post(f"{replica.url}{path}", headers, raw)
-            except ServiceUnavailable as exc:
+            except BaseException as exc:
+                replica.in_flight -= 1
+                if not isinstance(exc, ServiceUnavailable):
+                    raise
                 self.replicas.mark_down(replica)
                 last = exc
                 continue
             if resp.status_code == 503 and i + 1 < len(ranked):  # draining: nothing generated
+                replica.in_flight -= 1
                 await resp.aclose()
                 continue
-            return resp
+            return _Counted(resp, replica)
         assert last is not None
         raise last
 
@@ -263,6 +269,31 @@ class Upstream:
         return await self.forward(
             "GET", f"{replica.url}{path}", headers=headers, service="inference"
         )
+
+
+class _Counted:
+    """An opened answer that gives its replica's in-flight count back once, when closed."""
+
+    def __init__(self, resp: Answered, replica: Replica) -> None:
+        self._resp = resp
+        self._replica: Replica | None = replica
+        self.status_code = resp.status_code
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._resp.headers
+
+    async def aread(self) -> bytes:
+        return await self._resp.aread()
+
+    def aiter_raw(self) -> AsyncIterator[bytes]:
+        return self._resp.aiter_raw()
+
+    async def aclose(self) -> None:
+        if self._replica is not None:
+            self._replica.in_flight -= 1
+            self._replica = None
+        await self._resp.aclose()
 
 
 async def relay(resp: Answered) -> Response:

@@ -134,7 +134,8 @@ def create_app(
     )
     app.state.background = set()
     app.state.readiness_checks.append(engine_ready)
-    app.state.ready_info["bases"] = [settings.base_model]  # the gateway routes by it
+    # the gateway routes by the bases, and spills over to another replica at max_running
+    app.state.ready_info.update(bases=[settings.base_model], max_running=settings.max_num_seqs)
     api = APIRouter(dependencies=[InternalAuth])
     for module in (openai, admin, events):
         api.include_router(module.router)

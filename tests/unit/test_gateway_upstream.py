@@ -5,6 +5,7 @@ context manager that always gives its slot back."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -100,6 +101,43 @@ async def test_generation_goes_to_a_replica_of_its_base() -> None:
         assert err.value.code == "base_model_unavailable"
         assert err.value.headers["Retry-After"] == "10"
         assert "'other'" in err.value.message
+
+
+async def test_a_full_replica_spills_over_to_one_with_room() -> None:
+    """One hot model: its first replica takes what it announced it runs at once
+    (``max_running``); the next generations go to the other replica of the base; closing an
+    answer gives its slot back, and affinity returns."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/readyz":
+            info = {"status": "ready", "bases": ["tiny-llama"], "max_running": 2}
+            return httpx.Response(200, json=info)
+        seen.append(request.url.host)
+        return httpx.Response(200, json={"choices": []})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        replicas = ReplicaSet(["http://r1", "http://r2"], http)
+        await replicas.check_once()
+        assert [r.capacity for r in replicas.replicas] == [2, 2]
+        up = Upstream(http, replicas)
+        first = replicas.ranked("acme/hot@v1")[0].url.removeprefix("http://")
+
+        async def gen() -> Any:
+            return await up.generate(
+                "/v1/completions", key="acme/hot@v1", headers={}, raw=b"{}", base="tiny-llama"
+            )
+
+        open_answers = [await gen() for _ in range(3)]
+        assert seen[:2] == [first, first] and seen[2] != first  # the third spilled over
+        assert sorted(r.in_flight for r in replicas.replicas) == [1, 2]
+        for resp in open_answers:
+            await resp.aclose()
+            await resp.aclose()  # closing twice gives back once
+        assert [r.in_flight for r in replicas.replicas] == [0, 0]
+        seen.clear()
+        await (await gen()).aclose()
+        assert seen == [first]  # room again: affinity
 
 
 async def test_stream_slot_is_given_back(tmp_path: Path) -> None:
