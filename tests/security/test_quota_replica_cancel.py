@@ -22,40 +22,18 @@ from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
 from services.inference.app import create_app as create_inference
-from services.inference.engine.base import AdapterHandle, GenerationChunk, GenerationRequest
+from services.inference.engine.base import GenerationChunk, GenerationRequest
 from services.inference.settings import InferenceSettings
 from tests.security.test_quota_disconnect import TOKEN, TOKEN_S, _served, stand_in_replica
+from tests.support.standin_engine import StandInEngine
 
 
-class ScriptedEngine:
+class ScriptedEngine(StandInEngine):
     """The engine protocol, generating one token ("t") every ``TOKEN_S``."""
 
     def __init__(self, tokenizer: Any, log: Counter[str]) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.log = log
-        self._ids = 0
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
-
-    def is_dead(self) -> bool:
-        return False
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def new_adapter_id(self) -> int:
-        self._ids += 1
-        return self._ids
-
-    async def add_adapter(self, handle: AdapterHandle) -> None:
-        return None
-
-    async def remove_adapter(self, handle: AdapterHandle) -> None:
-        return None
 
     async def abort(self, request_id: str) -> None:
         return None

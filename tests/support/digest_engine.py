@@ -16,35 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from services.inference.engine.base import AdapterHandle, GenerationChunk, GenerationRequest
+from tests.support.standin_engine import StandInEngine
 
 
 def weights_digest(adapter_dir: Path) -> str:
     return hashlib.sha256((adapter_dir / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
 
 
-class DigestEngine:
+class DigestEngine(StandInEngine):
     def __init__(self, tokenizer: Any, *, delay_s: float = 0.0) -> None:
-        self.tokenizer = tokenizer
+        super().__init__(tokenizer)
         self.delay_s = delay_s
-        self._ids = 0
         self.added: list[AdapterHandle] = []
         self._digests: dict[int, str] = {}
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
-
-    def is_dead(self) -> bool:
-        return False
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def new_adapter_id(self) -> int:
-        self._ids += 1
-        return self._ids
 
     async def add_adapter(self, handle: AdapterHandle) -> None:
         # read at load, as vLLM does: what the cache unpacked is what serves
