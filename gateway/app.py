@@ -16,7 +16,7 @@ from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_befo
 from gateway.domain import audit
 from gateway.domain.audit_keys import audit_keys
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
-from gateway.domain.events import apply_event
+from gateway.domain.events import SeenEvents, apply_event
 from gateway.domain.fasthop import new_session
 from gateway.domain.feedback import FeedbackBook, SqlPredictions
 from gateway.domain.generation import Generations
@@ -80,14 +80,14 @@ def default_limits(settings: GatewaySettings) -> Callable[[], Limits]:
 
 
 def follow_events(
-    settings: GatewaySettings, registry: RegistryClient, resolver: ModelResolver
+    settings: GatewaySettings, registry: RegistryClient, resolver: ModelResolver, seen: SeenEvents
 ) -> EventFollower | None:
     """Started: the follower of the registry's change feed that keeps ``resolver`` current."""
     if not settings.follow_events:
         return None
 
     async def apply(event: RegistryEvent) -> None:
-        apply_event(resolver, event.model_dump())
+        apply_event(resolver, event.model_dump(), seen)
 
     async def reset() -> None:
         resolver.clear()
@@ -182,6 +182,7 @@ def create_app(
                 feedback,
                 default_max_tokens=settings.default_max_tokens_reserved,
             ),
+            seen_events=SeenEvents(),
         )
         await replicas.check_once()
         replicas.start()
@@ -194,7 +195,7 @@ def create_app(
         also = [predictions.purge] if predictions else []
         purger = ExpiredPurger(db, settings.idempotency_purge_s, also=also)
         purger.start()
-        follower = follow_events(settings, registry_client, resolver)
+        follower = follow_events(settings, registry_client, resolver, app.state.gateway.seen_events)
         await quota_state.start()
         if predictions:
             await predictions.start()

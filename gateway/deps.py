@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.types import Scope
 
 from gateway.domain.audit_keys import AuditKeys
+from gateway.domain.events import SeenEvents
 from gateway.domain.feedback import FeedbackBook
 from gateway.domain.generation import Generations
 from gateway.domain.keys import Principal, authenticate, bearer_key, hash_key
@@ -48,6 +49,7 @@ class GatewayState:
     usage: UsageRecorder
     pii: PiiGuard
     generations: Generations
+    seen_events: SeenEvents  # pushed and followed copies of one event are applied once
     auth_cache: dict[str, tuple[Principal, float]] = field(default_factory=dict)
 
 

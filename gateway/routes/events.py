@@ -25,4 +25,4 @@ async def registry_event(request: Request, st: State) -> dict[str, Any]:
         event = json.loads(body)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"event is not JSON: {exc}") from exc
-    return {"received": True, "dropped": apply_event(st.resolver, event)}
+    return {"received": True, "dropped": apply_event(st.resolver, event, st.seen_events)}

@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 
+from gateway.domain.events import SeenEvents, apply_event
 from gateway.domain.resolver import ModelResolver
 from shared.clients.registry import RegistryClient
 from shared.errors import ServiceUnavailable
@@ -99,3 +100,31 @@ async def test_single_flight_and_no_store_across_an_invalidation() -> None:
         refs = {r.ref for r in await asyncio.gather(*waiting)}
         assert refs == {"acme/router@v1"} and calls["n"] == 1
         assert resolver.cached("acme", "router") is None
+
+
+async def test_an_event_pushed_and_followed_is_applied_once() -> None:
+    """The registry's webhook and its change feed carry the same event (same id): the late
+    copy must not drop a resolution made after the change."""
+    registry = RegistryClient(
+        "http://registry",
+        "t",
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=RESOLUTION)),
+    )
+    async with registry:
+        resolver = ModelResolver(registry, ttl_s=60)
+        seen = SeenEvents(capacity=2)
+        moved = {
+            "id": "evt_1",
+            "type": "alias.moved",
+            "tenant": "acme",
+            "data": {"adapter": "router"},
+        }
+        await resolver.resolve("acme", "router")
+        assert apply_event(resolver, moved, seen) == 1  # pushed
+        await resolver.resolve("acme", "router")  # a request resolves the new version
+        assert apply_event(resolver, moved, seen) == 0  # followed: the same event, skipped
+        assert resolver.cached("acme", "router") is not None
+        for i in (2, 3):  # bounded: the oldest id is forgotten
+            apply_event(resolver, {**moved, "id": f"evt_{i}"}, seen)
+        await resolver.resolve("acme", "router")
+        assert apply_event(resolver, moved, seen) == 1
