@@ -8,11 +8,14 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -62,6 +65,30 @@ PROMPTS = [
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    name: str,
+    logpath: Path,
+    deadline: float,
+    *,
+    poll_s: float = 0.5,
+) -> None:
+    """Until the process at ``url`` answers ``/readyz`` with 200 (``deadline``: monotonic);
+    raises if it exits first or the deadline passes, naming its log."""
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited; see {logpath}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready; see {logpath}")
+        time.sleep(poll_s)
 
 
 def percentile(values: list[float], q: float) -> float:

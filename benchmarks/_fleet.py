@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import ROOT, log
+from _common import ROOT, log, wait_ready
 
 from tests.support.postgres import PostgresCluster, free_port
 
@@ -111,17 +111,7 @@ class Fleet:
 
     def _ready(self, url: str) -> None:
         name, proc, home, deadline = self._pending.pop(url)
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited; see {home / 'out.log'}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} not ready; see {home / 'out.log'}")
-            time.sleep(0.3)
+        wait_ready(proc, url, name, home / "out.log", deadline, poll_s=0.3)
         self.pids[name] = proc.pid
         log(f"{name} ready at {url}")
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import PROMPTS, ROOT, host_label, latency_stats, log, machine_info
+from _common import PROMPTS, ROOT, host_label, latency_stats, log, machine_info, wait_ready
 
 TOKEN = "bench-internal-token-000"
 PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -113,18 +113,7 @@ def service(
     cmd = [*taskset(cpus), sys.executable, "-m", module]
     proc = subprocess.Popen(cmd, env=full, stdout=logf, stderr=logf)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{module} exited; see {logf.name}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{module} not ready; see {logf.name}")
-            time.sleep(0.5)
+        wait_ready(proc, url, module, Path(logf.name), time.monotonic() + 600)
         log(f"{module} ready at {url}")
         yield proc.pid
     finally:
