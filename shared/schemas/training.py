@@ -56,6 +56,16 @@ class Hyperparameters(_Strict):
     max_steps: int | None = Field(default=None, ge=1, le=1_000_000)
     checkpoint_every: int | None = Field(default=None, ge=1, le=1_000_000)
     max_len: int | None = Field(default=None, ge=16, le=32768)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="tunefleet: compute precision of the forward pass (weights and optimizer "
+        "state stay fp32). auto = bf16 on a GPU that supports it, fp32 elsewhere",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="tunefleet: recompute activations in the backward pass (less memory, "
+        "about a third more compute)",
+    )
 
 
 class SupervisedMethod(_Strict):

@@ -181,6 +181,10 @@ def test_bad_job_requests_name_the_field(stack: TrainingStack, sentiment_file: d
             "hyperparameters.learning_rate_multiplier",
         ),
         ({"training_file": fid, "hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
+        (
+            {"training_file": fid, "hyperparameters": {"precision": "fp16"}},
+            "hyperparameters.precision",
+        ),
         ({"training_file": fid, "training_method": "magic"}, "training_method"),
         ({"training_file": fid, "task": "poetry"}, "task"),
         ({"training_file": fid, "lora": {"r": 0}}, "lora.r"),

@@ -31,9 +31,19 @@ def test_explicit_values_win() -> None:
         "learning_rate_multiplier": 0.5,
         "max_len": 64,
         "max_steps": 40,
+        "precision": "auto",
+        "gradient_checkpointing": False,
     }
     shown = public(hp, 4)
     assert shown["batch_size"] == 32 and shown["learning_rate_multiplier"] == 0.5
+    assert "precision" not in shown and "gradient_checkpointing" not in shown  # defaults
+
+
+def test_precision_and_checkpointing_are_kept_and_shown() -> None:
+    given = Hyperparameters(precision="bf16", gradient_checkpointing=True)
+    hp = resolve(given, method="lora", n_train=300, num_workers=2, max_len=256)
+    assert hp["precision"] == "bf16" and hp["gradient_checkpointing"] is True
+    assert public(hp, 2)["precision"] == "bf16" and public(hp, 2)["gradient_checkpointing"]
 
 
 @pytest.mark.parametrize(
@@ -54,3 +64,14 @@ def test_bad_values_name_the_field(field: str, value: object) -> None:
         Hyperparameters.model_validate({field: value})
     err = exc.value.errors()[0]
     assert err["loc"] == (field,) and "auto" in err["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("precision", "fp16"), ("precision", 16), ("gradient_checkpointing", "x")]
+)
+def test_bad_precision_options_name_the_field(field: str, value: object) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as exc:
+        Hyperparameters.model_validate({field: value})
+    assert exc.value.errors()[0]["loc"] == (field,)

@@ -214,7 +214,16 @@ def test_worker_failure_resumes_from_checkpoint(ray_head, model_dir: Path, tmp_p
         base_model_path=model_dir,
         datasets={"train": train},
         task="ticket",
-        hyperparameters={"max_steps": 12, "batch_size": 4, "learning_rate": 1e-3, "max_len": 96},
+        hyperparameters={
+            "max_steps": 12,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "max_len": 96,
+            # the GPU-ready options ride along: bf16 autocast and activation recomputation
+            # under DDP, through a crash and a resume
+            "precision": "bf16",
+            "gradient_checkpointing": True,
+        },
         checkpoint_every=4,
         num_workers=2,
         max_failures=1,
@@ -239,4 +248,5 @@ def test_worker_failure_resumes_from_checkpoint(ray_head, model_dir: Path, tmp_p
     assert [e["step"] for e in second] == [6, 8, 10, 12]
     assert out.final_metrics and out.final_metrics["step"] == 12
     assert out.final_metrics["resumed_from"] == 4
+    assert {e["precision"] for e in events if "step" in e} == {"bf16"}
     assert out.adapter_dir is not None and (out.adapter_dir / "adapter_model.safetensors").exists()

@@ -34,6 +34,8 @@ def resolve(
         "learning_rate": BASE_LR[method] * mult,
         "learning_rate_multiplier": mult,
         "max_len": hp.max_len or max_len,
+        "precision": hp.precision,
+        "gradient_checkpointing": hp.gradient_checkpointing,
     }
     if hp.max_steps is not None:
         out["max_steps"] = hp.max_steps
@@ -49,5 +51,8 @@ def public(resolved: dict[str, Any], num_workers: int) -> dict[str, Any]:
     }
     for extra in ("max_steps", "max_len"):
         if extra in resolved:
+            out[extra] = resolved[extra]
+    for extra, default in (("precision", "auto"), ("gradient_checkpointing", False)):
+        if resolved.get(extra, default) != default:
             out[extra] = resolved[extra]
     return out

@@ -9,7 +9,9 @@
     method            "lora" | "hybrid" | "full" | "transfer"
     lora              {r, alpha, dropout, target_modules, use_rslora, use_dora}
     hyperparameters   {n_epochs, batch_size (per worker), learning_rate, max_len,
-                       max_steps?, warmup_ratio?, weight_decay?, grad_clip?}
+                       max_steps?, warmup_ratio?, weight_decay?, grad_clip?,
+                       precision ("auto" | "fp32" | "bf16": autocast of the forward, weights
+                       stay fp32), gradient_checkpointing (bool)}
     seed, checkpoint_every (steps; a final checkpoint is always written), task,
     report_every (1), append_eos (True), num_threads (1), max_valid (256),
     fail_at_step / fail_rank / fail_marker   test hook: that rank ``os._exit(1)``s once
@@ -124,6 +126,35 @@ def build_model(config: dict[str, Any], resume_dir: Path | None = None) -> Any:
     return get_peft_model(base, peft_cfg)
 
 
+def compute_dtype(precision: str, device: Any) -> Any | None:
+    """The autocast dtype for the job's ``precision`` on ``device`` (None: plain fp32).
+
+    Mixed precision only: weights, gradients and optimizer state stay fp32, so checkpoints
+    and exported adapters do not depend on it. ``auto`` takes bf16 where a GPU supports it;
+    on CPU it stays fp32 (bf16 matmuls are slower than fp32 on CPUs without AMX).
+    """
+    import torch
+
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "bf16":
+        if device.type == "cuda" and not gpu_bf16:
+            raise ValueError("hyperparameters.precision: bf16 is not supported by this GPU")
+        return torch.bfloat16
+    if precision == "auto" and gpu_bf16:
+        return torch.bfloat16
+    if precision not in ("auto", "fp32"):
+        raise ValueError(f"hyperparameters.precision: unknown value {precision!r}")
+    return None
+
+
+def autocast(dtype: Any | None, device: Any) -> Any:
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def _lr_lambda(total: int, warmup: int):
     def fn(step: int) -> float:
         if step < warmup:
@@ -153,6 +184,7 @@ def _valid_loss(
     bs: int,
     pad_id: int,
     device: Any,
+    dtype: Any | None = None,
 ) -> float:
     """Token-weighted completion loss over all ranks' shards of ``encoded``."""
     import torch
@@ -166,7 +198,8 @@ def _valid_loss(
             batch = {k: v.to(device) for k, v in collate(mine[i : i + bs], pad_id).items()}
             n = float((batch["labels"][:, 1:] != -100).sum())
             if n:
-                loss_sum += float(inner(**batch).loss) * n
+                with autocast(dtype, device):
+                    loss_sum += float(inner(**batch).loss) * n
                 n_tok += n
     inner.train()
     loss_sum, n_tok = _all_reduce_sum([loss_sum, n_tok])
@@ -259,11 +292,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             optimizer.load_state_dict(torch.load(resume_dir / "optimizer.pt", weights_only=True))
             scheduler.load_state_dict(torch.load(resume_dir / "scheduler.pt", weights_only=True))
             resume_state = json.loads((resume_dir / STATE_FILE).read_text())
-    # DDP (gloo on CPU) when world > 1; the only buffers (rotary inv_freq) are constant,
-    # so skip DDP's per-forward buffer broadcast
+    if hp.get("gradient_checkpointing"):
+        # non-reentrant: works with frozen inputs (LoRA) and with DDP without a static graph
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    # DDP (gloo on CPU, NCCL on GPU) when world > 1; the only buffers (rotary inv_freq) are
+    # constant, so skip DDP's per-forward buffer broadcast
     model = prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
     model.train()
     device = get_device()
+    dtype = compute_dtype(str(hp.get("precision", "auto")), device)
     setup_seconds = time.perf_counter() - t_enter
 
     step = int(resume_state.get("step", 0))
@@ -282,7 +320,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         t0 = time.perf_counter()
         torch.manual_seed(seed + 7919 * step + rank)  # dropout: reproducible across resumes
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
-        loss = model(**batch).loss
+        with autocast(dtype, device):
+            loss = model(**batch).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -311,9 +350,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "world_size": world,
             "trainable_params": n_trainable,
             "setup_seconds": setup_seconds,
+            "precision": "bf16" if dtype is not None else "fp32",
         }
         if is_ckpt and valid:
-            metrics["valid_loss"] = _valid_loss(model, valid, rank, world, bs, pad_id, device)
+            metrics["valid_loss"] = _valid_loss(
+                model, valid, rank, world, bs, pad_id, device, dtype
+            )
         history.append(metrics)
         last = metrics
         if is_ckpt and rank == 0:
