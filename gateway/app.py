@@ -14,6 +14,7 @@ from starlette.middleware import Middleware
 
 from gateway.deps import AUTHENTICATED_PREFIXES, GatewayState, authenticate_before_body
 from gateway.domain import audit
+from gateway.domain.abandoned import AbandonedBilling
 from gateway.domain.audit_keys import audit_keys
 from gateway.domain.credentials import KEY_HASH_SECRET_FILE, key_hash_secret
 from gateway.domain.events import SeenEvents, apply_event
@@ -153,6 +154,7 @@ def create_app(
             tracer_provider=tracer,
         )
         usage = UsageRecorder(db)
+        abandoned = AbandonedBilling(token, transport=upstream_transport)
         resolver = ModelResolver(registry_client, ttl_s=settings.resolve_ttl_s)
         shared = settings.shared_state()  # several gateways on one database
         predictions = SqlPredictions(db, settings.feedback_ttl_s) if shared else None
@@ -181,6 +183,7 @@ def create_app(
                 usage,
                 feedback,
                 default_max_tokens=settings.default_max_tokens_reserved,
+                abandoned=abandoned,
             ),
             seen_events=SeenEvents(),
         )
@@ -209,6 +212,7 @@ def create_app(
                 await follower.stop()
             await purger.stop()
             await replicas.stop()
+            await abandoned.stop()  # bills what is still being fetched before usage stops
             await usage.stop()
             await upstream.aclose()
             await training.aclose()

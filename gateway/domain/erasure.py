@@ -1,10 +1,16 @@
 """Right to erasure across the fleet: the training service deletes the data, the registry
-says which adapter versions were trained on it, the gateway audits and reports.
+says which adapter versions were trained on it and deletes them, the gateway audits and
+reports.
 
-Order matters: data first (the legal obligation), then lineage. If the registry cannot
-answer, the erasure still stands and the report says the version list is missing
-(``lineage_error``) instead of failing the whole call; running it again is safe (nothing
-left to delete) but then finds no ids, so the first report is the one to keep.
+Order matters: data first (the legal obligation), then lineage, then the versions, each
+through the registry's own delete (``adapter.deleted`` reaches every replica, which unloads
+it and removes its copy, and every gateway). If the registry cannot answer, the erasure still
+stands and the report says what is missing (``lineage_error``, ``deletion_error``) instead of
+failing the whole call. The training service keeps each erasure's ids until the gateway
+settles it (every version deleted): an erasure whose versions were not all deleted (the
+registry failed, the gateway or the training service crashed in between) is carried in the
+next erasure's answer (``unsettled``), whose run looks its versions up and deletes them; a
+version already gone counts as deleted, so a rerun is always safe.
 
 The subject's e-mail or id never reaches the audit log or logs in clear: the audit keeps
 an HMAC of it under the gateway's key-hash secret, so the same subject always gives the
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -44,6 +51,7 @@ from shared.schemas.erasure import (
     TenantRetention,
 )
 
+log = logging.getLogger(__name__)
 LINEAGE_BATCH = 100  # ids of each kind per lineage query (the registry takes up to 200)
 
 
@@ -84,18 +92,21 @@ async def versions_trained_on(
 async def erase(
     training: TrainingClient, registry: RegistryClient, request: ErasureRequest
 ) -> dict[str, Any]:
-    """Erase in training, then look up the affected versions; returns the report body."""
+    """Erase in training, then look up the affected versions (of this erasure and of the
+    unsettled earlier ones) and delete them; returns the report body."""
     done = await training.erase(request)
+    earlier = done.unsettled
     ids = {
-        "files": [x.id for x in done.files],
-        "datasets": [x.id for x in done.datasets],
-        "jobs": [x.id for x in done.jobs],
+        "files": [x.id for x in done.files] + earlier.files,
+        "datasets": [x.id for x in done.datasets] + earlier.datasets,
+        "jobs": [x.id for x in done.jobs] + earlier.jobs,
     }
     report: dict[str, Any] = {
         "object": "erasure.report",
-        **done.model_dump(exclude={"object"}),
+        **done.model_dump(exclude={"object", "unsettled"}),
         "adapter_versions": [],
         "lineage_error": None,
+        "deletion_error": None,
     }
     report["models_error"] = await retire_models(registry, done.models)
     if any(ids.values()):
@@ -106,7 +117,32 @@ async def erase(
         except TunefleetError as exc:  # the data is gone either way: report, don't fail
             report["adapter_versions"] = None
             report["lineage_error"] = exc.message
+            return report  # unsettled: the next erasure looks them up again
+        report["deletion_error"] = await delete_versions(registry, report["adapter_versions"])
+    if report["deletion_error"] is None:
+        try:
+            await training.settle_erasures(done.erasures + earlier.erasures)
+        except TunefleetError as exc:  # carried again by the next erasure: nothing lost
+            log.warning("could not settle erasures", extra={"code": exc.code})
     return report
+
+
+async def delete_versions(registry: RegistryClient, versions: list[dict[str, Any]]) -> str | None:
+    """Delete each version (marking it ``deleted``, with the aliases that went with it)
+    through the registry's delete; one already gone counts. The failures' messages, if any."""
+    errors = []
+    for v in versions:
+        try:
+            v["aliases_deleted"] = await registry.delete_version(
+                v["tenant"], v["adapter"], v["version"]
+            )
+        except NotFound:
+            pass  # deleted already (a rerun, an operator)
+        except TunefleetError as exc:
+            errors.append(f"{v['ref']}: {exc.message}")
+            continue
+        v["deleted"] = True
+    return "; ".join(errors) or None
 
 
 async def retire_models(registry: RegistryClient, models: list[ErasedItem]) -> str | None:
@@ -220,10 +256,14 @@ async def erase_audited(
             if report["adapter_versions"] is None
             else [v["ref"] for v in report["adapter_versions"]]
         ),
+        "adapter_versions_deleted": [
+            v["ref"] for v in report["adapter_versions"] or [] if v.get("deleted")
+        ],
         "derived": {k: len(report[k]) for k in ("checkpoints", "runner_dirs", "models")},
         "erasures": report["erasures"],
     }
-    partial = report["lineage_error"] is not None or report["models_error"] is not None
+    errors = ("lineage_error", "models_error", "deletion_error")
+    partial = any(report[k] is not None for k in errors)
     outcome = "partial" if partial else "ok"
     report["audit_id"] = await _audit(
         db, actor, body.tenant, "data.erasure", outcome, details, target=target
@@ -233,6 +273,7 @@ async def erase_audited(
     versions = report["adapter_versions"]
     report["counts"] |= {
         "adapter_versions": len(versions or []),
+        "adapter_versions_deleted": len(details["adapter_versions_deleted"]),
         "replays_forgotten": report["replays_forgotten"],
     }
     return ErasureReport.model_validate(report)

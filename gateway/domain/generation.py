@@ -14,7 +14,9 @@ whatever way it ends (``Admission.settle``):
 * a stream cut short (client gone, replica died) before its usage chunk: the prompt's
   estimate + the events relayed so far (the upstream call is closed, which cancels it);
 * a non-streamed call abandoned (client gone: the upstream call is closed, which cancels it):
-  the prompt's estimate (the replica cannot report what it generated on a closed call);
+  the prompt + the tokens the replica generated before it stopped, which it keeps under the
+  request id for the gateway to fetch, in the background (``gateway.domain.abandoned``); the
+  prompt's estimate if the replica reports nothing;
 * nothing generated (an error before any token): nothing, the reservation is given back.
 
 Usage rows are written for the first three, once.
@@ -30,6 +32,7 @@ from typing import Any
 
 import anyio
 
+from gateway.domain.abandoned import AbandonedBilling
 from gateway.domain.feedback import FeedbackBook, Prediction
 from gateway.domain.quotas import DEFAULT_MAX_TOKENS, Admission, prompt_estimate, reservation
 from gateway.domain.resolver import ModelResolver, adapter_label, route_key
@@ -71,9 +74,12 @@ class Generations:
         feedback: FeedbackBook,
         *,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        abandoned: AbandonedBilling | None = None,
     ) -> None:
-        """``default_max_tokens``: what a request without ``max_tokens`` reserves."""
+        """``default_max_tokens``: what a request without ``max_tokens`` reserves;
+        ``abandoned``: fetches what an abandoned call generated (None: bill its prompt)."""
         self.default_max_tokens = default_max_tokens
+        self.abandoned = abandoned
         self.resolver = resolver
         self.upstream = upstream
         self.usage = usage
@@ -98,26 +104,26 @@ class Generations:
         """One non-streamed generation (``raw``: the body's bytes when unchanged). Cancelling
         it (client gone) closes the upstream call, which cancels the generation there."""
         await quota.reserve(reservation(body, self.default_max_tokens))
-        sent = False
+        sent_to: list[str] = []
         try:
             res = await self.resolver.resolve(quota.who.tenant, body["model"])
-            sent = True
             resp = await self.upstream.generate(
                 path,
                 key=route_key(res),
                 headers=headers,
                 raw=raw or json.dumps(body).encode(),
                 base=res.base_model,
+                sent_to=sent_to,
             )
             try:
                 out = await resp.aread()
             finally:
                 await resp.aclose()
         except BaseException as exc:
-            if sent and isinstance(exc, asyncio.CancelledError):
-                # abandoned (client gone): the replica had read the prompt, which is billed
-                self._bill(quota, body["model"], {"prompt_tokens": prompt_estimate(body)})
-            quota.settle(0)  # otherwise nothing was generated: the reservation goes back
+            if sent_to and isinstance(exc, asyncio.CancelledError):
+                self._abandoned(quota, body, headers, sent_to[-1])
+            else:
+                quota.settle(0)  # nothing was generated: the reservation goes back
             raise
         if resp.status_code == 200:
             data = json.loads(out)
@@ -128,6 +134,24 @@ class Generations:
             )
         quota.settle(0)  # an error answer: nothing generated, the reservation goes back
         return Answer(resp.status_code, response_headers(resp), out)
+
+    def _abandoned(
+        self, quota: Admission, body: dict[str, Any], headers: dict[str, str], replica: str
+    ) -> None:
+        """A call its client abandoned once the replica had it: billed what the replica
+        generated before the close stopped it (fetched in the background; the reservation
+        is held until then), else the prompt's estimate."""
+        model = body["model"]
+
+        def bill(prompt: int, completion: int) -> None:
+            self._bill(quota, model, {"prompt_tokens": prompt, "completion_tokens": completion})
+
+        estimate = (prompt_estimate(body), 0)
+        request_id = headers.get("X-Request-Id")
+        if self.abandoned is None or not request_id:
+            bill(*estimate)
+            return
+        self.abandoned.later(replica, quota.who.tenant, request_id, estimate, bill)
 
     async def stream(
         self,

@@ -232,10 +232,19 @@ class Upstream:
 
     # ------------------------------------------------------------------ inference
     async def generate(
-        self, path: str, *, key: str, headers: dict[str, str], raw: bytes, base: str | None = None
+        self,
+        path: str,
+        *,
+        key: str,
+        headers: dict[str, str],
+        raw: bytes,
+        base: str | None = None,
+        sent_to: list[str] | None = None,
     ) -> Answered:
         """The opened (streaming) answer of the best replica serving ``base`` for ``key`` (the
-        immutable ref), failing over once to the next if the first answered nothing."""
+        immutable ref), failing over once to the next if the first answered nothing.
+        ``sent_to``: each replica's URL is appended as the call goes to it (the last one is
+        where the generation runs, even if the call is cancelled before any answer)."""
         last: ServiceUnavailable | None = None
         headers = {
             **headers,
@@ -246,6 +255,8 @@ class Upstream:
         ranked = (await self.replicas.pick(key, base))[:2]
         for i, replica in enumerate(ranked):
             replica.in_flight += 1  # counted until the answer is closed (spill-over)
+            if sent_to is not None:
+                sent_to.append(replica.url)
             try:
                 resp = await self._post(f"{replica.url}{path}", headers, raw)
             except BaseException as exc:

@@ -147,6 +147,12 @@ class RegistryClient(ServiceClient):
         )
         return AliasOut.model_validate(data)
 
+    async def delete_version(self, tenant: str, name: str, version: int) -> list[str]:
+        """Delete one version of the tenant's adapter; the aliases that pointed at it (deleted
+        with it). ``NotFound`` if it is gone already."""
+        body = await self.json("DELETE", f"/v1/adapters/{name}/versions/{version}", tenant=tenant)
+        return [str(a) for a in body.get("aliases_deleted", [])]
+
     async def delete_alias(self, tenant: str, name: str, alias: str) -> None:
         await self.request("DELETE", f"/v1/adapters/{name}/aliases/{alias}", tenant=tenant)
 

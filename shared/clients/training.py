@@ -117,6 +117,13 @@ class TrainingClient(ServiceClient):
         )
         return ErasureOut.model_validate(body)
 
+    async def settle_erasures(self, erasure_ids: list[str]) -> list[str]:
+        """Tell training the adapter versions of these erasures are deleted; those settled."""
+        body = await self.json(
+            "POST", "/internal/erasure/settle", json={"erasures": erasure_ids}, idempotent=True
+        )
+        return [str(x) for x in body.get("settled", [])]
+
     async def get_retention(self, tenant: str) -> RetentionOut:
         return RetentionOut.model_validate(await self.json("GET", f"/internal/retention/{tenant}"))
 

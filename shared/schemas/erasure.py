@@ -74,6 +74,17 @@ class DerivedCopies(BaseModel):
     )
 
 
+class UnsettledErasures(BaseModel):
+    """Earlier erasures whose data is gone but whose adapter versions the gateway has not
+    confirmed deleted (a crash, a registry failure): their ids, to delete those versions now
+    and then settle them (``POST /internal/erasure/settle``)."""
+
+    erasures: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list)
+    jobs: list[str] = Field(default_factory=list)
+
+
 class ErasureOut(DerivedCopies):
     """What the training service erased (``POST /internal/erasure``)."""
 
@@ -82,6 +93,13 @@ class ErasureOut(DerivedCopies):
     datasets: list[ErasedItem]
     jobs: list[ErasedItem]
     jobs_cancelled: list[str]
+    unsettled: UnsettledErasures = Field(default_factory=UnsettledErasures)
+
+
+class SettleErasures(BaseModel):
+    """``POST /internal/erasure/settle``: the adapter versions of these erasures are deleted."""
+
+    erasures: list[str] = Field(max_length=1000)
 
 
 class RetentionOut(BaseModel):
@@ -100,6 +118,13 @@ class AffectedVersion(BaseModel):
     version: int
     lineage: Lineage
     matched: list[str] = Field(description="the erased ids its lineage names")
+    deleted: bool = Field(
+        default=False,
+        description="deleted from the registry by this erasure (or found gone already)",
+    )
+    aliases_deleted: list[str] = Field(
+        default_factory=list, description="its aliases, deleted with it"
+    )
 
 
 class ErasureReport(DerivedCopies):
@@ -116,6 +141,10 @@ class ErasureReport(DerivedCopies):
     lineage_error: str | None
     models_error: str | None = Field(
         default=None, description="merged models whose catalog entry could not be removed"
+    )
+    deletion_error: str | None = Field(
+        default=None,
+        description="adapter versions that could not be deleted (the next erasure retries)",
     )
     replays_forgotten: int
     audit_id: int

@@ -167,6 +167,15 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class AbandonedUsageOut(BaseModel):
+    """What a replica generated for a non-streamed call its caller left (internal)."""
+
+    object: Literal["inference.abandoned_usage"] = "inference.abandoned_usage"
+    request_id: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str

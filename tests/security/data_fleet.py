@@ -18,9 +18,12 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
+from services.inference.app import create_app as create_inference
+from services.inference.settings import InferenceSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 from services.training.app import create_app as create_training
@@ -192,6 +195,51 @@ async def data_fleet(
             )
         )
         yield DataFleet(home, gw, reg, apps["training"], apps)
+
+
+@asynccontextmanager
+async def with_replica(fl: DataFleet, model_dir: Path) -> AsyncIterator[FastAPI]:
+    """An inference replica at http://inference for the gateway's ``/v1/models``: the real
+    app, reading the registry, with a scripted engine in place of vLLM."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from tests.security.test_quota_replica_cancel import ScriptedEngine
+
+    settings = InferenceSettings(
+        home=fl.home / "inference",
+        internal_token=SecretStr(TOKEN),
+        model_dir=model_dir,
+        registry_url="http://registry",
+        max_model_len=512,
+        max_loras=4,
+        max_cpu_loras=8,
+        max_lora_rank=16,
+    )
+    engine = ScriptedEngine(AutoTokenizer.from_pretrained(str(model_dir)), Counter())
+    app = create_inference(
+        settings,
+        engine,  # type: ignore[arg-type]
+        registry_transport=HostRouter(fl.apps),
+    )
+    async with LifespanManager(app, startup_timeout=60):
+        fl.apps["inference"] = app
+        try:
+            yield app
+        finally:
+            fl.apps.pop("inference", None)
+
+
+async def model_ids(fl: DataFleet, key: str) -> set[str]:
+    """What ``GET /v1/models`` lists for the key's tenant, through the gateway (waits for
+    the replica to be ready)."""
+    for _ in range(300):
+        r = await fl.gateway.get("/v1/models", headers=auth(key))
+        if r.status_code == 200:
+            return {m["id"] for m in r.json()["data"]}
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/v1/models never answered: {r.status_code} {r.text}")
 
 
 def reviews(n: int, seed: int) -> list[dict[str, Any]]:

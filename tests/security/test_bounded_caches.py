@@ -180,3 +180,24 @@ async def test_feedback_tallies_and_metrics_carry_the_tenant() -> None:
     text = render(registry).decode()
     assert 'tunefleet_gateway_feedback_accuracy{adapter="router@v1",tenant="acme"} 1.0' in text
     assert 'tunefleet_gateway_feedback_accuracy{adapter="router@v1",tenant="globex"} 0.0' in text
+
+
+def test_abandoned_usage_ledger_is_bounded_per_tenant_and_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a replica keeps of abandoned calls (for the gateway to bill) cannot grow past its
+    capacity, is read per tenant (another tenant's request id finds nothing), and expires."""
+    import time
+
+    from services.inference.domain.abandoned import AbandonedLedger
+
+    ledger = AbandonedLedger(capacity=3, ttl_s=60)
+    for i in range(5):
+        ledger.record("acme", f"r{i}", 3, i)
+    assert ledger.get("acme", "r0") is None and ledger.get("acme", "r1") is None
+    kept = ledger.get("acme", "r4")
+    assert kept is not None and (kept.prompt_tokens, kept.completion_tokens) == (3, 4)
+    assert ledger.get("globex", "r4") is None
+    later = time.monotonic() + 61
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    assert ledger.get("acme", "r4") is None

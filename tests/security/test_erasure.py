@@ -30,7 +30,9 @@ from tests.security.data_fleet import (
     HostRouter,
     auth,
     data_fleet,
+    model_ids,
     reviews,
+    with_replica,
     with_subject,
 )
 from tests.support.adapters import make_adapter, pack
@@ -53,7 +55,7 @@ def archive(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_erasing_a_subject_removes_their_files_and_datasets_only(
-    fl: DataFleet, archive: Path
+    fl: DataFleet, archive: Path, model_dir: Path
 ) -> None:
     acme = await fl.onboard("acme")
     globex = await fl.onboard("globex")
@@ -71,10 +73,40 @@ async def test_erasing_a_subject_removes_their_files_and_datasets_only(
         "acme", "support-router", archive, {"job_id": job["id"], "dataset_id": dataset}
     )
     unrelated = await fl.push_version("acme", "other-router", archive, {"job_id": clean_job["id"]})
-
-    r = await fl.gateway.post("/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN)
+    r = await fl.registry.put(
+        "/v1/adapters/support-router/aliases/production",
+        json={"version": 1},
+        headers={"X-Tenant-Id": "acme"},
+    )
     assert r.status_code == 200, r.text
-    report = r.json()
+    async with with_replica(fl, model_dir):
+        listed = await model_ids(fl, acme["integrator"])
+        assert {"support-router@v1", "support-router", "other-router@v1"} <= listed
+
+        r = await fl.gateway.post(
+            "/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN
+        )
+        assert r.status_code == 200, r.text
+        report = r.json()
+        # the version trained on the data is deleted (its alias with it), the other stays
+        listed = await model_ids(fl, acme["integrator"])
+        assert not {"support-router@v1", "support-router"} & listed, listed
+        assert "other-router@v1" in listed
+    gone = await fl.registry.get(
+        "/v1/adapters/support-router/versions/1", headers={"X-Tenant-Id": "acme"}
+    )
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "version_not_found"
+    kept_version = await fl.registry.get(
+        "/v1/adapters/other-router/versions/1", headers={"X-Tenant-Id": "acme"}
+    )
+    assert kept_version.status_code == 200
+    affected = report["adapter_versions"][0]
+    assert affected["deleted"] is True and affected["aliases_deleted"] == ["production"]
+    assert report["deletion_error"] is None and report["counts"]["adapter_versions_deleted"] == 1
+    # deleted through the registry's delete: replicas and gateways hear adapter.deleted
+    feed = await fl.registry.get("/v1/internal/events", params={"after": 0, "limit": 100})
+    deleted = [e["data"] for e in feed.json()["data"] if e["type"] == "adapter.deleted"]
+    assert deleted == [{"adapter": "support-router", "versions": [1]}]
     assert report["object"] == "erasure.report" and report["scope"] == "subject"
     assert {f["id"] for f in report["files"]} == {mentioned["id"], elsewhere["id"]}
     assert {(d["id"], d["tenant"]) for d in report["datasets"]} == {(dataset, "acme")}
@@ -109,6 +141,7 @@ async def test_erasing_a_subject_removes_their_files_and_datasets_only(
     entry = next(e for e in await fl.audit() if e["action"] == "data.erasure")
     assert entry["outcome"] == "ok" and entry["target"] == "subject"
     assert entry["details"]["files"] == 2 and entry["details"]["adapter_versions"] == refs
+    assert entry["details"]["adapter_versions_deleted"] == refs
     assert entry["details"]["subject_email_hmac"] == report["subject_hmac"]
     assert EMAIL.lower() not in json.dumps(await fl.audit()).lower()
     assert (await fl.verify_audit())["valid"] is True
@@ -119,6 +152,82 @@ async def test_erasing_a_subject_removes_their_files_and_datasets_only(
     )
     assert again.status_code == 200 and again.json()["files"] == []
     assert again.json()["subject_hmac"] == report["subject_hmac"]  # same subject, same HMAC
+
+
+async def test_versions_are_deleted_by_the_rerun_after_a_crash(
+    fl: DataFleet, archive: Path, model_dir: Path
+) -> None:
+    """Two crashes before the versions were deleted: the training service killed inside an
+    erasure (rows unlinked, finished when it starts again), and the gateway gone right after
+    training answered. The training service carries both erasures' ids until the gateway
+    settles them, so the rerun (which finds no data left) still deletes both versions; the
+    next rerun finds nothing to do."""
+    from services.training.domain import erasure
+
+    acme = await fl.onboard("acme")
+    key = acme["integrator"]
+    first = await fl.upload(key, with_subject(reviews(20, 21)))
+    second = await fl.upload(key, with_subject(reviews(20, 22)))
+    clean = await fl.upload(key, reviews(20, 23))
+    jobs = [await fl.failed_job(key, f["id"]) for f in (first, second, clean)]
+    v1 = await fl.push_version("acme", "r1", archive, {"job_id": jobs[0]["id"]})
+    v2 = await fl.push_version("acme", "r2", archive, {"dataset_id": jobs[1]["dataset_id"]})
+    v3 = await fl.push_version("acme", "r3", archive, {"job_id": jobs[2]["id"]})
+    st = fl.training_app.state.training
+
+    # 1. training killed inside an erasure of the first file, then restarted: the pending
+    # erasure is finished on start (what Erasures.start runs)
+    crashed = erasure.open_erasure(st.db, [first["id"]], outputs=True, versions=True)
+    erasure.unlink_rows(st.db, crashed)
+    await st.erasures.resume()
+    assert erasure.pending_ids(st.db) == []
+    # 2. an erasure reaches training (the second file goes), then the gateway dies before
+    # it looks up and deletes the versions
+    body = {"subject": {"email": EMAIL}}
+    async with httpx.AsyncClient(
+        transport=HostRouter(fl.apps), base_url="http://training", headers=auth(TOKEN)
+    ) as training:
+        r = await training.post("/internal/erasure", json=body)
+    assert r.status_code == 200, r.text
+    assert [f["id"] for f in r.json()["files"]] == [second["id"]]
+    assert r.json()["unsettled"]["erasures"] == [crashed]
+    for v in (v1, v2):
+        ok = await fl.registry.get(
+            f"/v1/adapters/{v['adapter']}/versions/1", headers={"X-Tenant-Id": "acme"}
+        )
+        assert ok.status_code == 200  # not deleted yet
+
+    # 3. the rerun: no data left to erase, both versions deleted
+    async with with_replica(fl, model_dir):
+        r = await fl.gateway.post("/admin/erasure", json=body, headers=ADMIN)
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert report["files"] == []
+        assert [(v["ref"], v["deleted"]) for v in report["adapter_versions"]] == [
+            (v1["ref"], True),
+            (v2["ref"], True),
+        ]
+        listed = await model_ids(fl, key)
+        assert "r1@v1" not in listed and "r2@v1" not in listed and "r3@v1" in listed
+    for v in (v1, v2):
+        gone = await fl.registry.get(
+            f"/v1/adapters/{v['adapter']}/versions/1", headers={"X-Tenant-Id": "acme"}
+        )
+        assert gone.status_code == 404
+    kept = await fl.registry.get("/v1/adapters/r3/versions/1", headers={"X-Tenant-Id": "acme"})
+    assert kept.status_code == 200 and v3["ref"] == kept.json()["ref"]
+    assert erasure.unsettled(st.db).erasures == []
+
+    # 4. and again: nothing to delete, nothing carried
+    r = await fl.gateway.post("/admin/erasure", json=body, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    assert r.json()["adapter_versions"] == [] and r.json()["deletion_error"] is None
+    assert r.json()["counts"]["adapter_versions_deleted"] == 0
+    assert (await fl.verify_audit())["valid"] is True
+    print(
+        "RESULT erasure_rerun "
+        + json.dumps({"deleted_on_rerun": report["counts"]["adapter_versions_deleted"]})
+    )
 
 
 async def test_erasing_a_subject_by_id_matches_whole_tokens(fl: DataFleet) -> None:

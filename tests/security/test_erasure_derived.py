@@ -120,6 +120,7 @@ async def test_erasure_deletes_and_reports_every_derived_copy(
         "runner_dirs": 1,
         "models": 1,
         "adapter_versions": 0,
+        "adapter_versions_deleted": 0,
         "replays_forgotten": 0,
     }
     assert len(report["erasures"]) == 1

@@ -1,6 +1,8 @@
 """The inference replica stops a non-streamed generation when its caller goes away (issue 18,
 item 4): uvicorn never cancels a handler whose client disconnected, so the replica used to
-generate all ``max_tokens`` for a gateway that had long closed the call.
+generate all ``max_tokens`` for a gateway that had long closed the call. And the gateway bills
+such a call what the replica generated before it stopped (the replica keeps the count under
+the request id; the gateway fetches it in the background), once.
 
 The replica is the real inference app, served by uvicorn on loopback with the real tiny-llama
 tokenizer; its engine is a scripted stand-in for vLLM (one token every ``TOKEN_S``, recording
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,19 @@ import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
+from gateway.app import create_app as create_gateway
+from gateway.settings import GatewaySettings
 from services.inference.app import create_app as create_inference
 from services.inference.engine.base import GenerationChunk, GenerationRequest
 from services.inference.settings import InferenceSettings
-from tests.security.test_quota_disconnect import TOKEN, TOKEN_S, _served, stand_in_replica
+from tests.security.test_quota_disconnect import (
+    ADMIN,
+    BOOTSTRAP,
+    TOKEN,
+    TOKEN_S,
+    _served,
+    stand_in_replica,
+)
 from tests.support.standin_engine import StandInEngine
 
 
@@ -55,8 +67,9 @@ class ScriptedEngine(StandInEngine):
             raise
 
 
-@pytest.fixture
-async def replica(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[str, Counter[str]]]:
+@asynccontextmanager
+async def _replica(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[str, str, Counter[str]]]:
+    """(replica URL, stand-in registry URL, the engine's log)."""
     from transformers import AutoTokenizer
 
     log: Counter[str] = Counter()
@@ -74,7 +87,13 @@ async def replica(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[str, C
         )
         app = create_inference(settings, engine)  # type: ignore[arg-type]
         async with LifespanManager(app, startup_timeout=60), _served(app) as url:
-            yield url, log
+            yield url, registry, log
+
+
+@pytest.fixture
+async def replica(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[str, Counter[str]]]:
+    async with _replica(tmp_path, model_dir) as (url, _, log):
+        yield url, log
 
 
 async def test_replica_stops_a_non_streamed_generation_its_caller_left(
@@ -102,3 +121,74 @@ async def test_replica_stops_a_non_streamed_generation_its_caller_left(
                 break
             await asyncio.sleep(0.02)
         assert log["cancelled"] == 1 and log["finished"] == 1, dict(log)
+
+
+async def _usage(http: httpx.AsyncClient, gateway: str) -> list[tuple[int, int, int]]:
+    r = await http.get(f"{gateway}/admin/usage?tenant=acme", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    rows = r.json()["data"]
+    return [(u["requests"], u["prompt_tokens"], u["completion_tokens"]) for u in rows]
+
+
+async def test_abandoned_non_streamed_call_is_billed_what_the_replica_generated(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Gateway and the real inference app, both on uvicorn: a client that leaves a
+    non-streamed call mid-generation is billed prompt + the tokens generated before the
+    replica stopped (the replica's count, not the prompt estimate), in one usage row."""
+    async with _replica(tmp_path / "replica", model_dir) as (replica, registry, log):
+        settings = GatewaySettings(
+            home=tmp_path / "gateway",
+            internal_token=SecretStr(TOKEN),
+            admin_key=SecretStr(BOOTSTRAP),
+            registry_url=registry,
+            training_url=registry,
+            inference_urls=[replica],
+        )
+        app = create_gateway(settings)
+        async with (
+            LifespanManager(app, startup_timeout=60),
+            _served(app) as gateway,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            r = await http.post(f"{gateway}/admin/tenants", json={"id": "acme"}, headers=ADMIN)
+            assert r.is_success, r.text
+            r = await http.post(
+                f"{gateway}/admin/keys", json={"tenant": "acme", "role": "app"}, headers=ADMIN
+            )
+            key = {"Authorization": f"Bearer {r.json()['key']}"}
+            url = f"{gateway}/v1/completions"
+            body = {"model": "tiny-llama", "prompt": "Hi there", "max_tokens": 5}
+            r = await http.post(url, json=body, headers=key)  # answered: its usage
+            assert r.status_code == 200, r.text
+            prompt = r.json()["usage"]["prompt_tokens"]
+            assert await _usage(http, gateway) == [(1, prompt, 5)]
+
+            body["max_tokens"] = 60  # 3 s of generation
+            call = asyncio.create_task(http.post(url, json=body, headers=key))
+            for _ in range(250):
+                if log["started"] == 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(6 * TOKEN_S)
+            call.cancel()  # the client gives up: its connection is closed
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            for _ in range(100):
+                if log["cancelled"]:
+                    break
+                await asyncio.sleep(0.02)
+            assert log["cancelled"] == 1 and log["finished"] == 1, dict(log)
+            rows = await _usage(http, gateway)
+            for _ in range(100):  # billed in the background, once the count is fetched
+                if rows[0][0] == 2:
+                    break
+                await asyncio.sleep(0.05)
+                rows = await _usage(http, gateway)
+            [(requests, prompts, completions)] = rows
+            assert (requests, prompts) == (2, 2 * prompt), rows
+            generated = completions - 5
+            assert 3 <= generated < 60, rows  # ~6 tokens before the close, not 0, not 60
+            await asyncio.sleep(1.0)  # nothing more arrives: billed once
+            assert await _usage(http, gateway) == rows
+            print(f"abandoned call billed prompt {prompt} + {generated} generated tokens")

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from services.inference.domain.abandoned import AbandonedLedger
 from services.inference.engine.adapters import AdapterCache
 from services.inference.engine.base import (
     AdapterHandle,
@@ -48,6 +49,12 @@ class Prepared:
     created: int = field(default_factory=lambda: int(time.time()))
     # per prompt: the label constraint of the request (None: free text or a general schema)
     constraints: list[LabelConstraint | None] = field(default_factory=list)
+    # per choice: the tokens generated so far (what a call abandoned mid-way is billed)
+    generated: dict[int, int] = field(default_factory=dict)
+
+    def usage_so_far(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens generated so far)."""
+        return sum(len(x) for x in self.prompts), sum(self.generated.values())
 
     @property
     def served_ref(self) -> str:
@@ -82,6 +89,8 @@ class Server:
         # Counted here, not read from the engine: vLLM's scheduler figures lag by a step, so
         # a burst arriving between two steps would all be admitted.
         self.admitted = 0
+        # what non-streamed calls generated before their caller left (the gateway bills it)
+        self.abandoned = AbandonedLedger()
 
     # ------------------------------------------------------------------ prepare
     async def prepare(
@@ -227,7 +236,7 @@ class Server:
     ) -> AsyncIterator[GenerationChunk]:
         n = p.body.n
         queue: asyncio.Queue[GenerationChunk | BaseException | None] = asyncio.Queue()
-        totals: dict[int, int] = {}
+        totals = p.generated
         first_token_time: dict[int, float] = {}
 
         async def one(prompt_index: int, ids: list[int]) -> None:

@@ -12,11 +12,16 @@ from services.inference.domain.models import list_models, retrieve_model
 from services.inference.domain.responses import complete, sse_stream
 from shared.app import request_id_of
 from shared.auth import TenantId
-from shared.disconnect import cancel_on_disconnect
-from shared.errors import ServiceUnavailable
+from shared.disconnect import CLIENT_CLOSED, cancel_on_disconnect
+from shared.errors import NotFound, ServiceUnavailable
 from shared.modelref import MODEL_REF_HEADER
 from shared.schemas.common import ListResponse
-from shared.schemas.openai import ChatCompletionRequest, CompletionRequest, ModelCard
+from shared.schemas.openai import (
+    AbandonedUsageOut,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ModelCard,
+)
 
 router = APIRouter(tags=["openai"])
 VERSION_HEADER = "X-Tunefleet-Adapter-Version"
@@ -59,8 +64,26 @@ async def _serve(
         out = await complete(prepared, chunks, chat=chat, response_id=response_id)
         return JSONResponse(out.model_dump(), headers=headers)
 
-    # A caller that goes away (the gateway's client disconnected) cancels the generation.
-    return await cancel_on_disconnect(request, whole)
+    # A caller that goes away (the gateway's client disconnected) cancels the generation;
+    # what it generated is kept for the gateway to bill (it never sees this answer).
+    out = await cancel_on_disconnect(request, whole)
+    if out.status_code == CLIENT_CLOSED:
+        srv.abandoned.record(tenant, rid, *prepared.usage_so_far())
+    return out
+
+
+@router.get("/v1/internal/abandoned/{request_id}", response_model=AbandonedUsageOut)
+async def abandoned_usage(request_id: str, srv: Srv, tenant: TenantId) -> AbandonedUsageOut:
+    """The tokens a non-streamed call of the tenant (its ``X-Request-Id``) generated before
+    its caller went away; 404 if none was abandoned here (or it was forgotten: minutes)."""
+    kept = srv.abandoned.get(tenant, request_id)
+    if kept is None:
+        raise NotFound(f"no abandoned generation {request_id!r} here", param="request_id")
+    return AbandonedUsageOut(
+        request_id=request_id,
+        prompt_tokens=kept.prompt_tokens,
+        completion_tokens=kept.completion_tokens,
+    )
 
 
 @router.post("/v1/completions")

@@ -111,29 +111,43 @@ def delete_alias(
             raise NotFound(
                 f"adapter {name!r} has no alias {alias!r}", param="alias", code="alias_not_found"
             )
-        s.add(
-            AliasMoveRow(
-                tenant=tenant,
-                adapter=name,
-                alias=alias,
-                from_version=row.version,
-                to_version=None,
-                actor=actor,
-                request_id=request_id,
-            )
+        drop_alias(s, tenant, name, row, actor=actor, request_id=request_id, urls=system_urls)
+
+
+def drop_alias(
+    s: Session,
+    tenant: str,
+    name: str,
+    row: AliasRow,
+    *,
+    actor: str,
+    request_id: str | None,
+    urls: list[str],
+) -> None:
+    """Delete an alias in ``s``'s transaction: its move is recorded, ``alias.deleted`` queued."""
+    s.add(
+        AliasMoveRow(
+            tenant=tenant,
+            adapter=name,
+            alias=row.name,
+            from_version=row.version,
+            to_version=None,
+            actor=actor,
+            request_id=request_id,
         )
-        enqueue_event(
-            s,
-            tenant,
-            "alias.deleted",
-            {
-                "adapter": name,
-                "alias": alias,
-                "from_version": row.version,
-            },
-            system_urls,
-        )
-        s.delete(row)
+    )
+    enqueue_event(
+        s,
+        tenant,
+        "alias.deleted",
+        {
+            "adapter": name,
+            "alias": row.name,
+            "from_version": row.version,
+        },
+        urls,
+    )
+    s.delete(row)
 
 
 def list_moves(s: Session, tenant: str, name: str, limit: int) -> list[AliasMoveRow]:

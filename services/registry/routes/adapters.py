@@ -15,14 +15,14 @@ from starlette.background import BackgroundTask
 
 from services.registry.deps import Actor, State
 from services.registry.domain import adapters as domain
-from services.registry.domain import aliases
+from services.registry.domain import aliases, version_delete
 from services.registry.domain.views import adapter_out, alias_out, move_out, version_out
 from shared.app import request_id_of
 from shared.auth import TenantId
 from shared.countlimit import MAX_ADAPTERS_HEADER
 from shared.errors import InvalidRequest
 from shared.jsonbody import loads_untrusted
-from shared.modelref import NAME_RE
+from shared.modelref import NAME_RE, version_ref
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
 from shared.schemas.registry import (
     AdapterCreate,
@@ -137,6 +137,30 @@ def list_versions(
 def get_version(name: str, version: int, st: State, tenant: TenantId) -> AdapterVersionOut:
     with st.db.session() as s:
         return version_out(tenant, name, domain.get_version(s, tenant, name, version))
+
+
+@router.delete("/v1/adapters/{name}/versions/{version}")
+def delete_version(
+    name: str, version: int, request: Request, st: State, tenant: TenantId, actor: Actor
+) -> dict[str, object]:
+    """Delete one version (and the aliases on it): replicas unload it, gateways forget it."""
+    dropped = version_delete.delete_version(
+        st.db,
+        st.store,
+        tenant,
+        name,
+        version,
+        actor=actor,
+        request_id=request_id_of(request),
+        system_urls=st.policy.system_urls,
+    )
+    st.dispatcher.notify()
+    return {
+        "id": version_ref(tenant, name, version),
+        "object": "adapter.version",
+        "deleted": True,
+        "aliases_deleted": dropped,
+    }
 
 
 @router.get("/v1/adapters/{name}/versions/{version}/archive")

@@ -91,8 +91,12 @@ class Erased:
 # --- the log ---------------------------------------------------------------------------
 
 
-def open_erasure(db: Database, targets: Iterable[str], *, outputs: bool) -> str:
-    """Record an erasure of these file ids (pending) before anything is deleted."""
+def open_erasure(
+    db: Database, targets: Iterable[str], *, outputs: bool, versions: bool = False
+) -> str:
+    """Record an erasure of these file ids (pending) before anything is deleted.
+    ``versions``: the adapter versions trained on the data are to be deleted too (by the
+    gateway, which settles the erasure once they are: ``unsettled``, ``settle``)."""
     plan: dict[str, Any] = {
         "targets": sorted(set(targets)),
         "files": {},
@@ -100,6 +104,8 @@ def open_erasure(db: Database, targets: Iterable[str], *, outputs: bool) -> str:
         "jobs": {},
         "outputs": outputs,
     }
+    if versions:
+        plan["versions"] = OPEN
     with db.session(write=True) as s:
         row = ErasureRow(id=new_id("erasure"), status="pending", plan=plan)
         s.add(row)
@@ -118,6 +124,51 @@ def plan_of(db: Database, erasure_id: str) -> dict[str, Any]:
         row = s.get(ErasureRow, erasure_id)
         assert row is not None, erasure_id
         return dict(row.plan)
+
+
+# --- the versions trained on the data (the gateway deletes them) -----------------------
+
+OPEN, SETTLED = "open", "settled"  # plan["versions"]: not yet / all deleted by the gateway
+
+
+@dataclass
+class Unsettled:
+    """Erasures done here whose adapter versions the gateway has not confirmed deleted (it
+    crashed, or the registry failed): their ids, for the next answer to carry again."""
+
+    erasures: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    datasets: list[str] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)
+
+
+def unsettled(db: Database, *, besides: Iterable[str] = ()) -> Unsettled:
+    """Done erasures whose versions are still open, oldest first (but ``besides``)."""
+    skip = set(besides)
+    out = Unsettled()
+    with db.session() as s:
+        q = select(ErasureRow).where(ErasureRow.status == "done").order_by(ErasureRow.id)
+        for row in s.scalars(q):
+            if row.id in skip or (row.plan or {}).get("versions") != OPEN:
+                continue
+            out.erasures.append(row.id)
+            out.files += sorted(row.plan["files"])
+            out.datasets += sorted(row.plan["datasets"])
+            out.jobs += sorted(row.plan["jobs"])
+    return out
+
+
+def settle(db: Database, erasure_ids: Iterable[str]) -> list[str]:
+    """Mark done erasures' versions deleted (the gateway deleted them); the ids settled."""
+    done = []
+    with db.session(write=True) as s:
+        for erasure_id in sorted(set(erasure_ids)):
+            row = s.get(ErasureRow, erasure_id)
+            if row is None or row.status != "done" or (row.plan or {}).get("versions") != OPEN:
+                continue
+            row.plan = {**row.plan, "versions": SETTLED}  # a new object: the column sees it
+            done.append(erasure_id)
+    return done
 
 
 # --- phase 1: rows -----------------------------------------------------------------------

@@ -41,7 +41,9 @@ class Erasures:
             done = await self._resume()
             ids = await anyio.to_thread.run_sync(targets)
             erasure_id = await anyio.to_thread.run_sync(
-                lambda: erasure.open_erasure(self.db, ids, outputs=self.outputs is not None)
+                lambda: erasure.open_erasure(
+                    self.db, ids, outputs=self.outputs is not None, versions=True
+                )
             )
             done.merge(await self._complete(erasure_id))
             return done

@@ -18,6 +18,8 @@ from shared.schemas.erasure import (
     ErasureRequest,
     RetentionOut,
     RetentionSet,
+    SettleErasures,
+    UnsettledErasures,
 )
 
 router = APIRouter(prefix="/internal", tags=["erasure"])
@@ -46,7 +48,20 @@ async def erase(body: ErasureRequest, st: State) -> ErasureOut:
             )
 
     done = await st.erasures.run(targets)
-    return erasure_out(done)
+    out = erasure_out(done)
+    earlier = await anyio.to_thread.run_sync(
+        lambda: erasure.unsettled(st.db, besides=done.erasures)
+    )
+    out.unsettled = UnsettledErasures(**vars(earlier))
+    return out
+
+
+@router.post("/erasure/settle")
+async def settle(body: SettleErasures, st: State) -> dict[str, list[str]]:
+    """The gateway deleted the adapter versions trained on these erasures' data: they are no
+    longer carried as ``unsettled``."""
+    settled = await anyio.to_thread.run_sync(erasure.settle, st.db, body.erasures)
+    return {"settled": settled}
 
 
 @router.put("/retention/{tenant}", response_model=RetentionOut)
