@@ -39,6 +39,7 @@ from tests.security.data_fleet import (
     with_subject,
 )
 from tests.support.job_copies import JobCopies, lay_out
+from tests.support.models import model_archive, upload_model
 
 
 @pytest.fixture
@@ -66,9 +67,8 @@ def copies_of(fl: DataFleet, job_id: str, payload: bytes) -> JobCopies:
 async def as_merged_model(fl: DataFleet, job_id: str, model: str, weights: Path) -> None:
     """The job as a succeeded ``full`` job whose result was registered as a tenant base
     (``weights``: a real model dir, what the registry's catalog describes)."""
-    r = await fl.registry.post(
-        "/v1/base-models", headers={"X-Tenant-Id": "acme"}, json={"id": model, "path": str(weights)}
-    )
+    packed = model_archive(weights)
+    r = await upload_model(fl.registry, model, packed, headers={"X-Tenant-Id": "acme"})
     assert r.status_code == 201, r.text
     with training(fl).db.session(write=True) as s:
         row = s.get(JobRow, job_id)
