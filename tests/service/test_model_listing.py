@@ -109,3 +109,17 @@ async def test_list_and_retrieve(
     for theirs in ("router@v1", "acme-full"):
         with pytest.raises(NotFound):
             await retrieve_model(resolver, client, "globex", theirs, SERVED)
+
+
+async def test_a_replica_serving_a_tenants_merged_model_lists_it_to_that_tenant_only(
+    registry: RegistryHarness, client: RegistryClient, model_dir: Path
+) -> None:
+    r = await upload_model(registry.http, "acme-full", model_archive(model_dir))
+    assert r.status_code == 201, r.text
+    acme = await list_models(client, "acme", "acme-full", served_owner="acme")
+    assert acme[0].id == "acme-full" and acme[0].owned_by == "acme"
+    globex = await list_models(client, "globex", "acme-full", served_owner="acme")
+    assert "acme-full" not in [c.id for c in globex]  # the old listing named it as served
+    resolver = ModelResolver(client)
+    with pytest.raises(NotFound):
+        await retrieve_model(resolver, client, "globex", "acme-full", "acme-full", "acme")
