@@ -3,7 +3,9 @@
 One place for every service that runs a merged model (an inference replica serving a tenant
 base, the training service training on one): stream the archive with the internal token,
 check its sha256 against the catalog's, unpack it with the same checks the registry applied
-(``shared.models.artifact``), then rename it into ``<root>/<sha256>``. The rename is the
+(``shared.models.artifact``), then rename it into ``<root>/<model id>-<sha256>`` (the id in
+the name lets an erasure find every copy of a model by id once the registry has forgotten
+it). The rename is the
 commit: a directory under its final name is complete and verified, so a second start reuses
 it and a crash mid-way leaves only a ``.fetch-*`` scratch directory behind.
 """
@@ -45,7 +47,7 @@ async def fetch_base_model(
             param="base_model",
             code="base_model_has_no_archive",
         )
-    dest = root / info.artifact_sha256
+    dest = root / f"{model_id}-{info.artifact_sha256}"
     if dest.is_dir():
         return dest
     root.mkdir(parents=True, exist_ok=True)
