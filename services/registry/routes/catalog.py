@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from services.registry.deps import State
@@ -18,8 +17,7 @@ from services.registry.domain import catalog, model_artifacts
 from services.registry.domain.resolve import resolve_model
 from services.registry.domain.views import base_model_out
 from shared.auth import TenantId
-from shared.errors import InvalidRequest
-from shared.jsonbody import loads_untrusted
+from shared.jsonbody import form_model
 from shared.schemas.common import ListResponse
 from shared.schemas.registry import BaseModelMetadata, BaseModelOut, Resolution
 from shared.uploads import spool_upload
@@ -39,17 +37,6 @@ def get_base_model(model_id: str, st: State, tenant: TenantId) -> BaseModelOut:
         return base_model_out(catalog.get_model(s, tenant, model_id, param="model_id"))
 
 
-def _metadata(raw: str) -> BaseModelMetadata:
-    try:
-        return BaseModelMetadata.model_validate(
-            loads_untrusted(raw, what="metadata", param="metadata")
-        )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequest(f"metadata.{field}: {err['msg']}", param=f"metadata.{field}") from exc
-
-
 @router.post("/v1/base-models", response_model=BaseModelOut, status_code=201)
 def upload_base_model(
     st: State,
@@ -60,7 +47,7 @@ def upload_base_model(
     """Store a model archive as the tenant's own base model (a merged fine-tune; the
     ``system`` tenant's are fleet-wide). Validated like adapter archives; replicas download
     it from ``GET /v1/base-models/{id}/archive``."""
-    meta = _metadata(metadata)
+    meta = form_model(metadata, BaseModelMetadata, param="metadata")
     archive = spool_upload(
         file.file,
         limit=st.model_policy.limits.max_archive_bytes,
