@@ -36,5 +36,7 @@ async def materialize_base(
 
 def materialize_base_sync(settings: InferenceSettings) -> InferenceSettings:
     """The same from sync start-up code, which may run inside an event loop (Ray Serve)."""
+    if settings.base_source != "registry":
+        return settings
     with ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, materialize_base(settings)).result()
