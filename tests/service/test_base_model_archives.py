@@ -177,13 +177,15 @@ async def test_archive_over_the_size_cap(tmp_path: Path, model_dir: Path) -> Non
         max_model_archive_bytes=64 * 1024,
     )
     app = create_app(settings)
-    async with LifespanManager(app):
-        async with httpx.AsyncClient(
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://registry",
             headers={"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"},
-        ) as http:
-            r = await upload_model(http, "acme-big", model_archive(model_dir))
+        ) as http,
+    ):
+        r = await upload_model(http, "acme-big", model_archive(model_dir))
     assert r.status_code == 413, r.text
     assert r.json()["error"]["code"] == "archive_too_large"
     assert stored_blobs(tmp_path) == []
