@@ -122,10 +122,11 @@ def build_asgi(
     """The inference app of one replica: settings from the environment plus overrides, the
     engine from ``engine_config(settings)`` exactly as the standalone service."""
     from services.inference.app import create_app
+    from services.inference.engine.base_source import materialize_base_sync
     from services.inference.engine.vllm_engine import VllmEngine
     from services.inference.settings import engine_config
 
-    settings = replica_settings(settings_overrides)
+    settings = materialize_base_sync(replica_settings(settings_overrides))
     engine = VllmEngine(engine_config(settings))
     app = create_app(settings, engine)  # its lifespan starts and stops the engine
     app.state.replica_settings, app.state.engine = settings, engine

@@ -101,6 +101,18 @@ class ReplicaSet:
                 ranked.insert(0, spill)
         return ranked
 
+    def covering(self, key: str) -> list[Replica]:
+        """One healthy replica per distinct set of announced bases (and each one that has
+        not announced), best for ``key`` first: enough to see every base the fleet serves."""
+        seen: set[frozenset[str]] = set()
+        out: list[Replica] = []
+        for r in self.ranked(key):
+            if r.bases is None or r.bases not in seen:
+                out.append(r)
+                if r.bases is not None:
+                    seen.add(r.bases)
+        return out
+
     async def pick(self, key: str, base: str | None = None) -> list[Replica]:
         """Like ``ranked``, but when no replica serving ``base`` is up, probe them all once
         more right now: a replica that just became ready is used without waiting for the

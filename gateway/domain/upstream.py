@@ -274,13 +274,6 @@ class Upstream:
         assert last is not None
         raise last
 
-    async def replica_call(self, key: str, path: str, headers: dict[str, str]) -> Response:
-        """A read (model listing) answered by the replica ``key`` ranks first."""
-        replica = (await self.replicas.pick(key))[0]
-        return await self.forward(
-            "GET", f"{replica.url}{path}", headers=headers, service="inference"
-        )
-
 
 class _Counted:
     """An opened answer that gives its replica's in-flight count back once, when closed."""

@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from gateway.deps import Caller, State
+from gateway.domain import model_listing
 from gateway.domain.upstream import internal_headers, passed_headers
 from gateway.routes.proxy import read_body
 from shared.app import request_id_of
@@ -120,20 +121,22 @@ async def completions(request: Request, st: State, who: Caller) -> Response:
     return await generate("/v1/completions", request, st, who)
 
 
-async def _models_call(request: Request, st: State, who: Caller, path: str) -> Response:
-    """A model listing/lookup, answered by the replica the tenant's listings go to."""
+def _models_headers(request: Request, st: State, who: Caller) -> dict[str, str]:
     who.require("read")
-    headers = internal_headers(st.internal_token, who, passed_headers(request.headers))
-    return await st.generations.upstream.replica_call(who.tenant, path, headers)
+    return internal_headers(st.internal_token, who, passed_headers(request.headers))
 
 
 @router.get("/v1/models", response_model=ListResponse[ModelCard])
 async def models(request: Request, st: State, who: Caller) -> Response:
-    """Bases, the tenant's fine-tuned models and adapters, in every callable form."""
-    return await _models_call(request, st, who, "/v1/models")
+    """Bases, the tenant's fine-tuned models and adapters, in every callable form: the union
+    over the ready replicas (each lists the base it serves)."""
+    headers = _models_headers(request, st, who)
+    return await model_listing.list_models(st.generations.upstream, who.tenant, headers)
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard)
 async def model(model: str, request: Request, st: State, who: Caller) -> Response:
     """One model by any callable form; 404 ``model_not_found`` otherwise."""
-    return await _models_call(request, st, who, "/v1/models/" + quote(model, safe="@:"))
+    headers = _models_headers(request, st, who)
+    path = "/v1/models/" + quote(model, safe="@:")
+    return await model_listing.retrieve_model(st.generations.upstream, who.tenant, path, headers)

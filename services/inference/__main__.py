@@ -12,6 +12,7 @@ import os
 from fastapi import FastAPI
 
 from services.inference.app import create_app
+from services.inference.engine.base_source import materialize_base_sync
 from services.inference.settings import InferenceSettings, engine_config
 from shared.logging import configure_logging
 from shared.settings import load_settings
@@ -23,6 +24,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(settings.kv_cache_gib))))
     from services.inference.engine.vllm_engine import VllmEngine
 
+    settings = materialize_base_sync(settings)  # a registry base: fetched before the engine
     engine = VllmEngine(engine_config(settings))
     app = create_app(settings, engine)
     _run(app, settings)

@@ -98,6 +98,7 @@ def create_app(
             ModelResolver(registry),
             metrics,
             base_model=settings.base_model,
+            base_owner=settings.base_owner,
             max_model_len=settings.max_model_len,
             default_max_tokens=settings.default_max_tokens,
             max_running=settings.max_num_seqs,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -21,6 +22,16 @@ class InferenceSettings(ServiceSettings):
     base_model: str = "tiny-llama"
     model_dir: Path | None = Field(
         default=None, description="default $TUNEFLEET_HOME/models/<base>"
+    )
+    base_source: Literal["dir", "registry"] = Field(
+        default="dir",
+        description="dir: serve model_dir; registry: download base_model's archive (an "
+        "uploaded merged model) from the registry, verify and unpack it under this replica",
+    )
+    base_owner: str = Field(
+        default="system",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="the tenant whose catalog holds base_model (registry source)",
     )
     registry_url: str = "http://127.0.0.1:8001"
     max_model_len: int = Field(default=1024, ge=32)
@@ -52,6 +63,9 @@ class InferenceSettings(ServiceSettings):
 
     def base_dir(self) -> Path:
         return self.model_dir or self.home / "models" / self.base_model
+
+    def bases_dir(self) -> Path:
+        return self.home / "inference" / self.replica_id / "bases"
 
     def adapter_dir(self) -> Path:
         return self.home / "inference" / self.replica_id / "adapters"

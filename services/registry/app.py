@@ -14,6 +14,7 @@ from services.registry.deps import RegistryState
 from services.registry.domain import catalog
 from services.registry.domain.adapters import PushPolicy
 from services.registry.domain.dispatch import WebhookDispatcher
+from services.registry.domain.model_artifacts import ModelPolicy
 from services.registry.routes import adapters, feed, lineage, webhooks
 from services.registry.routes import catalog as catalog_routes
 from services.registry.settings import RegistrySettings
@@ -68,6 +69,13 @@ def create_app(
                 ),
                 system_urls=list(settings.notify_urls),
             ),
+            model_policy=ModelPolicy(
+                limits=ArchiveLimits(
+                    max_archive_bytes=settings.max_model_archive_bytes,
+                    max_members=settings.max_archive_members,
+                    max_uncompressed_bytes=settings.max_model_uncompressed_bytes,
+                )
+            ),
         )
 
         async def db_ready() -> str | None:
@@ -87,8 +95,8 @@ def create_app(
         internal_token=token,
         lifespan=lifespan,
         title="tunefleet adapter registry",
-        # an archive plus its metadata form field and the multipart framing
-        max_upload_bytes=settings.max_archive_bytes + 2**20,
+        # the larger archive (adapter or model) plus its metadata field and multipart framing
+        max_upload_bytes=max(settings.max_archive_bytes, settings.max_model_archive_bytes) + 2**20,
         traces_endpoint=settings.traces_endpoint(),
     )
     api = APIRouter(dependencies=[InternalAuth])

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from services.registry.domain.adapters import PushPolicy
 from services.registry.domain.dispatch import WebhookDispatcher
+from services.registry.domain.model_artifacts import ModelPolicy
 from services.registry.settings import RegistrySettings
 from services.registry.storage.artifacts import FileArtifactStore
 from shared.db import Database
@@ -21,6 +22,7 @@ class RegistryState:
     store: FileArtifactStore
     dispatcher: WebhookDispatcher
     policy: PushPolicy
+    model_policy: ModelPolicy
 
 
 def registry_state(request: Request) -> RegistryState:

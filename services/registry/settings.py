@@ -27,6 +27,10 @@ class RegistrySettings(ServiceSettings):
     max_archive_bytes: int = Field(default=256 * 2**20, ge=1024)
     max_archive_members: int = Field(default=64, ge=2)
     max_uncompressed_bytes: int = Field(default=1 * 2**30, ge=1024)
+    max_model_archive_bytes: int = Field(
+        default=16 * 2**30, ge=1024, description="an uploaded base model's archive (merged model)"
+    )
+    max_model_uncompressed_bytes: int = Field(default=32 * 2**30, ge=1024)
     seed_models_dir: Path | None = Field(
         default=None,
         description="catalog seeds: each subdir with config.json becomes a base "

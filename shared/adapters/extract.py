@@ -12,12 +12,21 @@ import io
 import re
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import InvalidRequest, PayloadTooLarge
 
-__all__ = ["ALLOWED_FILES", "CONFIG_FILE", "WEIGHTS_FILE", "ArchiveLimits", "safe_extract"]
+__all__ = [
+    "ADAPTER_MEMBERS",
+    "ALLOWED_FILES",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "ArchiveLimits",
+    "MemberPolicy",
+    "safe_extract",
+]
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -135,13 +144,33 @@ def _member_parts(name: str, limits: ArchiveLimits) -> list[str]:
     return parts
 
 
-def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[str]:
-    """Extract an adapter ``.tar.gz`` into ``dest`` (created if missing, must be empty).
+@dataclass(frozen=True)
+class MemberPolicy:
+    """Which file names an archive may hold (``allows``) and how a refusal explains it."""
 
-    Only ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md`` are accepted,
-    at the archive root or inside a single top-level directory (which is stripped). Returns the
-    sorted names written. On any failure every file written is removed before the error is
-    raised (``InvalidRequest``/``PayloadTooLarge``, see the module's codes).
+    allows: Callable[[str], bool]
+    expected: str  # "an adapter archive may only contain ..."
+
+
+ADAPTER_MEMBERS = MemberPolicy(
+    allows=ALLOWED_FILES.__contains__,
+    expected=f"an adapter archive may only contain {', '.join(sorted(ALLOWED_FILES))}",
+)
+
+
+def safe_extract(
+    archive: Path,
+    dest: Path,
+    limits: ArchiveLimits = ArchiveLimits(),
+    members: MemberPolicy = ADAPTER_MEMBERS,
+) -> list[str]:
+    """Extract a ``.tar.gz`` into ``dest`` (created if missing, must be empty).
+
+    Only names ``members`` allows (adapters: ``adapter_config.json``,
+    ``adapter_model.safetensors`` and ``README.md``) are accepted, at the archive root or
+    inside a single top-level directory (which is stripped). Returns the sorted names written.
+    On any failure every file written is removed before the error is raised
+    (``InvalidRequest``/``PayloadTooLarge``, see the module's codes).
     """
     archive, dest = Path(archive), Path(dest)
     size = archive.stat().st_size
@@ -154,7 +183,7 @@ def safe_extract(archive: Path, dest: Path, limits: ArchiveLimits = ArchiveLimit
     try:
         with archive.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             cap = limits.max_uncompressed_bytes + 3 * _BLOCK * (limits.max_members + 1) + 2**20
-            _extract_members(_BoundedGzip(gz, cap), dest, limits, written)
+            _extract_members(_BoundedGzip(gz, cap), dest, limits, written, members)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
@@ -169,6 +198,7 @@ def _extract_members(
     dest: Path,
     limits: ArchiveLimits,
     written: list[Path],
+    members: MemberPolicy,
 ) -> None:
     try:
         # Not a context manager: closing a TarFile over a caller's fileobj is a no-op anyway.
@@ -238,15 +268,14 @@ def _extract_members(
         if member.isdir():
             continue
         filename = parts[-1]
-        if filename not in ALLOWED_FILES:
+        if not members.allows(filename):
             hint = (
                 ": only safetensors weights are accepted (pickle .bin weights are refused)"
                 if filename.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))
                 else ""
             )
             raise InvalidRequest(
-                f"archive member {name!r} is not allowed{hint}; an adapter "
-                f"archive may only contain {', '.join(sorted(ALLOWED_FILES))}",
+                f"archive member {name!r} is not allowed{hint}; {members.expected}",
                 param="archive",
                 code="unexpected_archive_member",
             )

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from shared.clients.base import ServiceClient
 from shared.countlimit import MAX_ADAPTERS_HEADER
 from shared.errors import InternalError
@@ -18,6 +20,7 @@ from shared.schemas.registry import (
     AdapterVersionOut,
     AliasMoveOut,
     AliasOut,
+    BaseModelMetadata,
     BaseModelOut,
     EventPage,
     LineageHit,
@@ -28,6 +31,7 @@ from shared.schemas.registry import (
 )
 
 DEFAULT_CALL_S = 10.0  # a feed call's time beyond its long-poll wait
+MODEL_UPLOAD_TIMEOUT = httpx.Timeout(900.0, connect=5.0)
 
 
 class RegistryClient(ServiceClient):
@@ -117,20 +121,55 @@ class RegistryClient(ServiceClient):
     ) -> Path:
         """Stream an archive to ``dest`` (atomic rename), verifying its sha256 on the way."""
         path = f"/v1/adapters/{name}/versions/{version}/archive"
+        return await self._download(path, tenant, dest, sha256, f"archive of {name}@v{version}")
+
+    async def push_base_model(
+        self, tenant: str, archive: Path, metadata: BaseModelMetadata
+    ) -> BaseModelOut:
+        """Upload a model archive (``shared.models.artifact.pack_model_dir``) as the tenant's
+        own base model; the file is streamed, never read into memory."""
+        with archive.open("rb") as fh:
+            data = await self.json(
+                "POST",
+                "/v1/base-models",
+                tenant=tenant,
+                files={"file": (archive.name, fh, "application/gzip")},
+                data={"metadata": metadata.model_dump_json(exclude_none=True)},
+                timeout=MODEL_UPLOAD_TIMEOUT,  # the registry unpacks and hashes it first
+            )
+        return BaseModelOut.model_validate(data)
+
+    async def get_base_model(self, tenant: str, model_id: str) -> BaseModelOut:
+        data = await self.json("GET", f"/v1/base-models/{model_id}", tenant=tenant)
+        return BaseModelOut.model_validate(data)
+
+    async def download_base_model(
+        self, tenant: str, model_id: str, dest: Path, *, sha256: str | None = None
+    ) -> Path:
+        """Stream an uploaded model's archive to ``dest``, verifying its sha256."""
+        path = f"/v1/base-models/{model_id}/archive"
+        return await self._download(path, tenant, dest, sha256, f"model archive of {model_id}")
+
+    async def _download(
+        self, path: str, tenant: str, dest: Path, sha256: str | None, what: str
+    ) -> Path:
         tmp = dest.with_name(dest.name + f".part-{os.getpid()}")
         h = hashlib.sha256()
-        async with self._http.stream("GET", path, headers=self._headers(tenant)) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                raise self._error(resp)
-            expected = sha256 or resp.headers.get("X-Tunefleet-Sha256")
-            with tmp.open("wb") as out:
-                async for chunk in resp.aiter_bytes(1 << 20):
-                    h.update(chunk)
-                    out.write(chunk)
-        if expected and h.hexdigest() != expected:
+        try:
+            async with self._http.stream("GET", path, headers=self._headers(tenant)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise self._error(resp)
+                expected = sha256 or resp.headers.get("X-Tunefleet-Sha256")
+                with tmp.open("wb") as out:
+                    async for chunk in resp.aiter_bytes(1 << 20):
+                        h.update(chunk)
+                        out.write(chunk)
+            if expected and h.hexdigest() != expected:
+                raise InternalError(f"{what} failed its sha256 check")
+        except BaseException:
             tmp.unlink(missing_ok=True)
-            raise InternalError(f"archive of {name}@v{version} failed its sha256 check")
+            raise
         tmp.replace(dest)
         return dest
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.modelref import ALIAS_RE, NAME_RE
 
@@ -13,11 +13,14 @@ WebhookEvent = Literal[
 ]
 
 
-class BaseModelCreate(BaseModel):
-    id: str = Field(pattern=NAME_RE.pattern, description="catalog id, e.g. 'tiny-llama'")
-    path: str = Field(description="local Hugging Face model directory")
-    hub_id: str | None = None
-    revision: str | None = None
+class BaseModelMetadata(BaseModel):
+    """The form field sent with a model archive (``POST /v1/base-models``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=NAME_RE.pattern, description="catalog id, e.g. 'merged-1a2b3c'")
+    hub_id: str | None = Field(default=None, max_length=200)
+    revision: str | None = Field(default=None, max_length=64)
     max_context: int | None = Field(default=None, ge=16)
 
 
@@ -34,12 +37,17 @@ class BaseModelPublic(BaseModel):
     has_chat_template: bool
     owned_by: str
     created: int
+    artifact_sha256: str | None = Field(
+        default=None, description="sha256 of the model archive replicas download (uploaded)"
+    )
+    size_bytes: int | None = None
 
 
 class BaseModelOut(BaseModelPublic):
-    """A catalog entry with the model's directory on the registry host (internal callers)."""
+    """A catalog entry with a seeded model's directory on the registry host (internal
+    callers on that host; ``None`` for an uploaded model, which travels as its archive)."""
 
-    path: str
+    path: str | None = None
 
 
 class AdapterCreate(BaseModel):

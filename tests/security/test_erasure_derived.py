@@ -39,6 +39,7 @@ from tests.security.data_fleet import (
     with_subject,
 )
 from tests.support.job_copies import JobCopies, lay_out
+from tests.support.models import model_archive, upload_model
 
 
 @pytest.fixture
@@ -66,9 +67,8 @@ def copies_of(fl: DataFleet, job_id: str, payload: bytes) -> JobCopies:
 async def as_merged_model(fl: DataFleet, job_id: str, model: str, weights: Path) -> None:
     """The job as a succeeded ``full`` job whose result was registered as a tenant base
     (``weights``: a real model dir, what the registry's catalog describes)."""
-    r = await fl.registry.post(
-        "/v1/base-models", headers={"X-Tenant-Id": "acme"}, json={"id": model, "path": str(weights)}
-    )
+    packed = model_archive(weights)
+    r = await upload_model(fl.registry, model, packed, headers={"X-Tenant-Id": "acme"})
     assert r.status_code == 201, r.text
     with training(fl).db.session(write=True) as s:
         row = s.get(JobRow, job_id)
@@ -102,6 +102,12 @@ async def test_erasure_deletes_and_reports_every_derived_copy(
     other_model = f"support-{other['id'][-10:]}"
     await as_merged_model(fl, job["id"], model, model_dir)
     await as_merged_model(fl, other["id"], other_model, model_dir)
+    # copies the training service fetched back from the registry to train on each model
+    bases = training(fl).settings.data_root() / "bases"
+    fetched = {m: bases / f"{m}-{'0' * 64}" for m in (model, other_model)}
+    for d in fetched.values():
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"weights fitted to the data")
 
     r = await fl.gateway.post("/admin/erasure", json={"subject": {"email": EMAIL}}, headers=ADMIN)
     assert r.status_code == 200, r.text
@@ -128,6 +134,7 @@ async def test_erasure_deletes_and_reports_every_derived_copy(
         assert not path.exists(), path
     for path in kept.all():
         assert path.exists(), path
+    assert not fetched[model].exists() and fetched[other_model].exists()
     with training(fl).db.session() as s:
         ckpts = {c.job_id for c in s.scalars(select(CheckpointRow))}
         done = s.get(ErasureRow, report["erasures"][0])

@@ -54,7 +54,7 @@ async def test_a_job_cannot_publish_an_adapter_beyond_the_tenants_limit(
         body = JobCreate(model="tiny-llama", training_file="file-1", suffix=suffix)
         row, _ = jobs.create_job(db, tenant, body, 1, max_adapters=LIMIT)
         report = RunnerResult(trained_tokens=10, result={})
-        await results.finish(db, client, row.id, report, archive)
+        await results.finish(db, client, row.id, report, archive, models_root=tmp_path)
         with db.session() as s:
             done = s.get(JobRow, row.id)
         assert done is not None

@@ -17,6 +17,7 @@ from shared.clients.registry import RegistryClient
 from shared.errors import NotFound
 from tests.conftest import TOKEN, RegistryHarness
 from tests.support.adapters import make_adapter, pack
+from tests.support.models import model_archive, upload_model
 
 SERVED = "tiny-llama"
 
@@ -51,7 +52,10 @@ async def alias(reg: RegistryHarness, name: str, alias: str, version: int) -> No
 
 
 async def test_list_and_retrieve(
-    registry: RegistryHarness, client: RegistryClient, archive: Path, model_dir: Path
+    registry: RegistryHarness,
+    client: RegistryClient,
+    archive: Path,
+    model_dir: Path,
 ) -> None:
     for name, versions in (("router", 2), ("aaa", 1), ("zzz", 1)):
         for _ in range(versions):
@@ -60,15 +64,10 @@ async def test_list_and_retrieve(
     await alias(registry, "router", "production", 1)
     await alias(registry, "router", "staging", 2)
     # a full fine-tune of acme's, and a system base this replica does not serve
-    r = await registry.http.post(
-        "/v1/base-models", json={"id": "acme-full", "path": str(model_dir)}
-    )
+    packed = model_archive(model_dir)
+    r = await upload_model(registry.http, "acme-full", packed)
     assert r.status_code == 201, r.text
-    r = await registry.http.post(
-        "/v1/base-models",
-        json={"id": "other-base", "path": str(model_dir)},
-        headers=registry.headers("system"),
-    )
+    r = await upload_model(registry.http, "other-base", packed, headers=registry.headers("system"))
     assert r.status_code == 201, r.text
 
     cards = await list_models(client, "acme", SERVED, page=1)  # paged one adapter at a time
@@ -110,3 +109,17 @@ async def test_list_and_retrieve(
     for theirs in ("router@v1", "acme-full"):
         with pytest.raises(NotFound):
             await retrieve_model(resolver, client, "globex", theirs, SERVED)
+
+
+async def test_a_replica_serving_a_tenants_merged_model_lists_it_to_that_tenant_only(
+    registry: RegistryHarness, client: RegistryClient, model_dir: Path
+) -> None:
+    r = await upload_model(registry.http, "acme-full", model_archive(model_dir))
+    assert r.status_code == 201, r.text
+    acme = await list_models(client, "acme", "acme-full", served_owner="acme")
+    assert acme[0].id == "acme-full" and acme[0].owned_by == "acme"
+    globex = await list_models(client, "globex", "acme-full", served_owner="acme")
+    assert "acme-full" not in [c.id for c in globex]  # the old listing named it as served
+    resolver = ModelResolver(client)
+    with pytest.raises(NotFound):
+        await retrieve_model(resolver, client, "globex", "acme-full", "acme-full", "acme")

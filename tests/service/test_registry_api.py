@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import RegistryHarness
 from tests.support.adapters import make_adapter, make_foreign_base, pack, set_config
+from tests.support.models import model_archive, upload_model
 
 
 @pytest.fixture(scope="module")
@@ -78,17 +79,18 @@ async def test_catalog_seeded_with_tiny_llama(registry: RegistryHarness) -> None
 
 
 async def test_register_tenant_base_model(registry: RegistryHarness, model_dir: Path) -> None:
-    """A full fine-tune is registered as the tenant's own base (created_at set at flush)."""
-    r = await registry.http.post(
-        "/v1/base-models", json={"id": "acme-merged", "path": str(model_dir)}
-    )
+    """A full fine-tune is uploaded as the tenant's own base (created_at set at flush); a
+    directory path is no way in any more (replicas could not read it)."""
+    r = await upload_model(registry.http, "acme-merged", model_archive(model_dir))
     assert r.status_code in (200, 201), r.text
     out = r.json()
     assert out["id"] == "acme-merged" and out["created"] > 0 and out["owned_by"] == "acme"
-    again = await registry.http.post(
-        "/v1/base-models", json={"id": "acme-merged", "path": str(model_dir)}
+    again = await upload_model(registry.http, "acme-merged", model_archive(model_dir))
+    assert again.status_code == 409 and again.json()["error"]["param"] == "metadata.id"
+    by_path = await registry.http.post(
+        "/v1/base-models", json={"id": "acme-path", "path": str(model_dir)}
     )
-    assert again.status_code == 409 and again.json()["error"]["param"] == "id"
+    assert by_path.status_code in (400, 422), by_path.text
 
 
 async def test_push_list_resolve_alias_move(registry: RegistryHarness, archive: Path) -> None:

@@ -25,16 +25,21 @@ def _not_found(model: str) -> NotFound:
     return NotFound(f"model {model!r} does not exist", param="model", code="model_not_found")
 
 
-def _listed_bases(bases: list[BaseModelOut], tenant: str, served: str) -> list[ModelCard]:
+def _listed_bases(
+    bases: list[BaseModelOut], tenant: str, served: str, served_owner: str = "system"
+) -> list[ModelCard]:
     """The served base first, then the tenant's own bases (other system bases are served by
-    other replicas, if any, and listed there)."""
+    other replicas, if any, and listed there). A served base the tenant's catalog does not
+    show is listed only when it is the fleet's (``served_owner`` system): a replica serving
+    one tenant's merged model never names it to another."""
     cards = [
         ModelCard(id=b.id, created=b.created, owned_by=b.owned_by, root=b.id)
         for b in sorted(bases, key=lambda b: b.id != served)
         if b.id == served or b.owned_by == tenant
     ]
-    if not cards or cards[0].id != served:  # not in the catalog (yet): still served
-        cards.insert(0, ModelCard(id=served, created=int(time.time()), owned_by="system"))
+    absent = not cards or cards[0].id != served  # not in the catalog (yet): still served
+    if absent and served_owner in ("system", tenant):
+        cards.insert(0, ModelCard(id=served, created=int(time.time()), owned_by=served_owner))
     return cards
 
 
@@ -69,23 +74,34 @@ async def all_adapters(registry: RegistryClient, tenant: str, page: int = 100) -
 
 
 async def list_models(
-    registry: RegistryClient, tenant: str, served: str, *, page: int = 100
+    registry: RegistryClient,
+    tenant: str,
+    served: str,
+    *,
+    page: int = 100,
+    served_owner: str = "system",
 ) -> list[ModelCard]:
-    cards = _listed_bases(await registry.list_base_models(tenant), tenant, served)
+    cards = _listed_bases(await registry.list_base_models(tenant), tenant, served, served_owner)
     for a in await all_adapters(registry, tenant, page):
         cards += adapter_cards(a)
     return cards
 
 
 async def retrieve_model(
-    resolver: ModelResolver, registry: RegistryClient, tenant: str, model: str, served: str
+    resolver: ModelResolver,
+    registry: RegistryClient,
+    tenant: str,
+    model: str,
+    served: str,
+    served_owner: str = "system",
 ) -> ModelCard:
     try:
         res = await resolver.resolve(tenant, model)
     except (InvalidRequest, NotFound) as exc:  # a malformed name names no model either
         raise _not_found(model) from exc
     if res.kind == "base":
-        bases = _listed_bases(await registry.list_base_models(tenant), tenant, served)
+        listed = await registry.list_base_models(tenant)
+        bases = _listed_bases(listed, tenant, served, served_owner)
         card = next((b for b in bases if b.id == res.base_model), None)
         if card is None:
             raise _not_found(model)

@@ -74,6 +74,7 @@ class Server:
         default_max_tokens: int,
         max_waiting: int,
         max_running: int = 0,
+        base_owner: str = "system",
     ) -> None:
         """``max_running + max_waiting`` bounds the engine sequences admitted at once (one
         per prompt and choice); past it a request is refused with 503 and Retry-After."""
@@ -82,6 +83,7 @@ class Server:
         self.resolver = resolver
         self.metrics = metrics
         self.base_model = base_model
+        self.base_owner = base_owner  # "system", or the tenant whose merged model it is
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
         self.max_waiting = max_waiting

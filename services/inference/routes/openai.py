@@ -104,11 +104,14 @@ async def chat_completions(
 async def models(srv: Srv, tenant: TenantId) -> ListResponse[ModelCard]:
     """The base this replica serves, the tenant's own bases, its adapters in every form."""
     registry = srv.resolver.registry
-    return ListResponse(data=await list_models(registry, tenant, srv.base_model))
+    cards = await list_models(registry, tenant, srv.base_model, served_owner=srv.base_owner)
+    return ListResponse(data=cards)
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard)
 async def model(model: str, srv: Srv, tenant: TenantId) -> ModelCard:
     """Any form that resolves (``name``, ``name@v3``, ``name@3``, ``name@staging``, a base)."""
     registry = srv.resolver.registry
-    return await retrieve_model(srv.resolver, registry, tenant, model, srv.base_model)
+    return await retrieve_model(
+        srv.resolver, registry, tenant, model, srv.base_model, srv.base_owner
+    )

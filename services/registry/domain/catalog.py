@@ -18,32 +18,39 @@ log = logging.getLogger(__name__)
 
 
 def describe_model_dir(path: Path) -> dict[str, object]:
-    """Read what the catalog records about a local HF model directory."""
+    """Read what the catalog records about a local HF model directory (errors never show
+    the directory: for an upload it is a staging directory of the registry host)."""
+
+    def invalid(message: str, param: str) -> InvalidRequest:
+        return InvalidRequest(message, param=param, code="invalid_model_dir")
+
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise InvalidRequest(
-            f"{path} has no config.json: not a Hugging Face model directory",
-            param="path",
-            code="invalid_model_dir",
-        )
+        raise invalid("no config.json: not a Hugging Face model directory", "config.json")
     try:
         config = json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InvalidRequest(
-            f"{config_file} is not valid JSON: {exc}", param="path", code="invalid_model_dir"
-        ) from exc
+        tok_cfg = path / "tokenizer_config.json"
+        tok = json.loads(tok_cfg.read_text()) if tok_cfg.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"config.json or tokenizer_config.json is not valid JSON: {exc}"
+        raise invalid(why, "config.json") from exc
+    if not isinstance(config, dict) or not isinstance(tok, dict):
+        raise invalid("config.json and tokenizer_config.json must be JSON objects", "config.json")
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
-        raise InvalidRequest(
-            f"{path} has no *.safetensors weights", param="path", code="invalid_model_dir"
-        )
-    tok_cfg = path / "tokenizer_config.json"
-    has_template = (path / "chat_template.jinja").exists() or (
-        tok_cfg.exists() and "chat_template" in json.loads(tok_cfg.read_text())
-    )
+        raise invalid("no *.safetensors weights", "weights")
+    has_template = (path / "chat_template.jinja").exists() or "chat_template" in tok
+    try:
+        max_context = int(config.get("max_position_embeddings") or 2048)
+    except (TypeError, ValueError) as exc:
+        why = "config.json max_position_embeddings is not an integer"
+        raise invalid(why, "config.json") from exc
+    architectures = config.get("architectures")
     return {
-        "architecture": (config.get("architectures") or ["unknown"])[0],
-        "max_context": int(config.get("max_position_embeddings") or 2048),
+        "architecture": str((architectures or ["unknown"])[0])[:64]
+        if isinstance(architectures, list)
+        else "unknown",
+        "max_context": max_context,
         "weights_sha256": _weights_digest(path, weights),
         "has_chat_template": has_template,
         "linear_shapes": {k: list(v) for k, v in linear_shapes_from_model_dir(path).items()},
@@ -122,10 +129,11 @@ def register_model(
     return row
 
 
-def delete_model(s: Session, tenant: str, model_id: str) -> None:
+def delete_model(s: Session, tenant: str, model_id: str) -> str | None:
     """Remove a tenant's own base model (a full fine-tune registered by a job) from the
     catalog; the fleet's models (owner ``system``) are not a tenant's to delete (404, as
-    for another tenant's). Refused (409) while adapter versions are trained on it."""
+    for another tenant's). Refused (409) while adapter versions are trained on it.
+    Returns the sha256 of its archive, for the caller to drop once unused."""
     row = s.scalars(
         select(BaseModelRow).where(BaseModelRow.id == model_id, BaseModelRow.owner == tenant)
     ).first()
@@ -142,7 +150,9 @@ def delete_model(s: Session, tenant: str, model_id: str) -> None:
             param="model_id",
             code="base_model_in_use",
         )
+    digest = row.artifact_sha256
     s.delete(row)
+    return digest
 
 
 def seed_catalog(s: Session, models_root: Path) -> list[str]:
@@ -153,6 +163,9 @@ def seed_catalog(s: Session, models_root: Path) -> list[str]:
     for path in sorted(p for p in models_root.iterdir() if (p / "config.json").is_file()):
         try:
             existing = s.get(BaseModelRow, path.name)
+            if existing is not None and existing.artifact_sha256 is not None:
+                log.warning("model dir shadows an uploaded model", extra={"model": path.name})
+                continue
             if existing is not None and existing.path == str(path.resolve()):
                 digest = _weights_digest(path, sorted(path.glob("*.safetensors")))
                 if digest == existing.weights_sha256:
@@ -166,7 +179,9 @@ def seed_catalog(s: Session, models_root: Path) -> list[str]:
 
 def spec_of(row: BaseModelRow) -> BaseModelSpec:
     """What adapter validation needs to know about a catalog entry."""
-    names = {row.id, row.path, Path(row.path).name}
+    names = {row.id}
+    if row.path:  # a seeded directory: adapters may name it by path
+        names |= {row.path, Path(row.path).name}
     if row.hub_id:
         names.add(row.hub_id)
     return BaseModelSpec(

@@ -36,6 +36,8 @@ def base_model_out(row: BaseModelRow) -> BaseModelOut:
         has_chat_template=row.has_chat_template,
         owned_by=row.owner,
         created=row.created_at,
+        artifact_sha256=row.artifact_sha256,
+        size_bytes=row.size_bytes,
     )
 
 

@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from services.registry.deps import Actor, State
@@ -21,7 +20,7 @@ from shared.app import request_id_of
 from shared.auth import TenantId
 from shared.countlimit import MAX_ADAPTERS_HEADER
 from shared.errors import InvalidRequest
-from shared.jsonbody import loads_untrusted
+from shared.jsonbody import form_model
 from shared.modelref import NAME_RE, version_ref
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
 from shared.schemas.registry import (
@@ -75,17 +74,6 @@ def delete_adapter(name: str, st: State, tenant: TenantId) -> dict[str, object]:
     return {"id": name, "object": "adapter", "deleted": True}
 
 
-def _metadata(raw: str) -> VersionMetadata:
-    try:
-        return VersionMetadata.model_validate(
-            loads_untrusted(raw, what="metadata", param="metadata")
-        )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InvalidRequest(f"metadata.{field}: {err['msg']}", param=f"metadata.{field}") from exc
-
-
 @router.post("/v1/adapters/{name}/versions", response_model=AdapterVersionOut, status_code=201)
 def push_version(
     name: str,
@@ -99,7 +87,7 @@ def push_version(
 ) -> AdapterVersionOut:
     if not NAME_RE.fullmatch(name):
         raise InvalidRequest(f"adapter name {name!r} is invalid", param="name")
-    meta = _metadata(metadata)
+    meta = form_model(metadata, VersionMetadata, param="metadata")
     archive = spool_upload(
         file.file,
         limit=st.policy.limits.max_archive_bytes,

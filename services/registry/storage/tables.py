@@ -20,7 +20,11 @@ class BaseModelRow(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), default="system")
-    path: Mapped[str] = mapped_column(Text)
+    # a seeded model's directory on the registry host; None for an uploaded (artifact) model
+    path: Mapped[str | None] = mapped_column(Text)
+    # the uploaded model's archive in the blob store (what replicas download and verify)
+    artifact_sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     hub_id: Mapped[str | None] = mapped_column(String(200))
     revision: Mapped[str | None] = mapped_column(String(64))
     weights_sha256: Mapped[str | None] = mapped_column(String(64))

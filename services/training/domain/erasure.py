@@ -261,6 +261,7 @@ def _remove_job_copies(db: Database, outputs: JobOutputs, out: Erased) -> None:
         model, result = results.get(job_id, (None, None))
         if model and (result or {}).get("registered_as") == "base_model":
             out.models.append((tenant, model))  # its weights were the model dir
+            outputs.remove_fetched(model)  # and any copy fetched back to train on it
     with db.session(write=True) as s:  # their paths pointed into the deleted runs
         s.execute(delete(CheckpointRow).where(CheckpointRow.job_id.in_(list(out.jobs))))
 

@@ -9,7 +9,8 @@ A job trained on erased data leaves that data, or weights fitted to it, in three
   it. Runners started before the work root existed used the system temp dir and the last
   8 characters of the id (``tf-<id[-8:]>-*``), looked for too;
 * a ``full``/``transfer``/``hybrid`` result, ``<data_root>/models/<job_id>/`` (merged
-  weights), registered in the registry's catalog as a tenant base model.
+  weights), uploaded to the registry as a tenant base model, and the copies this service
+  fetched back to train on it, ``<data_root>/bases/<model id>-<sha256>/``.
 
 The runner's work dir and the model dir are on this machine's disk (or storage mounted at
 the same path where the runner runs); the run is wherever ``storage`` says.
@@ -27,6 +28,7 @@ from pathlib import Path
 from services.training.ray import storage as ray_storage
 
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")  # a job id, safe to put in a path or a glob
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # glob-safe too
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,16 @@ class JobOutputs:
         had_model = model.exists()
         _rmtree(model)
         return Removed(run=run, runner_dirs=len(dirs), model_dir=had_model)
+
+    def remove_fetched(self, model: str) -> int:
+        """Delete this service's fetched copies of base model ``model``; how many there were."""
+        if not _MODEL_ID.match(model):
+            raise ValueError(f"not a model id: {model!r}")
+        root = self.data_root / "bases"
+        found = [p for p in root.glob(f"{model}-*") if p.is_dir()] if root.is_dir() else []
+        for d in found:
+            _rmtree(d)
+        return len(found)
 
 
 def _checked(job_id: str) -> str:

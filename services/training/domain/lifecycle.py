@@ -27,6 +27,7 @@ from services.training.storage.tables import DatasetRow, JobRow
 from shared.clients.registry import RegistryClient
 from shared.db import Database
 from shared.errors import InvalidRequest, TunefleetError
+from shared.models.download import fetch_base_model
 from shared.offloop import in_session
 from shared.schemas.training import JobCreate
 
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class BaseModelInfo:
     id: str
-    path: str
+    path: str | None  # a seeded model's directory; None for an uploaded (merged) model
+    artifact_sha256: str | None = None
 
 
 class JobLifecycle:
@@ -73,12 +75,21 @@ class JobLifecycle:
         """A catalog entry from the registry; 400 naming ``model`` when unknown."""
         for m in await self.registry.list_base_models(tenant):
             if m.id == model_id:
-                return BaseModelInfo(m.id, m.path)
+                return BaseModelInfo(m.id, m.path, m.artifact_sha256)
         raise InvalidRequest(
             f"model {model_id!r} is not a base model in the catalog",
             param="model",
             code="model_not_found",
         )
+
+    async def base_path(self, tenant: str, model_id: str) -> str:
+        """A local directory of the base model: a seeded model's own, or an uploaded model's
+        archive fetched from the registry (verified, unpacked once per sha256)."""
+        info = await self.base_model(tenant, model_id)
+        if info.path is not None:
+            return info.path
+        path = await fetch_base_model(self.registry, tenant, model_id, self.data_root / "bases")
+        return str(path.resolve())
 
     async def tokenizer(self, tenant: str, model_id: str) -> Any:
         """The base model's tokenizer, loaded once per (tenant, model): tenants may own base
@@ -88,12 +99,12 @@ class JobLifecycle:
         key = (tenant, model_id)
         async with self._tokenizer_lock:
             if key not in self._tokenizers:
-                info = await self.base_model(tenant, model_id)
+                path = await self.base_path(tenant, model_id)
 
                 def load() -> Any:
                     from transformers import AutoTokenizer
 
-                    return AutoTokenizer.from_pretrained(info.path)
+                    return AutoTokenizer.from_pretrained(path)
 
                 self._tokenizers[key] = await anyio.to_thread.run_sync(load)
         return self._tokenizers[key]

@@ -4,8 +4,9 @@
   (``ft-<job>`` without one) in the registry, with lineage; ``fine_tuned_model`` is
   ``name@vN``.
 * ``full`` / ``transfer`` / ``hybrid`` → a full model directory (hybrid is merged by the
-  runner: vLLM refuses LoRAs with ``modules_to_save``), registered in the registry's catalog
-  as a new tenant-owned *base* model ``<name>-<job>``; that id is ``fine_tuned_model``.
+  runner: vLLM refuses LoRAs with ``modules_to_save``), packed and uploaded to the registry
+  as an archive, a new tenant-owned *base* model ``<name>-<job>`` (``fine_tuned_model``)
+  that replicas download and verify like adapters: no host's path leaves this service.
 * ``auto_promote {alias, gate}`` moves the alias to the new version only if the tuned metric
   beats the version currently behind the alias, both evaluated by the runner on this job's
   own validation set (no version behind the alias: promote). The job's reported base and
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,10 @@ from services.training.domain import jobs
 from services.training.storage.tables import JobRow
 from shared.clients.registry import RegistryClient
 from shared.db import Database
-from shared.errors import Conflict, TunefleetError
+from shared.errors import Conflict, InvalidRequest, TunefleetError
+from shared.models.artifact import pack_model_dir
 from shared.offloop import in_session
-from shared.schemas.registry import Lineage, VersionMetadata
+from shared.schemas.registry import BaseModelMetadata, Lineage, VersionMetadata
 from shared.schemas.training import JobCreate, RunnerResult
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,12 @@ async def finish(
     job_id: str,
     report: RunnerResult,
     archive: Path | None,
+    *,
+    models_root: Path,
 ) -> None:
     """Register the result and move the job to ``succeeded`` (or ``failed``).
 
+    ``models_root``: where runners write merged models (a ``model_dir`` elsewhere is refused).
     Database work runs in worker threads: this is awaited by an HTTP handler."""
     row = await in_session(db, lambda s: s.get(JobRow, job_id))
     assert row is not None
@@ -102,12 +108,7 @@ async def finish(
                 )
         elif report.model_dir:
             model = f"{name}-{job_id.removeprefix('ftjob-')[-10:]}"
-            await registry.json(
-                "POST",
-                "/v1/base-models",
-                tenant=tenant,
-                json={"id": model, "path": report.model_dir},
-            )
+            await _upload_model(registry, tenant, model, _own_dir(report.model_dir, models_root))
             result["registered_as"] = "base_model"
         else:
             raise TunefleetError("the runner sent neither an adapter nor a model", code="no_result")
@@ -127,6 +128,24 @@ async def finish(
             data={"fine_tuned_model": model, **_flat_metrics(result)},
         )
     )
+
+
+def _own_dir(reported: str, models_root: Path) -> Path:
+    """The runner's model directory, which must be one this service gave out."""
+    path = Path(reported).resolve()
+    if path.parent != models_root.resolve() or not path.is_dir():
+        raise InvalidRequest(
+            "model_dir is not a job output directory of this service", param="model_dir"
+        )
+    return path
+
+
+async def _upload_model(registry: RegistryClient, tenant: str, model: str, path: Path) -> None:
+    """Pack the merged model (off the loop) and stream it to the registry."""
+    with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent) as tmp:
+        archive = Path(tmp) / f"{model}.tar.gz"
+        await anyio.to_thread.run_sync(pack_model_dir, path, archive)
+        await registry.push_base_model(tenant, archive, BaseModelMetadata(id=model))
 
 
 async def _promote(

@@ -46,7 +46,7 @@ async def _job_off_loop(st: State, job_id: str, token: str) -> JobRow:
 async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
     row = await _job_off_loop(st, job_id, token)
     body = JobCreate.model_validate(row.request)
-    base = await st.lifecycle.base_model(row.tenant, row.model)
+    base_path = await st.lifecycle.base_path(row.tenant, row.model)
     dataset_id = row.dataset_id
     ds = await in_session(st.db, lambda s: s.get(DatasetRow, dataset_id) if dataset_id else None)
     if ds is None or row.hyperparameters is None:
@@ -62,7 +62,7 @@ async def spec(job_id: str, st: State, token: RunnerToken) -> RunnerSpec:
         task=body.task,
         method=body.training_method,
         base_model=row.model,
-        base_model_path=base.path,
+        base_model_path=base_path,
         hyperparameters={k: v for k, v in hp.items() if k != "learning_rate_multiplier"},
         lora=(body.lora.model_dump(exclude_none=True) if body.lora else {}),
         num_workers=body.resources.num_workers,
@@ -164,7 +164,14 @@ async def result(
         )
     try:
         path = spooled.path if spooled is not None else None
-        await results.finish(st.db, st.lifecycle.registry, row.id, parsed, path)
+        await results.finish(
+            st.db,
+            st.lifecycle.registry,
+            row.id,
+            parsed,
+            path,
+            models_root=st.settings.data_root() / "models",
+        )
     finally:
         if spooled is not None:
             spooled.unlink()

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from services.training.data.pipeline import prepare, to_jsonl
 from services.training.deps import State
 from services.training.domain import files
-from services.training.selection import rank_base_models
+from services.training.selection import MAX_MODELS, rank_base_models
 from shared.auth import TenantId
 from shared.errors import InvalidRequest
 from shared.modelref import NAME_RE
@@ -31,11 +31,15 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
     row = await in_session(
         st.db, lambda s: files.get_file(s, tenant, body.validation_file, param="validation_file")
     )
-    catalog = {m.id: m.path for m in await st.lifecycle.registry.list_base_models(tenant)}
-    names = body.models or sorted(catalog)
+    listed = {m.id for m in await st.lifecycle.registry.list_base_models(tenant)}
+    names = body.models or sorted(listed)
     for i, name in enumerate(names):
-        if not NAME_RE.fullmatch(name) or name not in catalog:
+        if not NAME_RE.fullmatch(name) or name not in listed:
             raise InvalidRequest(f"models[{i}]: {name!r} is not in the catalog", param="models")
+    if len(names) > MAX_MODELS:  # before fetching any of them
+        raise InvalidRequest(f"give between 1 and {MAX_MODELS} base models", param="models")
+    # uploaded (merged) models are fetched from the registry into a local directory
+    catalog = {n: await st.lifecycle.base_path(tenant, n) for n in names}
     tok = await st.lifecycle.tokenizer(tenant, names[0])
     # a file is read line by line; an encrypted one is decrypted whole: off the loop
     data = await anyio.to_thread.run_sync(
