@@ -88,7 +88,7 @@ async def registry(tmp_path: Path, db_url: str, model_dir: Path) -> AsyncIterato
         webhook_poll_s=0.05,
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(
             transport=transport,

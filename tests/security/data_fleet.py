@@ -182,7 +182,9 @@ async def data_fleet(
     )
     async with AsyncExitStack() as stack:
         for name in ("registry", "training", "gateway"):
-            await stack.enter_async_context(LifespanManager(apps[name], startup_timeout=120))
+            await stack.enter_async_context(
+                LifespanManager(apps[name], startup_timeout=120, shutdown_timeout=60)
+            )
         gw = await stack.enter_async_context(
             httpx.AsyncClient(transport=HostRouter(apps), base_url="http://gateway", timeout=120)
         )
@@ -223,7 +225,7 @@ async def with_replica(fl: DataFleet, model_dir: Path) -> AsyncIterator[FastAPI]
         engine,  # type: ignore[arg-type]
         registry_transport=HostRouter(fl.apps),
     )
-    async with LifespanManager(app, startup_timeout=60):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         fl.apps["inference"] = app
         try:
             yield app

@@ -35,7 +35,7 @@ ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
 async def running(home: Path, **settings: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Database]]:
     app = gateway_app(home, **settings)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         yield http, app.state.gateway.db

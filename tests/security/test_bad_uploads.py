@@ -108,7 +108,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         )
     )
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://gateway",

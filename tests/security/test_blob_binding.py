@@ -58,8 +58,8 @@ async def training(
     registry = _registry(tmp_path / "reg", model_dir)
     app = _training(tmp_path / "tr", registry)
     async with (
-        LifespanManager(registry, startup_timeout=60),
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(registry, startup_timeout=60, shutdown_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://training",

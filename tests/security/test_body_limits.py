@@ -96,7 +96,7 @@ async def call(
 @pytest.fixture
 async def gateway(tmp_path: Path) -> AsyncIterator[FastAPI]:
     app = gateway_app(tmp_path)  # max_body 8 MiB, uploads 512 MiB; services unreachable
-    async with LifespanManager(app, startup_timeout=60):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         yield app
 
 
@@ -177,7 +177,7 @@ async def registry(tmp_path: Path) -> AsyncIterator[FastAPI]:
         home=tmp_path, internal_token="t", seed_models_dir=tmp_path / "none", max_archive_bytes=MiB
     )
     app = create_registry(settings)
-    async with LifespanManager(app, startup_timeout=60):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         yield app
 
 

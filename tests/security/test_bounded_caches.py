@@ -42,7 +42,7 @@ EVENTS = "http://inference/internal/registry-events"
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     app = gateway_app(tmp_path)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         yield app, http
@@ -102,7 +102,7 @@ async def registry(tmp_path: Path, model_dir: Path) -> AsyncIterator[FastAPI]:
             webhook_poll_s=3600,  # the outbox is read here, not delivered
         )
     )
-    async with LifespanManager(app, startup_timeout=60):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         yield app
 
 

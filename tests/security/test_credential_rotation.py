@@ -30,7 +30,7 @@ async def gateway(home: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClien
     settings.setdefault("admin_key", None)
     app = gateway_app(home, **settings)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         yield http

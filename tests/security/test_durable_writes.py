@@ -88,7 +88,7 @@ async def test_every_service_sqlite_connection_is_synchronous_full(
         (registry, lambda a: a.state.registry.db),
         (training, lambda a: a.state.training.db),
     ):
-        async with LifespanManager(app, startup_timeout=60):
+        async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
             db = db_of(app)
             assert db.engine.dialect.name == "sqlite"
             assert _synchronous(db) == [FULL] * 3, app.title
@@ -98,7 +98,7 @@ async def test_every_service_sqlite_connection_is_synchronous_full(
 async def registry(tmp_path: Path, model_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = _registry(tmp_path / "reg", model_dir)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://registry", headers=AUTH
         ) as http,
@@ -133,8 +133,8 @@ async def test_an_uploaded_training_file_is_on_disk_before_the_upload_is_answere
     registry = _registry(tmp_path / "reg", model_dir)
     app = _training(tmp_path / "tr", registry)
     async with (
-        LifespanManager(registry, startup_timeout=60),
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(registry, startup_timeout=60, shutdown_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://training", headers=AUTH
         ) as http,

@@ -96,8 +96,8 @@ async def fleet(tmp_path: Path, model_dir: Path) -> AsyncIterator[Fleet]:
         registry_transport=httpx.ASGITransport(app=registry),
     )
     async with (
-        LifespanManager(registry, startup_timeout=60),
-        LifespanManager(inference, startup_timeout=60),
+        LifespanManager(registry, startup_timeout=60, shutdown_timeout=60),
+        LifespanManager(inference, startup_timeout=60, shutdown_timeout=60),
     ):
         yield Fleet(registry, inference, settings.adapter_dir())
 

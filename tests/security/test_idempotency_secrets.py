@@ -30,7 +30,7 @@ ADMIN = {"Authorization": f"Bearer {BOOTSTRAP}"}
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     app = gateway_app(tmp_path)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         assert (await http.post("/admin/tenants", json={"id": "acme"}, headers=ADMIN)).is_success
@@ -75,7 +75,7 @@ def test_webhook_secret_is_scrubbed() -> None:
 async def test_expired_rows_are_purged_while_the_gateway_runs(tmp_path: Path) -> None:
     app = gateway_app(tmp_path, idempotency_purge_s=0.2)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         for n in range(3):

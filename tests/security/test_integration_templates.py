@@ -43,7 +43,7 @@ def spec(template: str) -> dict[str, object]:
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient, dict[str, str]]]:
     app = gateway_app(tmp_path)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         assert (await http.post("/admin/tenants", json={"id": "acme"}, headers=ADMIN)).is_success

@@ -57,7 +57,7 @@ async def test_registry_push_refusal_names_no_model_directory(
 ) -> None:
     app = _registry(tmp_path / "reg", model_dir)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://registry", headers=AUTH
         ) as http,

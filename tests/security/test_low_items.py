@@ -61,7 +61,7 @@ async def gw(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Upstreams
     ups = Upstreams()
     app = gateway_with(tmp_path, ups)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         yield http, ups
@@ -120,8 +120,8 @@ async def test_base_models_carry_no_server_paths(tmp_path: Path, model_dir: Path
     )
     app = gateway_with(tmp_path / "gateway", ups)
     async with (
-        LifespanManager(ups.registry, startup_timeout=60),
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(ups.registry, startup_timeout=60, shutdown_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         r = await http.get("/v1/base-models", headers=ADMIN)

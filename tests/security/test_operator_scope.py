@@ -231,7 +231,7 @@ ROUTES = admin_routes(gateway_app(Path(tempfile.gettempdir()) / "tunefleet-scope
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     app = gateway_app(tmp_path)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http,
     ):
         w = World(http, app, {"bootstrap": BOOTSTRAP}, {}, itertools.count())

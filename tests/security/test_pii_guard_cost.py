@@ -38,7 +38,7 @@ def phone_text(chars: int) -> str:
 async def gw(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, str]]]:
     app = gateway_app(tmp_path)
     async with (
-        LifespanManager(app, startup_timeout=60),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://gw", timeout=300
         ) as http,

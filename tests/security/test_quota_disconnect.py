@@ -146,7 +146,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         )
         app = create_gateway(settings)
         async with (
-            LifespanManager(app, startup_timeout=60),
+            LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
             _served(app) as gateway,
             httpx.AsyncClient(timeout=30) as http,
         ):

@@ -112,7 +112,7 @@ async def test_the_gateway_sends_the_adapter_limit_with_a_job_and_training_keeps
         upstream_transport=upstream,
     )
     async with (
-        LifespanManager(gateway, startup_timeout=60),
+        LifespanManager(gateway, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway), base_url="http://gw") as gw,
     ):
         r = await gw.post(
@@ -127,8 +127,8 @@ async def test_the_gateway_sends_the_adapter_limit_with_a_job_and_training_keeps
     registry = _registry(tmp_path / "reg", model_dir)
     training = _training(tmp_path / "tr", registry)
     async with (
-        LifespanManager(registry, startup_timeout=60),
-        LifespanManager(training, startup_timeout=60),
+        LifespanManager(registry, startup_timeout=60, shutdown_timeout=60),
+        LifespanManager(training, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=training),
             base_url="http://training",

@@ -86,7 +86,10 @@ async def _replica(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[str, 
             max_lora_rank=16,
         )
         app = create_inference(settings, engine)  # type: ignore[arg-type]
-        async with LifespanManager(app, startup_timeout=60), _served(app) as url:
+        async with (
+            LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
+            _served(app) as url,
+        ):
             yield url, registry, log
 
 
@@ -147,7 +150,7 @@ async def test_abandoned_non_streamed_call_is_billed_what_the_replica_generated(
         )
         app = create_gateway(settings)
         async with (
-            LifespanManager(app, startup_timeout=60),
+            LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
             _served(app) as gateway,
             httpx.AsyncClient(timeout=30) as http,
         ):

@@ -86,8 +86,8 @@ async def fleet(
     )
     to_replica.app = replica
     async with (
-        LifespanManager(registry, startup_timeout=60),
-        LifespanManager(replica, startup_timeout=60),
+        LifespanManager(registry, startup_timeout=60, shutdown_timeout=60),
+        LifespanManager(replica, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=registry), base_url="http://registry", headers=AUTH
         ) as reg,

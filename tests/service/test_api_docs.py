@@ -42,7 +42,7 @@ async def client(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = _apps(tmp_path)[request.param]
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
             yield c
@@ -87,7 +87,7 @@ async def test_gateway_openapi_declares_bearer_on_keyed_operations(tmp_path: Pat
     for public in ("/healthz", "/readyz", "/metrics"):
         assert public not in schema["paths"]
     # the probes answer without a key, as the scheme says
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
             assert (await c.get("/healthz")).status_code == 200

@@ -178,7 +178,7 @@ async def test_archive_over_the_size_cap(tmp_path: Path, model_dir: Path) -> Non
     )
     app = create_app(settings)
     async with (
-        LifespanManager(app),
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://registry",

@@ -42,7 +42,7 @@ async def registry(
             database_url=url,
         )
     )
-    async with LifespanManager(app, startup_timeout=60):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         yield app
 
 

@@ -34,7 +34,7 @@ def without_fast_path(app: FastAPI) -> FastAPI:
 
 async def started(stack: AsyncExitStack, app: FastAPI) -> tuple[httpx.AsyncClient, str, str]:
     """A client of ``app`` started, with an ``app`` key and a ``read``-only (sre) key."""
-    await stack.enter_async_context(LifespanManager(app, startup_timeout=60))
+    await stack.enter_async_context(LifespanManager(app, startup_timeout=60, shutdown_timeout=60))
     http = await stack.enter_async_context(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
     )

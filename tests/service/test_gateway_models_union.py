@@ -73,7 +73,9 @@ async def gateway(tmp_path: Path, model_dir: Path) -> AsyncIterator[httpx.AsyncC
     )
     async with AsyncExitStack() as stack:
         for app in holder.values():
-            await stack.enter_async_context(LifespanManager(app, startup_timeout=60))
+            await stack.enter_async_context(
+                LifespanManager(app, startup_timeout=60, shutdown_timeout=60)
+            )
         reg = await stack.enter_async_context(
             httpx.AsyncClient(transport=HostRouter(holder), base_url="http://registry")
         )

@@ -114,7 +114,7 @@ def _exact(model: type[BaseModel], data: dict[str, Any]) -> None:
 
 async def test_typed_client_against_the_gateway(tmp_path: Path) -> None:
     app = gateway_app(tmp_path)
-    async with LifespanManager(app):
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
         transport = httpx.ASGITransport(app=app)
         async with GatewayClient("http://gateway", BOOTSTRAP, transport=transport) as gw:
             # the typed client validates every answer with the route's own response model;

@@ -64,7 +64,7 @@ async def test_gateway_to_registry_is_one_trace(
             assert app.state.tracer_provider is not None
             assert [m for m in app.user_middleware if m.cls is TraceMiddleware]
             try:
-                async with LifespanManager(app):
+                async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60):
                     transport = httpx.ASGITransport(app=app)
                     async with httpx.AsyncClient(
                         transport=transport, base_url="http://gateway"

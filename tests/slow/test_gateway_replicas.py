@@ -120,7 +120,9 @@ async def loopback_fleet(
             *zip(replicas, ("i0", "i1"), strict=True),
             (gw, "gateway"),
         ):
-            await stack.enter_async_context(LifespanManager(app, startup_timeout=300))
+            await stack.enter_async_context(
+                LifespanManager(app, startup_timeout=300, shutdown_timeout=60)
+            )
             served = await _serve(app, ports[name])
             stack.push_async_callback(served.stop)
             servers.append(served)

@@ -39,7 +39,7 @@ APP = "tunefleet-inference"
 
 
 async def _serve(app: FastAPI, port: int, stack: AsyncExitStack) -> str:
-    await stack.enter_async_context(LifespanManager(app, startup_timeout=120))
+    await stack.enter_async_context(LifespanManager(app, startup_timeout=120, shutdown_timeout=60))
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

@@ -158,7 +158,7 @@ async def test_full_job_served_by_a_replica_that_downloads_it_through_the_gatewa
     )
     async with (
         LifespanManager(app, startup_timeout=300, shutdown_timeout=120),
-        LifespanManager(gw_app),
+        LifespanManager(gw_app, startup_timeout=60, shutdown_timeout=60),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://inference",

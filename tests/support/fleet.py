@@ -132,10 +132,18 @@ async def fleet(
     headers = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
     async with AsyncExitStack() as stack:
         for extra in extras.values():
-            await stack.enter_async_context(LifespanManager(extra, startup_timeout=120))
-        await stack.enter_async_context(LifespanManager(reg_app))
-        await stack.enter_async_context(LifespanManager(inf_app, startup_timeout=300))
-        await stack.enter_async_context(LifespanManager(gw_app))
+            await stack.enter_async_context(
+                LifespanManager(extra, startup_timeout=120, shutdown_timeout=60)
+            )
+        await stack.enter_async_context(
+            LifespanManager(reg_app, startup_timeout=60, shutdown_timeout=60)
+        )
+        await stack.enter_async_context(
+            LifespanManager(inf_app, startup_timeout=300, shutdown_timeout=60)
+        )
+        await stack.enter_async_context(
+            LifespanManager(gw_app, startup_timeout=60, shutdown_timeout=60)
+        )
         reg = await stack.enter_async_context(
             httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=reg_app),

@@ -157,7 +157,7 @@ async def fleet_metrics(tmp_path: Path, model_dir: Path) -> AsyncIterator[str]:
         (training, ("/healthz", "/v1/files", "/v1/fine_tuning/jobs")),
         (gateway, ("/healthz", "/v1/models", "/admin/tenants")),
     ):
-        async with LifespanManager(app, startup_timeout=120):
+        async with LifespanManager(app, startup_timeout=120, shutdown_timeout=60):
             texts.append(await scrape(app, paths))
     engine = VllmEngine(EngineConfig(model_path=model_dir, model_id="tiny-llama"))
     inference = create_inference(
