@@ -13,7 +13,6 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -22,7 +21,7 @@ from services.training.data.dedup import DedupReport, dedup
 from services.training.data.example import Example
 from services.training.data.labels import LabelReport, label_report
 from services.training.data.normalize import normalize_text
-from services.training.data.readers import LineError
+from services.training.data.readers import LineError, Source
 from services.training.data.records import parse_upload
 from services.training.data.split import split
 from services.training.data.tokenize import LengthReport, length_report
@@ -79,19 +78,19 @@ class Prepared:
 
 
 def prepare(
-    data: bytes | Path,
+    data: Source,
     filename: str,
     *,
     mapping: Mapping[str, str] | None = None,
     task: str = "generation",
     tokenizer: Any,
     max_len: int,
-    validation: bytes | Path | None = None,
+    validation: Source | None = None,
     validation_filename: str | None = None,
     seed: int = 0,
     validation_fraction: float = 0.1,
     max_errors: int = 10,
-    test: bytes | Path | None = None,
+    test: Source | None = None,
     test_filename: str | None = None,
     test_fraction: float = 0.0,
 ) -> Prepared:
@@ -179,7 +178,7 @@ def _check_fraction(name: str, value: float) -> None:
 
 
 def _parse(
-    data: bytes | Path,
+    data: Source,
     filename: str,
     mapping: Mapping[str, str] | None,
     task: str,
