@@ -155,3 +155,37 @@ def test_digest_set_grows_and_finds_every_member() -> None:
     assert all(seen.add(k) for k in keys)
     assert not any(seen.add(k) for k in keys)
     assert len(seen) == len(set(keys))
+
+
+def test_erasure_scan_reads_blobs_in_blocks_of_lines() -> None:
+    import io
+
+    from services.training.domain.erasure_scan import stream_matches, subject_matcher
+
+    match = subject_matcher("jane@example.com", "C-12")
+    rows = b"".join(b"row %d C-123 XC-12 nothing\n" % i for i in range(5000))
+    for block in (7, 64, 1 << 20):
+        assert not stream_matches(io.BytesIO(rows), match, block=block)
+        for extra in (b"id C-12.\n", b"mail JANE@example.com\n"):
+            hit = rows[:50_000] + extra + rows[50_000:]
+            assert stream_matches(io.BytesIO(hit), match, block=block), (block, extra)
+    long_line = b"x " * 3_000_000 + b"C-12 " + b"y " * 3_000_000  # 12 MB, no newline
+    assert stream_matches(io.BytesIO(long_line), match, block=1 << 20)
+
+
+def test_dataset_splits_are_served_in_chunks_and_a_foreign_blob_fails_first(
+    tmp_path: Path,
+) -> None:
+    from services.training.domain.files import dataset_key, dataset_split
+    from shared.crypto import DecryptionError
+
+    store = BlobStore(tmp_path, DataCipher([os.urandom(32)]))
+    rows = b"".join(b'{"prompt": "p%d", "completion": "c"}\n' % i for i in range(100_000))
+    with store.writer(dataset_key("ds1", "train"), tenant="acme") as out:
+        for i in range(0, len(rows), 4096):
+            out.write(rows[i : i + 4096])
+    chunks = list(dataset_split(store, "acme", "ds1", "train"))
+    assert len(chunks) > 1 and b"".join(chunks) == rows
+    assert list(dataset_split(store, "acme", "ds1", "test")) == []  # an older dataset
+    with pytest.raises(DecryptionError):  # raised before a response would start
+        dataset_split(store, "globex", "ds1", "train")

@@ -10,7 +10,7 @@ stored. Deleting a file purges every dataset derived from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,10 +330,11 @@ def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:
     return [name for name in SPLITS if store.exists(dataset_key(dataset_id, name))]
 
 
-def dataset_split(store: BlobStore, tenant: str, dataset_id: str, split: str) -> bytes:
+def dataset_split(store: BlobStore, tenant: str, dataset_id: str, split: str) -> Iterator[bytes]:
+    """A prepared split as JSON Lines, in chunks (a split may be most of a 1 GiB upload)."""
     if split not in SPLITS:
         raise NotFound(f"no split {split!r}", param="split")
     key = dataset_key(dataset_id, split)
     if split == "test" and not store.exists(key):
-        return b""  # a dataset prepared before the test split existed
-    return store.get(key, tenant=tenant)
+        return iter(())  # a dataset prepared before the test split existed
+    return store.chunks(key, tenant=tenant)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, BinaryIO
+from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
@@ -12,7 +11,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from services.training.deps import State
 from services.training.domain import files as domain
-from services.training.storage.files import COPY_CHUNK, TMP_PREFIX
+from services.training.storage.files import TMP_PREFIX
 from shared.auth import TenantId
 from shared.errors import InvalidRequest
 from shared.schemas.common import DEFAULT_LIMIT, MAX_LIMIT, ListResponse
@@ -93,23 +92,9 @@ def file_content(file_id: str, st: State, tenant: TenantId) -> Response:
     source = st.store.source(domain.file_key(row.id), tenant=row.tenant)
     if isinstance(source, Path):  # streamed from disk, not read whole
         return FileResponse(source, media_type="application/octet-stream")
-    # decrypted a chunk at a time; the first chunk is opened before the answer starts, so a
-    # blob of another record or key is a 500, not a cut stream
-    fh = source.open_binary()
-    try:
-        first = fh.read(COPY_CHUNK)
-    except BaseException:
-        fh.close()
-        raise
-    return StreamingResponse(_chunks(first, fh), media_type="application/octet-stream")
-
-
-def _chunks(first: bytes, fh: BinaryIO) -> Iterator[bytes]:
-    with fh:
-        if first:
-            yield first
-        while chunk := fh.read(COPY_CHUNK):
-            yield chunk
+    # decrypted a chunk at a time (a blob of another record or key: 500 before the answer)
+    chunks = st.store.chunks(domain.file_key(row.id), tenant=row.tenant)
+    return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted)

@@ -162,6 +162,18 @@ class BlobStore:
         chunks = self.cipher.open_stream(fh, blob_context(tenant, key))
         return reader_over(_closing(chunks, fh))
 
+    def chunks(self, key: str, *, tenant: str) -> Iterator[bytes]:
+        """The blob in chunks, for a streamed answer. The first chunk is read at once, so a
+        missing blob or one that does not decrypt (another record's, another key's) raises
+        here, before the answer starts; a later bad chunk cuts the stream."""
+        fh = self.open(key, tenant=tenant)
+        try:
+            first = fh.read(COPY_CHUNK)
+        except BaseException:
+            fh.close()
+            raise
+        return _chunks_from(first, fh)
+
     def source(self, key: str, *, tenant: str) -> Path | StoredBlob:
         """What a reader of ``key`` gets: the file itself when nothing is encrypted, else a
         :class:`StoredBlob` that opens a decrypting stream (read either line by line)."""
@@ -201,6 +213,14 @@ class BlobStore:
                 while chunk := fh.read(COPY_CHUNK):
                     out.write(chunk)
         return True
+
+
+def _chunks_from(first: bytes, fh: BinaryIO) -> Iterator[bytes]:
+    with fh:
+        if first:
+            yield first
+        while chunk := fh.read(COPY_CHUNK):
+            yield chunk
 
 
 def _closing(chunks: Iterator[bytes], fh: BinaryIO) -> Iterator[bytes]:
