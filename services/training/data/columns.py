@@ -2,7 +2,7 @@
 
 Pass one (``pipeline.prepare_stream``) appends a row per kept example: where it came from
 (training, validation or test upload), its label (as a number), its line, its token count and
-its two split ranks; about 30 bytes a row. From these alone the split is decided
+the split ranks it needs: 13 to 29 bytes a row. From these alone the split is decided
 (:func:`services.training.data.split.choose`, the same rule as ``split``) and the split,
 label and length reports are computed; the examples themselves are read back from the spill
 only when a caller wants the splits written.
@@ -33,8 +33,8 @@ class KeptColumns:
 
     source: array[int] = field(default_factory=lambda: array("B"))
     label: array[int] = field(default_factory=lambda: array("I"))
-    line: array[int] = field(default_factory=lambda: array("Q"))
-    length: array[int] = field(default_factory=lambda: array("Q"))
+    line: array[int] = field(default_factory=lambda: array("I"))
+    length: array[int] = field(default_factory=lambda: array("I"))
     rank_test: array[int] = field(default_factory=lambda: array("Q"))
     rank_validation: array[int] = field(default_factory=lambda: array("Q"))
     labels: dict[str | None, int] = field(default_factory=lambda: {None: 0})
@@ -42,12 +42,18 @@ class KeptColumns:
     def __len__(self) -> int:
         return len(self.source)
 
-    def add(self, source: int, label: str | None, line: int, ranks: tuple[int, int]) -> None:
+    def add(
+        self, source: int, label: str | None, line: int, ranks: tuple[int | None, int | None]
+    ) -> None:
+        """One kept row; a rank of None is not kept (that split is uploaded or empty: the
+        rank column then stays empty and is never read)."""
         self.source.append(source)
         self.label.append(self.labels.setdefault(label, len(self.labels)))
         self.line.append(line)
-        self.rank_test.append(ranks[0])
-        self.rank_validation.append(ranks[1])
+        if ranks[0] is not None:
+            self.rank_test.append(ranks[0])
+        if ranks[1] is not None:
+            self.rank_validation.append(ranks[1])
 
 
 def _np(column: array[int], dtype: type) -> npt.NDArray[Any]:
@@ -99,12 +105,12 @@ def label_report_of(kept: KeptColumns, split: npt.NDArray[np.uint8]) -> LabelRep
 
 def length_report_of(kept: KeptColumns, split: npt.NDArray[np.uint8], max_len: int) -> LengthReport:
     """``tokenize.length_report`` of train + validation + test, from the counted lengths."""
-    lengths = _np(kept.length, np.uint64)
+    lengths = _np(kept.length, np.uint32)
     if not len(lengths):
         return LengthReport(max_len=max_len)
     ordered = np.sort(lengths)
     over = lengths > max_len
-    lines = _np(kept.line, np.uint64)
+    lines = _np(kept.line, np.uint32)
     named = [
         int(x)
         for s in (TRAIN, VALIDATION, TEST)

@@ -203,7 +203,8 @@ def prepare_stream(
             name = test_filename or filename
             reader.read(test, name, mapping, TEST, "test_file", max_errors)
         reader.count_tokens()
-        kept = reader.kept
+        kept, dedup_report = reader.kept, reader.deduper.report()
+        reader.deduper = Deduper()  # its tables go before the split's arrays are made
         split = assign_splits(
             kept,
             test_fraction=test_fraction if test is None else None,
@@ -216,7 +217,7 @@ def prepare_stream(
             rows_in=reader.rows_in,
             rows_out=len(kept),
             pii_redacted=dict(sorted(reader.pii.items())),
-            dedup=reader.deduper.report(),
+            dedup=dedup_report,
             labels=label_report_of(kept, split) if task in LABEL_TASKS else None,
             lengths=length_report_of(kept, split, max_len),
             split=SplitReport(
@@ -297,8 +298,16 @@ class _Reader:
         example = example.map_text(self._scrub)
         if not self.deduper.keep(example):
             return
-        ranks = tuple(0 if s is None or source != TRAIN else rank64(example, s) for s in self.seeds)
-        self.kept.add(source, example.label, example.line, (ranks[0], ranks[1]))
+        test_seed, validation_seed = self.seeds
+        self.kept.add(
+            source,
+            example.label,
+            example.line,
+            (
+                None if test_seed is None else _train_rank(example, source, test_seed),
+                None if validation_seed is None else _train_rank(example, source, validation_seed),
+            ),
+        )
         if self.spill is not None:
             self.spill.append(example)
         self._texts.append(example_texts(example))
@@ -318,6 +327,10 @@ class _Reader:
             self.kept.length.append(sum(flat[pos : pos + len(texts)]))
             pos += len(texts)
         self._texts = []
+
+
+def _train_rank(example: Example, source: int, seed: int) -> int:
+    return rank64(example, seed) if source == TRAIN else 0  # only training rows are drawn
 
 
 def _check_arguments(task: str, max_len: int, validation_fraction: float) -> None:
