@@ -44,6 +44,7 @@ from gateway.routes import (
     training,
 )
 from gateway.routes.fastpath import InferenceFastPath
+from gateway.routes.training import TRAINING_FILE_LIMIT
 from gateway.settings import GatewaySettings
 from shared.apidocs import declare_bearer_auth
 from shared.app import create_service_app
@@ -226,6 +227,7 @@ def create_app(
         title="tunefleet gateway",
         max_body_bytes=lambda: settings.max_body_bytes,  # read per request: may change live
         max_upload_bytes=lambda: settings.max_upload_bytes,
+        upload_limits={TRAINING_FILE_LIMIT: lambda: settings.max_training_file_bytes},
         before_body=authenticate_before_body,
         traces_endpoint=settings.traces_endpoint(),
     )

@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 
 from shared import db
 from shared.settings import ServiceSettings
+from shared.uploads import DEFAULT_MAX_UPLOAD_BYTES
 
 ONE_YEAR_S = 365 * 24 * 3600
 
@@ -60,7 +61,13 @@ class GatewaySettings(ServiceSettings):
     )
     max_body_bytes: int = Field(default=8 * 2**20, ge=1024, description="JSON request bodies")
     max_upload_bytes: int = Field(
-        default=512 * 2**20, ge=1024, description="multipart uploads (files, adapter archives)"
+        default=512 * 2**20, ge=1024, description="multipart uploads (adapter archives)"
+    )
+    max_training_file_bytes: int = Field(
+        default=DEFAULT_MAX_UPLOAD_BYTES,
+        ge=1024,
+        description="POST /v1/files only (training data, streamed through to the training "
+        "service, which has its own cap of the same default); 413 naming the limit above it",
     )
     pii_max_chars: int = Field(
         default=64 * 1024,

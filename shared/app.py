@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -218,14 +218,16 @@ def create_service_app(
     registry: CollectorRegistry | None = None,
     max_body_bytes: Limit = 32 * 2**20,
     max_upload_bytes: Limit = 2**30,
+    upload_limits: Mapping[str, Limit] | None = None,
     before_body: BeforeBody | None = None,
     traces_endpoint: str | None = None,
 ) -> FastAPI:
     """A FastAPI app with the fleet's middleware, error envelope and health endpoints.
 
     Bodies are bounded per route before they are read (``shared.bodylimit``): upload routes
-    by ``max_upload_bytes``, all others by ``max_body_bytes``; ``before_body`` (e.g.
-    authentication) runs before a byte of the body is read.
+    by ``max_upload_bytes`` (or ``upload_limits[name]`` for a route marked
+    ``shared.bodylimit.upload_route(name)``), all others by ``max_body_bytes``;
+    ``before_body`` (e.g. authentication) runs before a byte of the body is read.
 
     Readiness: append async checks to ``app.state.readiness_checks``; ``/readyz`` is 503 with
     the first failing reason, and also while ``app.state.draining`` is set. Fields put in
@@ -256,6 +258,7 @@ def create_service_app(
         BodyLimitMiddleware,
         max_body_bytes=max_body_bytes,
         max_upload_bytes=max_upload_bytes,
+        upload_limits=upload_limits,
         before_body=before_body,
         render=_render_error,
     )

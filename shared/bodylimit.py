@@ -12,7 +12,7 @@ read, so an anonymous client cannot make a service read anything.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import params
@@ -21,9 +21,17 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import PayloadTooLarge, TunefleetError
+from shared.uploads import describe_bytes
 
 UPLOAD_ROUTE: dict[str, Any] = {"x-tunefleet-body": "upload"}
 """``openapi_extra`` of a route that streams a multipart upload itself (no ``File()``)."""
+
+
+def upload_route(limit: str) -> dict[str, Any]:
+    """:data:`UPLOAD_ROUTE` with a limit of its own: ``upload_limits[limit]`` of the app
+    (e.g. the gateway's training files, 1 GiB, beside its other uploads)."""
+    return {**UPLOAD_ROUTE, "x-tunefleet-upload-limit": limit}
+
 
 BeforeBody = Callable[[Scope], Awaitable[None]]
 Limit = int | Callable[[], int]
@@ -44,7 +52,14 @@ def is_upload_route(route: BaseRoute) -> bool:
 
 
 def too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body exceeds the limit of {limit} bytes for this route")
+    return PayloadTooLarge(
+        f"request body exceeds the limit of {describe_bytes(limit)} for this route"
+    )
+
+
+def _limit_name(route: BaseRoute) -> str:
+    extra = getattr(route, "openapi_extra", None) or {}
+    return str(extra.get("x-tunefleet-upload-limit", ""))
 
 
 class BodyLimitMiddleware:
@@ -58,16 +73,19 @@ class BodyLimitMiddleware:
         *,
         max_body_bytes: Limit,
         max_upload_bytes: Limit,
+        upload_limits: Mapping[str, Limit] | None = None,
         before_body: BeforeBody | None = None,
         render: Callable[[TunefleetError, Scope], ASGIApp],
     ) -> None:
         self.app = app
         self.max_body = max_body_bytes
         self.max_upload = max_upload_bytes
+        self.upload_limits = dict(upload_limits or {})
         self.before_body = before_body
         self.render = render
         self._uploads: list[BaseRoute] | None = None
-        self._is_upload: dict[tuple[str, str, str], bool] = {}  # (method, root, path)
+        # (method, root, path) -> None (not an upload) or the upload route's limit name
+        self._is_upload: dict[tuple[str, str, str], str | None] = {}
 
     def limit_for(self, scope: Scope) -> int:
         if self._uploads is None:  # routes are all added before the first request
@@ -75,14 +93,18 @@ class BodyLimitMiddleware:
         # a route match is a regex per upload route: remembered per (method, path), for a
         # bounded number of short paths (paths carry ids; a client chooses them)
         seen = (scope["method"], scope.get("root_path", ""), scope["path"])
-        upload = self._is_upload.get(seen)
-        if upload is None:
-            upload = any(route.matches(scope)[0] == Match.FULL for route in self._uploads)
+        if seen in self._is_upload:
+            upload = self._is_upload[seen]
+        else:
+            upload = next(
+                (_limit_name(r) for r in self._uploads if r.matches(scope)[0] == Match.FULL),
+                None,
+            )
             if len(seen[2]) <= _PATH_KEPT_CHARS:
                 if len(self._is_upload) >= _MATCHES_KEPT:
                     self._is_upload.clear()
                 self._is_upload[seen] = upload
-        limit = self.max_upload if upload else self.max_body
+        limit = self.max_body if upload is None else self.upload_limits.get(upload, self.max_upload)
         return limit if isinstance(limit, int) else limit()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,6 +17,20 @@ which is how keys rotate: add the new key first, ``rewrap`` the stored files, dr
 key. Keys come from ``TUNEFLEET_DATA_KEYS`` (comma-separated base64 of 32 bytes); unset means
 no encryption, and ``DataCipher.from_settings`` then returns None.
 
+``TFE3`` is the streamed (chunked) form the training store writes, so a file of any size is
+sealed and opened a chunk at a time, never whole in memory::
+
+    b"TFE3" | key id (8) | base nonce (12) | chunk size (4, big-endian) | chunk 0 | chunk 1 | …
+
+Each chunk is ``chunk size`` bytes of plaintext (the last one fewer, possibly none) sealed
+with AES-256-GCM on its own: nonce = base nonce XOR the chunk's index; associated data = the
+header, the context, the index (8 bytes) and a final flag (1 byte). A chunk moved to another
+place fails (its index is bound), a stream cut at a chunk boundary fails (its new last chunk
+was not sealed as final), bytes appended after the final chunk fail (it is then not read as
+the last), a stream copied to another record fails (the context). ``decrypt`` opens all three
+forms whole; :meth:`DataCipher.open_stream` yields a ``TFE3`` blob's chunks one by one (older
+blobs: whole, in one piece). ``TFE1``/``TFE2`` blobs are not migrated: they still open.
+
 ``python -m shared.crypto rotate --old-keys … --new-keys … PATH…`` rewraps files in place.
 """
 
@@ -26,10 +40,12 @@ import argparse
 import base64
 import binascii
 import hashlib
+import io
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -43,6 +59,11 @@ KEY_ID_LEN = 8
 NONCE_LEN = 12
 HEADER_LEN = len(MAGIC) + KEY_ID_LEN + NONCE_LEN
 KEYS_ENV = "TUNEFLEET_DATA_KEYS"
+STREAM_MAGIC = b"TFE3"
+STREAM_HEADER_LEN = HEADER_LEN + 4
+STREAM_CHUNK = 1 << 20
+MAX_STREAM_CHUNK = 64 << 20
+TAG_LEN = 16
 
 
 class DecryptionError(InternalError):
@@ -77,7 +98,75 @@ def parse_keys(text: str, *, param: str = KEYS_ENV) -> list[bytes]:
 
 
 def is_sealed(blob: bytes) -> bool:
-    return blob[: len(MAGIC)] in (MAGIC, LEGACY_MAGIC) and len(blob) >= HEADER_LEN + 16
+    """Whether ``blob`` (or its first 64 bytes) starts like a sealed blob of any form."""
+    if blob.startswith(STREAM_MAGIC):
+        return len(blob) >= STREAM_HEADER_LEN + TAG_LEN
+    return blob[: len(MAGIC)] in (MAGIC, LEGACY_MAGIC) and len(blob) >= HEADER_LEN + TAG_LEN
+
+
+def _chunk_nonce(base: bytes, index: int) -> bytes:
+    return (int.from_bytes(base, "big") ^ index).to_bytes(NONCE_LEN, "big")
+
+
+def _chunk_aad(header: bytes, context: bytes, index: int, final: bool) -> bytes:
+    return _associated_data(header, context) + index.to_bytes(8, "big") + bytes([final])
+
+
+class SealingWriter:
+    """A writable stream sealing what is written as ``TFE3`` chunks into ``dst``; call
+    :meth:`finish` to seal the last chunk (until then the blob does not open)."""
+
+    def __init__(self, aead: AESGCM, kid: bytes, dst: BinaryIO, context: bytes, chunk: int):
+        self._aead, self._dst, self._context, self._chunk = aead, dst, context, chunk
+        self._base = os.urandom(NONCE_LEN)
+        self._header = STREAM_MAGIC + kid + self._base + chunk.to_bytes(4, "big")
+        self._buf = bytearray()
+        self._index = 0
+        dst.write(self._header)
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        # strictly more than a chunk: the last chunk (sealed as final) is never empty unless
+        # the whole stream is
+        while len(self._buf) > self._chunk:
+            self._seal(bytes(self._buf[: self._chunk]), final=False)
+            del self._buf[: self._chunk]
+        return len(data)
+
+    def finish(self) -> None:
+        self._seal(bytes(self._buf), final=True)
+        self._buf.clear()
+
+    def _seal(self, plain: bytes, *, final: bool) -> None:
+        aad = _chunk_aad(self._header, self._context, self._index, final)
+        self._dst.write(self._aead.encrypt(_chunk_nonce(self._base, self._index), plain, aad))
+        self._index += 1
+
+
+class _ChunkReader(io.RawIOBase):
+    """A raw readable over an iterator of byte chunks (wrap in ``io.BufferedReader``)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._left = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._left:
+            try:
+                self._left = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def reader_over(chunks: Iterator[bytes]) -> BinaryIO:
+    """A buffered binary file over ``chunks`` (iterable by line, ``read(n)``)."""
+    return io.BufferedReader(_ChunkReader(chunks), STREAM_CHUNK)  # type: ignore[return-value]
 
 
 def _associated_data(header: bytes, context: bytes) -> bytes:
@@ -120,17 +209,64 @@ class DataCipher:
         # The header is authenticated too: a blob cannot be relabelled to another key.
         return header + self._ring[kid].encrypt(nonce, data, _associated_data(header, context))
 
-    def decrypt(self, blob: bytes, context: bytes = b"") -> bytes:
-        """Open a sealed blob; raise DecryptionError (never garbage) when that is impossible,
-        including a ``context`` other than the one it was sealed with (``TFE1`` blobs: any)."""
-        if not is_sealed(blob):
+    def sealing_writer(
+        self, dst: BinaryIO, context: bytes = b"", chunk: int = STREAM_CHUNK
+    ) -> SealingWriter:
+        """Seal what is written to the returned stream into ``dst`` as ``TFE3`` chunks, bound
+        to ``context``; its ``finish()`` seals the last chunk."""
+        kid = key_id(self._primary)
+        return SealingWriter(self._ring[kid], kid, dst, context, chunk)
+
+    def open_stream(self, src: BinaryIO, context: bytes = b"") -> Iterator[bytes]:
+        """The plaintext of the sealed blob read from ``src``, a chunk at a time (``TFE1`` and
+        ``TFE2`` blobs: read and opened whole). Raises DecryptionError at the first chunk
+        that does not open (so a consumer may have seen the chunks before it)."""
+        head = src.read(len(STREAM_MAGIC))
+        if head != STREAM_MAGIC:
+            yield self.decrypt(head + src.read(), context)
+            return
+        header = head + src.read(STREAM_HEADER_LEN - len(head))
+        aead = self._aead_for(header)
+        base, chunk = header[HEADER_LEN - NONCE_LEN : HEADER_LEN], int.from_bytes(header[-4:])
+        if len(header) < STREAM_HEADER_LEN or not 0 < chunk <= MAX_STREAM_CHUNK:
+            raise DecryptionError("data is not an encrypted tunefleet blob (bad chunk header)")
+        size, index = chunk + TAG_LEN, 0
+        current = src.read(size)
+        while True:
+            following = src.read(size) if len(current) == size else b""
+            final = not following
+            try:
+                nonce = _chunk_nonce(base, index)
+                yield aead.decrypt(nonce, current, _chunk_aad(header, context, index, final))
+            except InvalidTag:
+                raise DecryptionError(
+                    f"data sealed with key {header[4:12].hex()} failed authentication at chunk "
+                    f"{index} (tampered, truncated, reordered, or sealed for another record)"
+                ) from None
+            if final:
+                return
+            current, index = following, index + 1
+
+    def _aead_for(self, header: bytes) -> AESGCM:
+        if not is_sealed(header + bytes(TAG_LEN)):
             raise DecryptionError("data is not an encrypted tunefleet blob (missing header)")
-        kid = blob[len(MAGIC) : len(MAGIC) + KEY_ID_LEN]
+        kid = header[len(MAGIC) : len(MAGIC) + KEY_ID_LEN]
         aead = self._ring.get(kid)
         if aead is None:
             raise DecryptionError(
                 f"data was encrypted with key {kid.hex()}, which is not configured in {KEYS_ENV}"
             )
+        return aead
+
+    def decrypt(self, blob: bytes, context: bytes = b"") -> bytes:
+        """Open a sealed blob; raise DecryptionError (never garbage) when that is impossible,
+        including a ``context`` other than the one it was sealed with (``TFE1`` blobs: any)."""
+        if not is_sealed(blob):
+            raise DecryptionError("data is not an encrypted tunefleet blob (missing header)")
+        if blob.startswith(STREAM_MAGIC):
+            return b"".join(self.open_stream(io.BytesIO(blob), context))
+        kid = blob[len(MAGIC) : len(MAGIC) + KEY_ID_LEN]
+        aead = self._aead_for(blob[:HEADER_LEN])
         header, body = blob[:HEADER_LEN], blob[HEADER_LEN:]
         try:
             return aead.decrypt(header[-NONCE_LEN:], body, _associated_data(header, context))
@@ -141,10 +277,11 @@ class DataCipher:
             ) from None
 
     def needs_rewrap(self, blob: bytes) -> bool:
-        """Not sealed, sealed without a context (``TFE1``), or under another key."""
+        """Not sealed, sealed without a context (``TFE1``), or under another key (``blob``
+        may be just the first 64 bytes). ``TFE2`` blobs stay as they are."""
         return (
             not is_sealed(blob)
-            or not blob.startswith(MAGIC)
+            or blob.startswith(LEGACY_MAGIC)
             or blob[len(MAGIC) : len(MAGIC) + KEY_ID_LEN] != self.primary_key_id
         )
 

@@ -3,7 +3,7 @@
 Role integrator+ for everything (API.md). State changes are audited, and so are reads of a
 file's content (training data is customer data). Creates honour ``Idempotency-Key``; a new job
 is refused (429) while the tenant already runs ``max_jobs`` jobs. Uploads are streamed to the
-training service and cut off at ``max_upload_bytes`` (413).
+training service and cut off at ``max_training_file_bytes`` (413).
 
 The training service's answers are relayed as they come; each route names the wire model it
 relays (``response_model``) and the body it forwards (``openapi_extra``), for the OpenAPI.
@@ -19,7 +19,7 @@ from fastapi.responses import Response
 from gateway.deps import Caller, GatewayState, State
 from gateway.domain.keys import Principal
 from gateway.routes import proxy
-from shared.bodylimit import UPLOAD_ROUTE
+from shared.bodylimit import upload_route
 from shared.countlimit import MAX_ADAPTERS_HEADER, MAX_JOBS_HEADER
 from shared.errors import RateLimited
 from shared.openapi import BINARY, binary_response, json_body, multipart_body
@@ -36,6 +36,7 @@ from shared.schemas.training import (
 )
 
 router = APIRouter(tags=["fine-tuning"])
+TRAINING_FILE_LIMIT = "training_file"  # the body limit of POST /v1/files (gateway settings)
 ACTIVE = {"validating_files", "queued", "running"}
 
 READS: list[tuple[str, Any]] = [
@@ -61,7 +62,7 @@ FILE_UPLOAD = multipart_body(
         },
     },
     ["file"],
-    **UPLOAD_ROUTE,  # multipart, streamed through
+    **upload_route(TRAINING_FILE_LIMIT),  # multipart, streamed through, 1 GiB by default
 )
 CREATES: list[tuple[str, Any, dict[str, Any]]] = [
     ("/v1/files", FileOut, FILE_UPLOAD),

@@ -60,10 +60,10 @@ class TrainingSettings(ServiceSettings):
     runner_python: str | None = Field(
         default=None, description="interpreter for the Ray job entrypoint; default this one"
     )
-    # Below shared.uploads' 1 GiB default on purpose: uploads are spooled to disk, but their
-    # preparation still holds the parsed rows in memory (about 8x the file at peak).
+    # Uploads are spooled to disk and prepared as a stream (fixed-size columns per row, not
+    # the rows): 1 GiB keeps the service's memory bounded (BENCHMARKS.md, large uploads).
     max_upload_bytes: int = Field(
-        default=64 * 2**20,
+        default=DEFAULT_MAX_UPLOAD_BYTES,
         ge=1024,
         description="largest training file accepted (413 naming the limit above it)",
     )

@@ -123,7 +123,7 @@ async def test_legacy_blobs_still_open_and_rekey_binds_them(
     assert rekey_store(st.db, st.store, None) == (2, 2)
     assert rekey_store(st.db, st.store, None) == (0, 2)  # a rerun has nothing left to do
     upgraded = (st.store.root / "files" / acme).read_bytes()
-    assert upgraded.startswith(b"TFE2")
+    assert upgraded.startswith(b"TFE3")  # resealed as chunks
     assert (await _content(http, "acme", acme)).content == _rows("acme")
     (st.store.root / "files" / globex).write_bytes(upgraded)
     assert (await _content(http, "globex", globex)).status_code == 500  # bound now

@@ -171,6 +171,25 @@ async def test_multipart_header_does_not_lift_a_json_route(gateway: FastAPI) -> 
     assert up.status == 503, up
 
 
+async def test_training_files_route_has_its_own_1_gib_limit(gateway: FastAPI) -> None:
+    """POST /v1/files takes up to ``max_training_file_bytes`` (1 GiB); adapter archives stay at
+    ``max_upload_bytes`` (512 MiB) and JSON routes at 8 MiB."""
+    key = bearer(await integrator_key(gateway))
+
+    async def post(path: str, size: int) -> Outcome:
+        return await call(gateway, "POST", path, size=size, headers=key, content_type=MULTIPART)
+
+    over = await post("/v1/files", 2**30 + 1)
+    assert (over.status, over.pulled) == (413, 0), over
+    message = json.loads(over.body)["error"]["message"]
+    assert "1073741824 bytes (1 GiB)" in message, message
+    assert (await post("/v1/files", 600 * MiB)).status == 503  # allowed; training is down
+    archive = await post("/v1/adapters/a/versions", 600 * MiB)
+    assert (archive.status, archive.pulled) == (413, 0), archive
+    assert "536870912 bytes (512 MiB)" in json.loads(archive.body)["error"]["message"]
+    assert (await post("/v1/fine_tuning/jobs", 9 * MiB)).status == 413
+
+
 @pytest.fixture
 async def registry(tmp_path: Path) -> AsyncIterator[FastAPI]:
     settings = RegistrySettings(

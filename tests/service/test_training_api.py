@@ -375,7 +375,7 @@ def test_blobs_are_encrypted_at_rest_when_keys_are_set(
         secret = b"Review: the quiet fan is superb. Sentiment:"
         f = st.upload([{"prompt": secret.decode(), "completion": " positive"}]).json()
         raw = (st.settings.data_root() / "blobs" / "files" / f["id"]).read_bytes()
-        assert raw.startswith(b"TFE2") and secret not in raw
+        assert raw.startswith(b"TFE3") and secret not in raw
         content = st.http.get(f"/v1/files/{f['id']}/content", headers=st.headers()).content
         assert secret in content
 

@@ -15,12 +15,19 @@ is served by ``/v1/chat/completions``; without it, records are prompt/completion
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
 from services.training.data.example import Example
-from services.training.data.readers import ErrorSink, csv_rows, json_type, sniff_delimiter
+from services.training.data.readers import (
+    ErrorSink,
+    csv_lines,
+    csv_rows,
+    json_type,
+    sniff_delimiter,
+    sniff_sample,
+)
 
 TARGETS = ("prompt", "text", "completion", "target", "label")
 SYSTEM_KEY = "$system"
@@ -151,11 +158,24 @@ def examples_from_csv(
 ) -> list[Example]:
     """Map CSV rows to examples. The delimiter is sniffed; without a mapping, columns named
     after a target (``prompt``, ``completion``, ...) map to themselves."""
+    return list(csv_examples(lambda: iter(text.split("\n")), filename, mapping, errors))
+
+
+def csv_examples(
+    lines: Callable[[], Iterable[str]],
+    filename: str,
+    mapping: Mapping[str, str] | None,
+    errors: ErrorSink,
+) -> Iterator[Example]:
+    """:func:`examples_from_csv` as a stream over the text's lines (``lines()`` gives them
+    anew: once for the delimiter's sample, once for the rows)."""
     preferred = "\t" if filename.lower().endswith(".tsv") else ","
-    rows = csv_rows(text, errors, delimiter=sniff_delimiter(text, preferred))
+    sample, cut = sniff_sample(lines())
+    delimiter = sniff_delimiter(sample, preferred, cut=cut)
+    rows = csv_rows(csv_lines(lines()), errors, delimiter=delimiter)
     first = next(rows, None)
     if first is None:
-        return []
+        return
     header_line, header = first
     header = [name.strip() for name in header]
     if mapping is None:
@@ -166,14 +186,13 @@ def examples_from_csv(
                 "mapping",
                 f"a CSV upload needs a field mapping (columns: {_names(header)})",
             )
-            return []
+            return
     plan = _plan(mapping, errors)
     if plan is None:
-        return []
+        return
     index = _column_index(header, _source_fields(plan), header_line, errors)
     if index is None:
-        return []
-    examples = []
+        return
     for line, row in rows:
         if len(row) != len(header) and (
             len(row) < len(header) or any(c.strip() for c in row[len(header) :])
@@ -183,8 +202,7 @@ def examples_from_csv(
         cells = {source: row[i] for source, i in index.items()}
         example = _mapped_example(line, cells.__getitem__, plan, errors)
         if example is not None:
-            examples.append(example)
-    return examples
+            yield example
 
 
 def _column_index(

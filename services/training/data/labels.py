@@ -36,8 +36,19 @@ def label_report(
 ) -> LabelReport:
     """Count labels; warn when max/min count > ``max_imbalance`` or a label has fewer than
     ``min_per_label`` training examples, and about validation labels absent from training."""
-    counts = _count(train)
-    seen = _count(validation)
+    return label_report_of_counts(
+        _count(train), _count(validation), max_imbalance=max_imbalance, min_per_label=min_per_label
+    )
+
+
+def label_report_of_counts(
+    counts: Counter[str],
+    seen: Counter[str],
+    *,
+    max_imbalance: float = MAX_IMBALANCE,
+    min_per_label: int = MIN_PER_LABEL,
+) -> LabelReport:
+    """:func:`label_report` from the training and validation label counts."""
     ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     warnings: list[str] = []
     ratio = None

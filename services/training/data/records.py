@@ -14,25 +14,36 @@ label); translation maps ``text`` (→ prompt) and ``target`` (→ completion).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from services.training.data.example import Example, content_key
-from services.training.data.exports import TARGETS, examples_from_csv, examples_from_records
+from services.training.data.exports import TARGETS, csv_examples, examples_from_records
 from services.training.data.readers import (
     MAX_DEPTH,
     MAX_LINE_BYTES,
     ErrorSink,
     LineError,
-    decode_utf8,
+    Source,
+    decoded_lines,
     json_array,
     json_lines,
     json_type,
+    scan_utf8,
+    text_of,
 )
 
-__all__ = ["TARGETS", "Example", "LineError", "ParseResult", "content_key", "parse_upload"]
+__all__ = [
+    "TARGETS",
+    "Example",
+    "LineError",
+    "ParseResult",
+    "ParseStream",
+    "content_key",
+    "parse_upload",
+    "stream_upload",
+]
 
 ROLES = frozenset({"system", "user", "assistant"})
 _MISSING = object()
@@ -47,8 +58,73 @@ class ParseResult:
     format: str
 
 
+class ParseStream:
+    """An upload being parsed: ``examples`` yields each example as its lines are read (errors
+    go to the sink given); ``format`` is final once ``examples`` is exhausted."""
+
+    def __init__(self, fmt: str) -> None:
+        self.format = fmt
+        self.examples: Iterator[Example] = iter(())
+
+
+def stream_upload(
+    data: Source,
+    filename: str,
+    mapping: Mapping[str, str] | None,
+    errors: ErrorSink,
+    *,
+    max_depth: int = MAX_DEPTH,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> ParseStream:
+    """Parse ``data`` (bytes, a file or a stored blob, read line by line; named ``filename``)
+    as a stream of examples, reporting into ``errors`` (its readers stop once it is full).
+
+    Every line is checked for UTF-8 and length first (one streamed pass). CSV and JSON
+    Lines are then parsed a record at a time; a JSON array, or JSON Lines with a mapping
+    (a mapped field absent from every record is reported first), are read whole.
+    Without a mapping, JSON uploads must be chat or prompt/completion records and a CSV must
+    have columns named after the targets. With a mapping, the upload is a raw export.
+    """
+    start = scan_utf8(data, errors, max_line_bytes=max_line_bytes)
+    kind = _kind(filename, start.first)
+    stream = ParseStream(kind)
+    if errors.items:
+        return stream
+    if not start.first:
+        errors.add(0, "file", "the file is empty")
+        return stream
+    inner: Iterator[Example]
+    if kind == "csv":
+        stream.format = "csv"
+        inner = csv_examples(lambda: decoded_lines(data), filename, mapping, errors)
+    else:
+        is_array = kind == "json" and start.first_json == "["
+        values = (
+            json_array(text_of(data), errors, max_depth=max_depth)
+            if is_array
+            else json_lines(decoded_lines(data), errors, max_depth=max_depth)
+        )
+        if mapping is None:
+            stream.format = "chat"
+            inner = _from_openai_records(values, errors, stream)
+        else:
+            stream.format = "json" if is_array else "jsonl"
+            inner = iter(examples_from_records(list(values), mapping, errors))
+    stream.examples = _none_means_error(inner, errors)
+    return stream
+
+
+def _none_means_error(examples: Iterator[Example], errors: ErrorSink) -> Iterator[Example]:
+    seen = False
+    for example in examples:
+        seen = True
+        yield example
+    if not seen and not errors.items:
+        errors.add(0, "file", "no examples found")
+
+
 def parse_upload(
-    data: bytes | Path,
+    data: Source,
     filename: str,
     mapping: Mapping[str, str] | None = None,
     *,
@@ -56,36 +132,17 @@ def parse_upload(
     max_depth: int = MAX_DEPTH,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> ParseResult:
-    """Parse ``data`` (bytes, or a file read line by line; named ``filename``) into examples;
-    stop after ``max_errors`` errors.
-
-    Without a mapping, JSON uploads must be chat or prompt/completion records and a CSV must
-    have columns named after the targets. With a mapping, the upload is a raw export.
-    """
+    """Parse ``data`` into a list of examples; stop after ``max_errors`` errors (the whole
+    upload in memory: the pipeline streams with :func:`stream_upload`)."""
     errors = ErrorSink(max_errors)
-    text = decode_utf8(data, errors, max_line_bytes=max_line_bytes)
-    kind = _kind(filename, text)
-    if errors.items:
-        return ParseResult([], errors.items, kind)
-    if not text.strip():
-        errors.add(0, "file", "the file is empty")
-        return ParseResult([], errors.items, kind)
-    if kind == "csv":
-        fmt, examples = "csv", examples_from_csv(text, filename, mapping, errors)
-    else:
-        is_array = kind == "json" and text.lstrip(" \t\r\n").startswith("[")
-        values = (json_array if is_array else json_lines)(text, errors, max_depth=max_depth)
-        if mapping is None:
-            fmt, examples = _from_openai_records(values, errors)
-        else:
-            fmt = "json" if is_array else "jsonl"
-            examples = examples_from_records(list(values), mapping, errors)
-    if not examples and not errors.items:
-        errors.add(0, "file", "no examples found")
-    return ParseResult(examples, errors.items, fmt)
+    stream = stream_upload(
+        data, filename, mapping, errors, max_depth=max_depth, max_line_bytes=max_line_bytes
+    )
+    examples = list(stream.examples)
+    return ParseResult(examples, errors.items, stream.format)
 
 
-def _kind(filename: str, text: str) -> str:
+def _kind(filename: str, first: str) -> str:
     """``csv``, ``jsonl`` (JSON Lines) or ``json`` (an array, or JSON Lines if not one)."""
     ext = filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
     if ext in ("csv", "tsv"):
@@ -94,18 +151,17 @@ def _kind(filename: str, text: str) -> str:
         return "jsonl"
     if ext == "json":
         return "json"
-    return "json" if text.lstrip()[:1] in ("{", "[") else "csv"
+    return "json" if first in ("{", "[") else "csv"
 
 
 # --- chat and prompt/completion JSON Lines -------------------------------------------------
 
 
 def _from_openai_records(
-    values: Iterable[tuple[int, Any]], errors: ErrorSink
-) -> tuple[str, list[Example]]:
+    values: Iterable[tuple[int, Any]], errors: ErrorSink, stream: ParseStream
+) -> Iterator[Example]:
     fmt: str | None = None
     first = 0
-    examples: list[Example] = []
     for line, obj in values:
         if not isinstance(obj, dict):
             errors.add(line, "json", f"expected a JSON object, got {json_type(obj)}")
@@ -116,6 +172,7 @@ def _from_openai_records(
             continue
         if fmt is None:
             fmt, first = kind, line
+            stream.format = kind or "chat"
         elif kind is not None and kind != fmt:
             where = "messages" if fmt == "chat" else "prompt"
             names = {"chat": "chat", "prompt_completion": "prompt/completion"}
@@ -124,8 +181,7 @@ def _from_openai_records(
             continue
         example = (_chat if fmt == "chat" else _prompt_completion)(line, obj, errors)
         if example is not None:
-            examples.append(example)
-    return fmt or "chat", examples
+            yield example
 
 
 def _record_format(obj: dict[str, Any]) -> str | None:

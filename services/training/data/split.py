@@ -11,6 +11,9 @@ import hashlib
 import math
 from collections import defaultdict
 
+import numpy as np
+import numpy.typing as npt
+
 from services.training.data.example import Example, content_key
 
 
@@ -47,3 +50,30 @@ def split(
     train = [ex for i, ex in enumerate(examples) if i not in chosen]
     validation = [ex for i, ex in enumerate(examples) if i in chosen]
     return train, validation
+
+
+def rank64(example: Example, seed: int) -> int:
+    """The first 8 bytes of :func:`_rank` as an integer: ordering by ``(rank64, index)`` is
+    ordering by ``(_rank, index)`` (but where 64-bit prefixes tie, about never)."""
+    return int.from_bytes(_rank(example, seed)[:8], "big")
+
+
+def choose(
+    groups: npt.NDArray[np.uint32],
+    ranks: npt.NDArray[np.uint64],
+    eligible: npt.NDArray[np.bool_],
+    fraction: float,
+) -> npt.NDArray[np.bool_]:
+    """:func:`split`'s validation choice over columns instead of examples: of the
+    ``eligible`` rows, per group (label) the ``round(n * fraction)`` of smallest
+    ``(rank, index)``. Returns the chosen rows as a mask the length of ``groups``."""
+    chosen = np.zeros(len(groups), dtype=bool)
+    rows = np.flatnonzero(eligible)
+    if fraction <= 0 or not len(rows):
+        return chosen
+    order = rows[np.lexsort((rows, ranks[rows], groups[rows]))]
+    ordered = groups[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
+        chosen[order[start : start + _validation_size(int(end - start), fraction)]] = True
+    return chosen

@@ -28,7 +28,7 @@ class LengthReport:
     truncated_lines: list[int] = field(default_factory=list)
 
 
-def _texts(example: Example) -> list[str]:
+def example_texts(example: Example) -> list[str]:
     if example.messages is not None:
         return [m["content"] for m in example.messages]
     return [example.prompt, example.completion]
@@ -57,7 +57,7 @@ def length_report(examples: Sequence[Example], tokenizer: Any, max_len: int) -> 
         raise ValueError(f"max_len must be positive, got {max_len}")
     lengths: list[int] = []
     for start in range(0, len(examples), TOKENIZE_BATCH):
-        pieces = [_texts(ex) for ex in examples[start : start + TOKENIZE_BATCH]]
+        pieces = [example_texts(ex) for ex in examples[start : start + TOKENIZE_BATCH]]
         flat = count_tokens(tokenizer, [text for texts in pieces for text in texts])
         pos = 0
         for texts in pieces:

@@ -4,12 +4,13 @@ bytes, because that is where personal data lives (see :mod:`.erasure` for what g
 The raw uploaded file is read through the blob store, so encrypted-at-rest blobs are
 decrypted for the scan; prepared dataset splits are scanned too (an id that redaction kept
 takes the dataset's source files with it). Reads are paged: a big store is never loaded at
-once.
+once, and a blob is scanned in blocks of whole lines (:func:`stream_matches`), never whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 from sqlalchemy import select
 
@@ -20,6 +21,9 @@ from shared.db import Database
 from shared.errors import NotFound
 
 _PAGE = 200
+SCAN_BLOCK = 1 << 20
+MAX_LINE = 4 << 20  # a longer line is scanned in windows overlapping by SCAN_OVERLAP
+SCAN_OVERLAP = 4096
 # with letters and digits, what continues an id; "." and "@" do not ("id CUST-1." matches)
 _TOKEN_CHARS = "_-"
 
@@ -109,9 +113,35 @@ def subject_files(db: Database, store: BlobStore, match: Matcher) -> set[str]:
 
 def _blob_matches(store: BlobStore, tenant: str, key: str, match: Matcher) -> bool:
     try:
-        return match(store.get(key, tenant=tenant))
+        with store.open(key, tenant=tenant) as fh:
+            return stream_matches(fh, match)
     except NotFound:  # blob already gone (an earlier, interrupted erasure): nothing to find
         return False
+
+
+def stream_matches(
+    fh: BinaryIO, match: Matcher, *, block: int = SCAN_BLOCK, max_line: int = MAX_LINE
+) -> bool:
+    """``match`` over ``fh``'s bytes a block of whole lines at a time (an e-mail address or
+    an id never spans a newline, and a newline is a token edge, so this finds what matching
+    the whole blob finds). A line longer than ``max_line`` is scanned in windows that
+    overlap by ``SCAN_OVERLAP`` bytes (an id cut at a window's start may then match: such a
+    file is erased rather than kept)."""
+    carry = b""
+    while chunk := fh.read(block):
+        data = carry + chunk
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            if match(data[:cut]):
+                return True
+            carry = data[cut:]
+        elif len(data) > max_line:
+            if match(data):
+                return True
+            carry = data[-SCAN_OVERLAP:]
+        else:
+            carry = data
+    return bool(carry) and match(carry)
 
 
 def tenant_files(db: Database, tenant: str) -> set[str]:

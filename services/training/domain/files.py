@@ -10,16 +10,18 @@ stored. Deleting a file purges every dataset derived from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.training.data.pipeline import INVALID_FILE, prepare, to_jsonl
+from services.training.data.example import Example
+from services.training.data.pipeline import INVALID_FILE, PrepReport, prepare_stream, to_jsonl
 from services.training.domain.ids import new_id
 from services.training.storage.files import BlobStore
 from services.training.storage.tables import DatasetRow, FileRow
@@ -82,12 +84,14 @@ def check_upload(
 ) -> UploadCheck:
     """Run the pipeline once on an upload; a mapping error raises, a data error is recorded."""
     try:
-        prepared = prepare(data, filename, mapping=mapping, tokenizer=tokenizer, max_len=max_len)
+        report = prepare_stream(
+            data, filename, mapping=mapping, tokenizer=tokenizer, max_len=max_len
+        )
     except InvalidRequest as exc:
         if exc.code != INVALID_FILE:
             raise
         return UploadCheck("error", exc.message, None)
-    return UploadCheck("processed", None, prepared.report.model_dump(mode="json"))
+    return UploadCheck("processed", None, report.model_dump(mode="json"))
 
 
 def create_file(
@@ -237,28 +241,36 @@ def prepare_dataset(
         ).first()
         if existing is not None:
             return existing
-    prepared = prepare(
-        store.source(file_key(train.id), tenant=train.tenant),
-        train.filename,
-        mapping=train.mapping,
-        task=task,
-        tokenizer=tokenizer,
-        max_len=max_len,
-        validation=store.source(file_key(valid.id), tenant=valid.tenant) if valid else None,
-        validation_filename=valid.filename if valid else None,
-        seed=seed,
-        test=store.source(file_key(held.id), tenant=held.tenant) if held else None,
-        test_filename=held.filename if held else None,
-        test_fraction=test_fraction,
-    )
-    if not prepared.train:
-        raise InvalidRequest(
-            f"{train.filename}: no training examples left after preparation",
-            param="training_file",
-            code=INVALID_FILE,
-        )
+    ds_id = new_id("ds")
+    try:
+        with ExitStack() as stack:
+            # each split streamed into the store as it is routed; an error removes them all
+            writers = {
+                name: stack.enter_context(store.writer(dataset_key(ds_id, name), tenant=tenant))
+                for name in SPLITS
+            }
+            report = prepare_stream(
+                store.source(file_key(train.id), tenant=train.tenant),
+                train.filename,
+                mapping=train.mapping,
+                task=task,
+                tokenizer=tokenizer,
+                max_len=max_len,
+                validation=store.source(file_key(valid.id), tenant=valid.tenant) if valid else None,
+                validation_filename=valid.filename if valid else None,
+                seed=seed,
+                test=store.source(file_key(held.id), tenant=held.tenant) if held else None,
+                test_filename=held.filename if held else None,
+                test_fraction=test_fraction,
+                sink=_JsonlSink(writers),
+                spill_dir=store.staging_dir(),
+            )
+            _check_not_empty(report, train.filename)
+    except BaseException:
+        store.delete(f"datasets/{ds_id}")  # the folder the writers made
+        raise
     row = DatasetRow(
-        id=new_id("ds"),
+        id=ds_id,
         tenant=tenant,
         file_id=train.id,
         validation_file_id=valid.id if valid else None,
@@ -266,11 +278,8 @@ def prepare_dataset(
         task=task,
         base_model=base_model,
         seed=seed,
-        report=prepared.report.model_dump(mode="json"),
+        report=report.model_dump(mode="json"),
     )
-    store.put(dataset_key(row.id, "train"), to_jsonl(prepared.train), tenant=tenant)
-    store.put(dataset_key(row.id, "validation"), to_jsonl(prepared.validation), tenant=tenant)
-    store.put(dataset_key(row.id, "test"), to_jsonl(prepared.test), tenant=tenant)
     sources = {train.id, *(f.id for f in (valid, held) if f is not None)}
     try:
         with db.session(write=True) as s:
@@ -289,6 +298,25 @@ def prepare_dataset(
     return row
 
 
+class _JsonlSink:
+    """Writes each prepared example as a JSON line into its split's blob writer."""
+
+    def __init__(self, writers: dict[str, BinaryIO]) -> None:
+        self.writers = writers
+
+    def write(self, split: str, example: Example) -> None:
+        self.writers[split].write(to_jsonl([example]))
+
+
+def _check_not_empty(report: PrepReport, filename: str) -> None:
+    if not report.split.train:
+        raise InvalidRequest(
+            f"{filename}: no training examples left after preparation",
+            param="training_file",
+            code=INVALID_FILE,
+        )
+
+
 def lock_files(s: Session, file_ids: list[str]) -> set[str]:
     """Lock these file rows for the transaction (Postgres ``FOR UPDATE``; SQLite's write
     transaction holds the database) and return the ids that still exist. A dataset commit
@@ -302,10 +330,11 @@ def dataset_splits(store: BlobStore, dataset_id: str) -> list[str]:
     return [name for name in SPLITS if store.exists(dataset_key(dataset_id, name))]
 
 
-def dataset_split(store: BlobStore, tenant: str, dataset_id: str, split: str) -> bytes:
+def dataset_split(store: BlobStore, tenant: str, dataset_id: str, split: str) -> Iterator[bytes]:
+    """A prepared split as JSON Lines, in chunks (a split may be most of a 1 GiB upload)."""
     if split not in SPLITS:
         raise NotFound(f"no split {split!r}", param="split")
     key = dataset_key(dataset_id, split)
     if split == "test" and not store.exists(key):
-        return b""  # a dataset prepared before the test split existed
-    return store.get(key, tenant=tenant)
+        return iter(())  # a dataset prepared before the test split existed
+    return store.chunks(key, tenant=tenant)

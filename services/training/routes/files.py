@@ -7,7 +7,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from services.training.deps import State
 from services.training.domain import files as domain
@@ -92,7 +92,9 @@ def file_content(file_id: str, st: State, tenant: TenantId) -> Response:
     source = st.store.source(domain.file_key(row.id), tenant=row.tenant)
     if isinstance(source, Path):  # streamed from disk, not read whole
         return FileResponse(source, media_type="application/octet-stream")
-    return Response(source, media_type="application/octet-stream")
+    # decrypted a chunk at a time (a blob of another record or key: 500 before the answer)
+    chunks = st.store.chunks(domain.file_key(row.id), tenant=row.tenant)
+    return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
 @router.delete("/v1/files/{file_id}", response_model=FileDeleted)

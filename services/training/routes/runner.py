@@ -11,7 +11,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, File, Form, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
@@ -93,8 +93,8 @@ def data(job_id: str, split: str, st: State, token: RunnerToken) -> Response:
     row = _job(st, job_id, token)
     if not row.dataset_id:
         raise NotFound(f"job {job_id} has no prepared dataset", code="dataset_not_found")
-    body = files.dataset_split(st.store, row.tenant, row.dataset_id, split)
-    return Response(body, media_type="application/jsonl")
+    chunks = files.dataset_split(st.store, row.tenant, row.dataset_id, split)
+    return StreamingResponse(chunks, media_type="application/jsonl")
 
 
 @router.get("/incumbent")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 from fastapi import APIRouter
 
-from services.training.data.pipeline import prepare, to_jsonl
+from services.training.data.example import Example
+from services.training.data.pipeline import prepare_stream, to_jsonl
 from services.training.deps import State
 from services.training.domain import files
 from services.training.selection import MAX_MODELS, rank_base_models
@@ -41,25 +42,27 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
     # uploaded (merged) models are fetched from the registry into a local directory
     catalog = {n: await st.lifecycle.base_path(tenant, n) for n in names}
     tok = await st.lifecycle.tokenizer(tenant, names[0])
-    # a file is read line by line; an encrypted one is decrypted whole: off the loop
+    # read line by line (an encrypted one decrypted a chunk at a time), off the loop
     data = await anyio.to_thread.run_sync(
         lambda: st.store.source(files.file_key(row.id), tenant=row.tenant)
     )
 
     def run() -> list[dict[str, Any]]:
-        prepared = prepare(
-            data,
-            row.filename,
-            mapping=row.mapping,
-            task=body.task,
-            tokenizer=tok,
-            max_len=st.settings.max_len,
-            validation_fraction=0.0,
-        )
         with tempfile.TemporaryDirectory(prefix="tf-select-") as tmp:
             path = Path(tmp) / "rows.jsonl"
-            path.write_bytes(to_jsonl(prepared.train))  # rendered by the scorer, as served
-            labels = sorted(prepared.report.labels.counts if prepared.report.labels else {})
+            with path.open("wb") as out:  # rendered by the scorer, as served
+                report = prepare_stream(
+                    data,
+                    row.filename,
+                    mapping=row.mapping,
+                    task=body.task,
+                    tokenizer=tok,
+                    max_len=st.settings.max_len,
+                    validation_fraction=0.0,
+                    sink=_TrainRows(out),
+                    spill_dir=Path(tmp),
+                )
+            labels = sorted(report.labels.counts if report.labels else {})
             return list(
                 rank_base_models(
                     {n: Path(catalog[n]) for n in names},
@@ -73,3 +76,13 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
 
     ranked = await anyio.to_thread.run_sync(run)
     return {"object": "fine_tuning.model_selection", "task": body.task, "data": ranked}
+
+
+class _TrainRows:
+    """The prepared rows (all train: no validation split here) as JSON Lines into ``out``."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+
+    def write(self, split: str, example: Example) -> None:
+        self.out.write(to_jsonl([example]))

@@ -1,8 +1,10 @@
 """The one place uploaded files and prepared datasets touch the disk.
 
 Every byte goes through :class:`BlobStore`, so encryption at rest plugs in here: pass a
-cipher (``shared.crypto.DataCipher``: ``encrypt``/``decrypt`` of whole blobs) and nothing
-else changes. Every read and write names the tenant the blob belongs to: an encrypted blob is
+cipher (``shared.crypto.DataCipher``) and nothing else changes. Blobs are written and read as
+streams (``writer``, ``open``), sealed a chunk at a time (``TFE3``): a 1 GiB upload or
+prepared split never sits whole in memory. Older whole-blob forms (``TFE1``/``TFE2``) still
+open. Every read and write names the tenant the blob belongs to: an encrypted blob is
 sealed for (tenant, key) (:func:`blob_context`), so bytes copied under another tenant's or
 another record's key fail to decrypt instead of being served as theirs.
 
@@ -19,10 +21,12 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-from shared.crypto import is_sealed
+from shared.crypto import SealingWriter, is_sealed, reader_over
 from shared.durable import make_dirs, replace_durably
 from shared.errors import NotFound
 
@@ -37,10 +41,28 @@ class Cipher(Protocol):
 
     def needs_rewrap(self, blob: bytes) -> bool: ...
 
+    def sealing_writer(self, dst: BinaryIO, context: bytes = b"") -> SealingWriter: ...
+
+    def open_stream(self, src: BinaryIO, context: bytes = b"") -> Iterator[bytes]: ...
+
 
 def blob_context(tenant: str, key: str) -> bytes:
     """What an encrypted blob is bound to: its tenant and its key (record id and purpose)."""
     return b"tunefleet-blob\0" + tenant.encode() + b"\0" + key.encode()
+
+
+COPY_CHUNK = 1 << 20
+
+
+class StoredBlob:
+    """A stored, encrypted blob as a preparation source: each :meth:`open_binary` is a new
+    decrypting stream (read it by line or in chunks; never whole)."""
+
+    def __init__(self, store: BlobStore, key: str, tenant: str) -> None:
+        self.store, self.key, self.tenant = store, key, tenant
+
+    def open_binary(self) -> BinaryIO:
+        return self.store.open(self.key, tenant=self.tenant)
 
 
 class BlobStore:
@@ -56,25 +78,38 @@ class BlobStore:
             raise ValueError(f"bad blob key {key!r}")
         return self.root / key
 
-    def put(self, key: str, data: bytes, *, tenant: str) -> None:
-        """Store ``tenant``'s ``data`` under ``key`` (replacing it atomically)."""
+    @contextmanager
+    def writer(self, key: str, *, tenant: str) -> Iterator[BinaryIO]:
+        """Write ``tenant``'s blob ``key`` as a stream: sealed chunk by chunk when encrypted,
+        in place atomically (and durably) when the block ends without an error."""
         path = self._path(key)
         make_dirs(path.parent)
-        blob = self.cipher.encrypt(data, blob_context(tenant, key)) if self.cipher else data
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
+                if self.cipher is None:
+                    yield fh
+                else:
+                    sealer = self.cipher.sealing_writer(fh, blob_context(tenant, key))
+                    yield sealer  # type: ignore[misc]
+                    sealer.finish()
             replace_durably(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def put(self, key: str, data: bytes, *, tenant: str) -> None:
+        """Store ``tenant``'s ``data`` under ``key`` (replacing it atomically)."""
+        with self.writer(key, tenant=tenant) as out:
+            out.write(data)
+
     def put_file(self, key: str, src: Path, *, tenant: str) -> None:
         """Store the file ``src`` under ``key``, consuming it: renamed into place when it is
-        on the store's filesystem and nothing is encrypted (no copy, nothing in memory)."""
+        on the store's filesystem and nothing is encrypted, else sealed a chunk at a time."""
         if self.cipher is not None:
-            self.put(key, src.read_bytes(), tenant=tenant)  # the cipher seals whole blobs
+            with src.open("rb") as fh, self.writer(key, tenant=tenant) as out:
+                while chunk := fh.read(COPY_CHUNK):
+                    out.write(chunk)
             src.unlink(missing_ok=True)
             return
         path = self._path(key)
@@ -111,22 +146,41 @@ class BlobStore:
         return removed
 
     def get(self, key: str, *, tenant: str) -> bytes:
+        """The whole blob (small ones: a large one is read through :meth:`open`)."""
+        with self.open(key, tenant=tenant) as fh:
+            return fh.read()
+
+    def open(self, key: str, *, tenant: str) -> BinaryIO:
+        """``tenant``'s blob ``key`` as a binary stream, decrypted a chunk at a time."""
         path = self._path(key)
         try:
-            blob = path.read_bytes()
-        except FileNotFoundError:
+            fh = path.open("rb")
+        except (FileNotFoundError, IsADirectoryError):
             raise NotFound(f"stored object {key} is missing", code="blob_missing") from None
-        return self.cipher.decrypt(blob, blob_context(tenant, key)) if self.cipher else blob
+        if self.cipher is None:
+            return fh
+        chunks = self.cipher.open_stream(fh, blob_context(tenant, key))
+        return reader_over(_closing(chunks, fh))
 
-    def source(self, key: str, *, tenant: str) -> bytes | Path:
-        """What a reader of ``key`` gets: the file itself when nothing is encrypted (read it
-        line by line, never whole), else the decrypted bytes (the cipher seals whole blobs)."""
-        if self.cipher is not None:
-            return self.get(key, tenant=tenant)
+    def chunks(self, key: str, *, tenant: str) -> Iterator[bytes]:
+        """The blob in chunks, for a streamed answer. The first chunk is read at once, so a
+        missing blob or one that does not decrypt (another record's, another key's) raises
+        here, before the answer starts; a later bad chunk cuts the stream."""
+        fh = self.open(key, tenant=tenant)
+        try:
+            first = fh.read(COPY_CHUNK)
+        except BaseException:
+            fh.close()
+            raise
+        return _chunks_from(first, fh)
+
+    def source(self, key: str, *, tenant: str) -> Path | StoredBlob:
+        """What a reader of ``key`` gets: the file itself when nothing is encrypted, else a
+        :class:`StoredBlob` that opens a decrypting stream (read either line by line)."""
         path = self._path(key)
         if not path.is_file():
             raise NotFound(f"stored object {key} is missing", code="blob_missing")
-        return path
+        return path if self.cipher is None else StoredBlob(self, key, tenant)
 
     def delete(self, key: str) -> None:
         """Remove ``key`` (a file or a folder of keys); missing is fine."""
@@ -146,12 +200,30 @@ class BlobStore:
         path = self._path(key)
         if self.cipher is None or not path.is_file():
             return False
-        blob = path.read_bytes()
-        if not self.cipher.needs_rewrap(blob):
+        with path.open("rb") as fh:
+            head = fh.read(64)
+        if not self.cipher.needs_rewrap(head):
             return False
-        if is_sealed(blob):
-            plain = (old or self.cipher).decrypt(blob, blob_context(tenant, key))
-        else:
-            plain = blob
-        self.put(key, plain, tenant=tenant)
+        context = blob_context(tenant, key)
+        with path.open("rb") as fh, self.writer(key, tenant=tenant) as out:
+            if is_sealed(head):
+                for chunk in (old or self.cipher).open_stream(fh, context):
+                    out.write(chunk)
+            else:
+                while chunk := fh.read(COPY_CHUNK):
+                    out.write(chunk)
         return True
+
+
+def _chunks_from(first: bytes, fh: BinaryIO) -> Iterator[bytes]:
+    with fh:
+        if first:
+            yield first
+        while chunk := fh.read(COPY_CHUNK):
+            yield chunk
+
+
+def _closing(chunks: Iterator[bytes], fh: BinaryIO) -> Iterator[bytes]:
+    """``chunks``, closing ``fh`` once they are exhausted or abandoned."""
+    with fh:
+        yield from chunks
