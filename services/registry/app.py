@@ -95,8 +95,11 @@ def create_app(
         internal_token=token,
         lifespan=lifespan,
         title="tunefleet adapter registry",
-        # the larger archive (adapter or model) plus its metadata field and multipart framing
-        max_upload_bytes=max(settings.max_archive_bytes, settings.max_model_archive_bytes) + 2**20,
+        # an archive plus its metadata field and multipart framing; a model upload has its own
+        max_upload_bytes=settings.max_archive_bytes + 2**20,
+        upload_limits={
+            catalog_routes.MODEL_ARCHIVE_LIMIT: settings.max_model_archive_bytes + 2**20
+        },
         traces_endpoint=settings.traces_endpoint(),
     )
     api = APIRouter(dependencies=[InternalAuth])

@@ -187,5 +187,9 @@ async def test_archive_over_the_size_cap(tmp_path: Path, model_dir: Path) -> Non
     ):
         r = await upload_model(http, "acme-big", model_archive(model_dir))
     assert r.status_code == 413, r.text
-    assert r.json()["error"]["code"] == "archive_too_large"
+    # refused by the model route's own body limit before the archive is read (the adapter
+    # routes keep theirs); a body within the limit but an archive over the cap is
+    # archive_too_large from the spooling
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert str(64 * 1024 + 2**20) in r.json()["error"]["message"]
     assert stored_blobs(tmp_path) == []

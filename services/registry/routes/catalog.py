@@ -17,12 +17,14 @@ from services.registry.domain import catalog, model_artifacts
 from services.registry.domain.resolve import resolve_model
 from services.registry.domain.views import base_model_out
 from shared.auth import TenantId
+from shared.bodylimit import upload_route
 from shared.jsonbody import form_model
 from shared.schemas.common import ListResponse
 from shared.schemas.registry import BaseModelMetadata, BaseModelOut, Resolution
 from shared.uploads import spool_upload
 
 router = APIRouter(tags=["catalog"])
+MODEL_ARCHIVE_LIMIT = "model_archive"  # its own body limit: models are far larger than adapters
 
 
 @router.get("/v1/base-models", response_model=ListResponse[BaseModelOut])
@@ -37,7 +39,12 @@ def get_base_model(model_id: str, st: State, tenant: TenantId) -> BaseModelOut:
         return base_model_out(catalog.get_model(s, tenant, model_id, param="model_id"))
 
 
-@router.post("/v1/base-models", response_model=BaseModelOut, status_code=201)
+@router.post(
+    "/v1/base-models",
+    response_model=BaseModelOut,
+    status_code=201,
+    openapi_extra=upload_route(MODEL_ARCHIVE_LIMIT),
+)
 def upload_base_model(
     st: State,
     tenant: TenantId,
