@@ -1,6 +1,8 @@
 """Registry events as the gateway applies them, pushed (``/internal/registry-events``) or
-followed (``shared.events_follower``): alias moves and deletions drop the cached resolutions
-of that adapter at once, so routing follows a hot swap without waiting for the TTL.
+followed (``shared.events_follower``): alias moves and deletions stop the cached resolutions
+of that adapter at once, so routing follows a hot swap without waiting for the TTL. A move
+keeps them as stale-if-error fallbacks (the versions still exist: a registry outage right
+after a move must not turn a model in use into 503s); a deletion drops them for good.
 
 One event can arrive twice (pushed and followed: the same ``id``); it is applied once, or the
 late copy would drop a resolution made after the change (an extra registry call, and a test
@@ -46,6 +48,8 @@ def apply_event(resolver: ModelResolver, event: dict[str, Any], seen: SeenEvents
         return 0
     if not seen.first_time(str(event.get("id") or "")):
         return 0
-    dropped = resolver.invalidate(tenant, data.get("adapter"))
+    # a move keeps the old answers as stale-if-error fallbacks; a deletion drops them
+    moved = event.get("type") == "alias.moved"
+    dropped = resolver.invalidate(tenant, data.get("adapter"), moved=moved)
     log.info("alias event", extra={"adapter": data.get("adapter"), "dropped": dropped})
     return dropped
