@@ -268,9 +268,8 @@ class WarmRunner:
                 if self._lease is not None and not self._running and stale:
                     self._lease, self._idle_since = None, now
                 idle = self._lease is None and now - self._idle_since > self.ttl_s
-            if idle:
+            if idle:  # refused if a job leased it meanwhile: then keep watching
                 me.exit_if_idle.remote()
-                return
 
 
 _Actor = ray.remote(concurrency_groups={"control": 4})(WarmRunner)  # type: ignore[call-overload]
