@@ -13,6 +13,10 @@ exports the last checkpoint's weights:
   ``adapter_model.safetensors`` (``base_model_name_or_path`` = absolute base dir);
 * ``full`` / ``transfer`` → ``<export>/model`` (HF model dir incl. tokenizer).
 
+A 1-worker CPU run with ``TrainSpec.warm_ttl_s > 0`` runs instead on the base model's warm
+runner (:mod:`services.training.ray.warm`: no per-run actor start, imports or model load),
+with the same reports, checkpoints on ``storage_path``, resume and export.
+
 Live metrics: V2 runs ``UserCallback.after_report`` on the *controller* actor, not in
 the driver, so the callback pushes each report (rank 0's metrics + ``checkpoint_path``)
 into a ``ray.util.queue.Queue`` actor (0 CPU) and a driver thread drains it while
