@@ -172,24 +172,33 @@ class _WarmSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         event = {**metrics, **self.extra}
         if checkpoint_dir is not None:
+            # a cancelled (or erased) job writes nothing more to its storage
+            if self._driver_gone():
+                return
             event["checkpoint_path"] = _persist(checkpoint_dir, self.run_dir, metrics["step"])
         try:
             self.queue.put(event, timeout=10)
         except Exception:
-            logger.warning("warm run %s: its driver is gone, stopping", self.experiment)
-            self.cancelled = True
+            self._stop()
 
     def should_stop(self) -> bool:
-        if self.cancelled:
-            return True
-        if time.monotonic() - self._checked >= LIVENESS_EVERY_S:
-            self._checked = time.monotonic()
-            try:
-                ray.get(self.queue.actor.qsize.remote(), timeout=10)
-            except Exception:  # the queue died with the driver: the job was stopped
-                logger.warning("warm run %s: its driver is gone, stopping", self.experiment)
-                self.cancelled = True
+        if not self.cancelled and time.monotonic() - self._checked >= LIVENESS_EVERY_S:
+            self._driver_gone()
         return self.cancelled
+
+    def _driver_gone(self) -> bool:
+        """Ask the driver's queue actor; it dies with the driver (a stopped Ray job)."""
+        self._checked = time.monotonic()
+        try:
+            ray.get(self.queue.actor.qsize.remote(), timeout=10)
+        except Exception:
+            self._stop()
+        return self.cancelled
+
+    def _stop(self) -> None:
+        if not self.cancelled:
+            logger.warning("warm run %s: its driver is gone, stopping", self.experiment)
+        self.cancelled = True
 
 
 class WarmRunner:
