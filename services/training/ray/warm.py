@@ -268,6 +268,8 @@ class WarmRunner:
         return True  # not reached
 
     def _watch_idle(self) -> None:
+        # ray.kill, not a call to exit_if_idle: an actor's task to itself that calls
+        # exit_actor() left it hanging, neither exiting nor answering (Ray 2.60)
         me = ray.get_runtime_context().current_actor
         while True:
             time.sleep(max(0.2, min(5.0, self.ttl_s / 4)))
@@ -277,8 +279,12 @@ class WarmRunner:
                 if self._lease is not None and not self._running and stale:
                     self._lease, self._idle_since = None, now
                 idle = self._lease is None and now - self._idle_since > self.ttl_s
-            if idle:  # refused if a job leased it meanwhile: then keep watching
-                me.exit_if_idle.remote()
+                if idle:
+                    self._closing = True  # acquire refuses from now on
+            if idle:
+                logger.info("warm runner idle for %.0f s: exiting", self.ttl_s)
+                ray.kill(me, no_restart=True)
+                return
 
 
 _Actor = ray.remote(concurrency_groups={"control": 4})(WarmRunner)  # type: ignore[call-overload]
