@@ -13,8 +13,16 @@ exactly the batches of the 1-worker Ray run. Scenarios:
   own pieces (``build_model``, ``encode_example``, ``collate``) in this process,
   ``torch.set_num_threads(1|2)``;
 * ``ray_1worker`` / ``ray_2workers``: :func:`services.training.ray.driver.run_training`
-  on an embedded 2-CPU Ray head (1 CPU and 1 torch thread per worker, DDP over gloo for
-  2 workers), one report at the end (``report_every = steps``).
+  on an embedded Ray head (1 CPU and 1 torch thread per worker, DDP over gloo for
+  2 workers), one report at the end (``report_every = steps``), ``TorchTrainer``;
+* ``ray_warm_1worker``: the same entry with ``warm_ttl_s`` set, as the training service
+  runs 1-worker jobs: on the base model's warm runner (:mod:`services.training.ray.warm`),
+  already started; ``ray_warm_first_job`` (once, before the rounds) is the job that
+  starts it.
+
+Ray scenarios also report ``phases``: where the wall time went (``submit``, ``start``,
+``setup``, ``train``, ``checkpoint``, ``finish``, ``export``; see
+:func:`services.training.ray.driver.run_phases`).
 
 Reported per scenario: ``tokens`` (non-padding tokens processed, all workers),
 ``steady_tokens_per_s`` (step time only: forward/backward/optimizer, plus DDP's
@@ -155,7 +163,12 @@ def run_plain(args: argparse.Namespace, rows: list, encoded: list, threads: int)
 
 
 def run_ray(
-    args: argparse.Namespace, rows: list, encoded: list, workers: int, storage: Path
+    args: argparse.Namespace,
+    rows: list,
+    encoded: list,
+    workers: int,
+    storage: Path,
+    warm_ttl_s: float = 0.0,
 ) -> dict:
     from services.training.ray.driver import TrainSpec, run_training
 
@@ -168,6 +181,7 @@ def run_ray(
         num_workers=workers,
         report_every=args.steps,
         name=None,  # a fresh run name each round: V2 resumes a run dir that already exists
+        warm_ttl_s=warm_ttl_s,  # > 0: the training service's fast path for 1-worker jobs
     )
     t0 = time.perf_counter()
     out = run_training(spec, storage_path=storage)
@@ -181,6 +195,8 @@ def run_ray(
         "e2e_tokens_per_s": round(tokens / wall, 1),
         "worker_setup_seconds": round(float(final.get("setup_seconds", 0.0)), 2),
         "wall_seconds": round(wall, 2),
+        "path": out.path,
+        "phases": out.phases,
     }
 
 
@@ -208,9 +224,12 @@ def main() -> None:
     cpu = CpuMonitor()
     wait_quiet(args.wait_quiet)
     t0 = time.perf_counter()
-    ensure_ray(work / "ray", num_cpus=2, include_dashboard=True, log_to_driver=False)
+    # 3 logical CPUs on 2 cores: the idle warm runner keeps its CPU while ray_2workers runs
+    # (on a 2-CPU head that run would make it exit, and the next round start it again)
+    ensure_ray(work / "ray", num_cpus=3, include_dashboard=True, log_to_driver=False)
     head_s = time.perf_counter() - t0
     runs: dict[str, list[dict[str, Any]]] = {}
+    ttl = 3600.0
 
     def measure(name: str, fn: Any, *fn_args: Any) -> None:
         log(f"round {len(runs.get(name, [])) + 1}: {name}")
@@ -220,11 +239,15 @@ def main() -> None:
         runs.setdefault(name, []).append(result)
 
     try:
+        # the warm runner's first job starts it (process, imports, base model): once per
+        # base model and TTL, reported on its own
+        measure("ray_warm_first_job", run_ray, args, rows, encoded, 1, work / "runs", ttl)
         for _ in range(args.rounds):  # interleaved, so a busy spell hits every scenario
             measure("plain_1thread", run_plain, args, rows, encoded, 1)
             if args.plain_2threads:
                 measure("plain_2threads", run_plain, args, rows, encoded, 2)
             measure("ray_1worker", run_ray, args, rows, encoded, 1, work / "runs")
+            measure("ray_warm_1worker", run_ray, args, rows, encoded, 1, work / "runs", ttl)
             measure("ray_2workers", run_ray, args, rows, encoded, 2, work / "runs")
     finally:
         shutdown_ray()
@@ -235,6 +258,14 @@ def main() -> None:
         key = f"{kind}_tokens_per_s"
         derived[f"ray_overhead_{kind}"] = round(1 - r1[key] / plain[key], 3)
         derived[f"scaling_efficiency_{kind}"] = round(r2[key] / (2 * r1[key]), 3)
+        for name in ("ray_1worker", "ray_warm_1worker", "ray_warm_first_job"):
+            derived[f"{name}_vs_plain_{kind}"] = round(scenarios[name][key] / plain[key], 3)
+        # the same ratio within each round (scenarios of a round saw the same load)
+        for name in ("ray_1worker", "ray_warm_1worker"):
+            derived[f"{name}_vs_plain_{kind}_rounds"] = [
+                round(r[key] / p[key], 3)
+                for r, p in zip(runs[name], runs["plain_1thread"], strict=True)
+            ]
     report = {
         "benchmark": "training_throughput",
         "machine": machine_info(),

@@ -64,6 +64,7 @@ def create_app(
             num_cpus=settings.ray_num_cpus,
             python=settings.runner_python,
             work_root=settings.runner_work_root(),
+            warm_ttl_s=settings.warm_runner_ttl_s,
         )
         registry = RegistryClient(
             settings.registry_url,

@@ -77,6 +77,15 @@ class TrainingSettings(ServiceSettings):
     # Held-out share of a training upload when a job names no test_file: the job's base and
     # tuned metrics are reported on it (validation drives sweeps, pruning, auto_promote).
     test_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    warm_runner_ttl_s: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "single-worker CPU jobs run on a warm Ray actor per base model (imports done, "
+            "base weights in memory; 1 CPU) that exits after this many idle seconds; 0 runs "
+            "every job as a fresh TorchTrainer"
+        ),
+    )
     max_workers: int = Field(default=8, ge=1)
     monitor_poll_s: float = Field(default=1.0, gt=0)
     retention_interval_s: float = Field(

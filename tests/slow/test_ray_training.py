@@ -4,6 +4,8 @@
 (b) hybrid LoRA (+ trainable embeddings / lm_head) on EN→DE pairs raises held-out chrF;
 (c) a worker killed mid-run (``os._exit``) is restarted and resumes from the last
     checkpoint (``FailureConfig(max_failures=1)``);
+(d) 1-worker runs on the warm runner: the second skips the start-up, a killed runner's run
+    resumes from its checkpoint, an idle runner exits after its TTL;
 plus the embedded head itself: loopback only, token auth on, Jobs API usable with the token.
 """
 
@@ -250,3 +252,71 @@ def test_worker_failure_resumes_from_checkpoint(ray_head, model_dir: Path, tmp_p
     assert out.final_metrics["resumed_from"] == 4
     assert {e["precision"] for e in events if "step" in e} == {"bf16"}
     assert out.adapter_dir is not None and (out.adapter_dir / "adapter_model.safetensors").exists()
+
+
+def test_short_runs_reuse_the_warm_runner_and_resume(ray_head, model_dir: Path, tmp_path: Path):
+    """1-worker runs go to the base model's warm runner (imports and base weights kept):
+    the second run skips the actor start; a runner killed mid-run is replaced and the run
+    resumes from its last checkpoint on the storage; an idle runner gives its CPU back."""
+    import ray
+
+    from services.training.ray import warm
+
+    train = samples.ticket_examples(60, seed=3)
+    hp = {"max_steps": 4, "batch_size": 4, "learning_rate": 1e-3, "max_len": 64}
+
+    def spec(**kw) -> TrainSpec:
+        return TrainSpec(
+            base_model_path=model_dir,
+            datasets={"train": train},
+            task="ticket",
+            hyperparameters=hp | kw.pop("hp", {}),
+            num_workers=1,
+            report_every=2,
+            **{"warm_ttl_s": 120, **kw},
+        )
+
+    runs = []
+    for _ in range(2):
+        events: list[dict] = []
+        out = run_training(spec(), storage_path=tmp_path / "runs", on_report=events.append)
+        runs.append((out, events))
+    (first, ev1), (second, ev2) = runs
+    print(f"\n[warm] first {first.phases}\n[warm] second {second.phases}")
+    assert first.path == second.path == "warm_runner"
+    assert [e["warm_start"] for e in ev1] == [False, False]
+    assert [e["warm_start"] for e in ev2] == [True, True]
+    assert ev2[-1]["runner_jobs"] == 1
+    # the first run paid the runner's start (process, imports, base model); the second not
+    assert second.phases["start"] + second.phases["setup"] < first.phases["start"]
+    assert second.adapter_dir is not None
+    assert (second.adapter_dir / "adapter_model.safetensors").exists()
+    assert Path(second.checkpoint_path or "").name == "checkpoint_000004"
+
+    marker = tmp_path / "killed-once"
+    events = []
+    out = run_training(
+        spec(
+            hp={"max_steps": 12},
+            warm_ttl_s=5,  # the fresh runner it resumes on exits 5 s after the run
+            checkpoint_every=4,
+            max_failures=1,
+            extra={"fail_at_step": 7, "fail_rank": 0, "fail_marker": str(marker)},
+        ),
+        storage_path=tmp_path / "runs",
+        on_report=events.append,
+    )
+    steps = [(e.get("step"), e.get("resumed_from"), e.get("event")) for e in events]
+    print(f"[warm resume] {steps}")
+    assert marker.exists() and any(e.get("event") == "worker_error" for e in events)
+    assert [e["step"] for e in events if e.get("resumed_from") == 0] == [2, 4, 6]
+    assert [e["step"] for e in events if e.get("resumed_from") == 4] == [6, 8, 10, 12]
+    assert out.final_metrics and out.final_metrics["step"] == 12
+    ckpts = sorted(p.name for p in Path(out.run_path).glob("checkpoint_*"))
+    assert ckpts == ["checkpoint_000008", "checkpoint_000012"]  # the 2 newest kept
+
+    deadline = time.monotonic() + 60  # the idle runner's TTL gives its CPU back
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.5)
+    assert warm.release_idle() == 0  # nothing left to release

@@ -5,7 +5,9 @@ One module-wide stack; each job is shared by the assertions about it to keep CI 
 adapter registered as ``suffix@v1`` (auto-promoted), events and checkpoints listed;
 (2) a LoRA translation job raises chrF and survives a training-service restart in the
 middle of its run (state reconciled from SQL + Ray; the runner retries its reports);
-(3) cancel stops the Ray job and gives every CPU back.
+(3) two short 1-worker jobs: the second reuses the warm runner the first started (no
+actor start, imports and base model kept); a job cancelled on it stops;
+(4) cancel stops the Ray job and gives every CPU back.
 """
 
 from __future__ import annotations
@@ -140,6 +142,65 @@ def test_translation_job_survives_a_service_restart(stack: TrainingStack) -> Non
     assert job["fine_tuned_model"] == "en-de@v1"
     restarts = [e for e in stack.events(job_id) if "Step" in e["message"]]
     assert max(e["data"]["step"] for e in restarts) == 80  # reports kept flowing
+
+
+def _start_gap(events: list[dict]) -> int:
+    """Seconds from the runner's last event before training (base evaluated, or started)
+    to its first step report (whole seconds): the Train run's start-up."""
+    before = [
+        e["created_at"]
+        for e in events
+        if e["message"].startswith(("Fine-tuning started", "Evaluated the base model"))
+    ]
+    steps = [e["created_at"] for e in events if _is_metrics(e)]
+    return min(steps) - max(before)
+
+
+def test_short_jobs_reuse_the_warm_runner_and_cancel(stack: TrainingStack) -> None:
+    import ray
+
+    from services.training.ray import warm
+
+    train = _upload(stack, samples.sentiment_examples(40, seed=4), "short.jsonl")
+    gaps, flags = [], []
+    for _ in range(2):
+        r = stack.create_job(
+            training_file=train,
+            task="sentiment",
+            resources={"num_workers": 1},  # -> the warm runner (setting on by default)
+            hyperparameters={"batch_size": 8, "max_steps": 4, "max_len": 96},
+        )
+        assert r.status_code == 200, r.text
+        job = stack.wait_job(r.json()["id"])
+        assert job["status"] == "succeeded", job
+        events = stack.events(job["id"])
+        gaps.append(_start_gap(events))
+        flags.append({e["data"]["warm_start"] for e in events if _is_metrics(e)})
+    print(f"\n[warm jobs] start gaps {gaps} s, warm_start {flags}")
+    assert flags == [{False}, {True}]  # the second job found imports and base in memory
+    assert gaps[1] < gaps[0]
+
+    r = stack.create_job(
+        training_file=train,
+        task="sentiment",
+        resources={"num_workers": 1},
+        hyperparameters={"batch_size": 8, "max_steps": 5000, "max_len": 96},
+    )
+    job_id = r.json()["id"]
+    assert _wait_event(stack, job_id, _is_metrics)["data"]["warm_start"] is True
+    r = stack.http.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=stack.headers())
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # the stopped Ray job took its report queue with it: the runner stops the run and is
+    # free again (a busy runner refuses to exit), then gives its CPU back
+    deadline = time.monotonic() + 60
+    while warm.release_idle() == 0:
+        assert time.monotonic() < deadline, "the warm runner still runs the cancelled job"
+        time.sleep(1)
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.5)
+    assert stack.job(job_id)["status"] == "cancelled"
 
 
 def test_cancel_stops_ray_and_frees_resources(stack: TrainingStack) -> None:

@@ -41,9 +41,11 @@ class RayBackend:
         num_cpus: int | None = None,
         python: str | None = None,
         work_root: Path | None = None,
+        warm_ttl_s: float = 0.0,
     ) -> None:
         self.temp_dir = temp_dir
         self.work_root = work_root
+        self.warm_ttl_s = warm_ttl_s  # the runners' TrainSpec.warm_ttl_s
         self.address = address
         self.num_cpus = num_cpus
         self.python = python or sys.executable
@@ -103,6 +105,7 @@ class RayBackend:
             ),
             # the runner's credential: a per-job token, never the fleet's internal token
             "TUNEFLEET_RUNNER_TOKEN": runner_token,
+            "TUNEFLEET_WARM_RUNNER_TTL_S": str(self.warm_ttl_s),
         }
         if self.work_root is not None:  # where an erasure looks for a killed runner's dir
             env["TUNEFLEET_RUNNER_WORK_ROOT"] = str(self.work_root)

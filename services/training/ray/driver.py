@@ -13,6 +13,10 @@ exports the last checkpoint's weights:
   ``adapter_model.safetensors`` (``base_model_name_or_path`` = absolute base dir);
 * ``full`` / ``transfer`` → ``<export>/model`` (HF model dir incl. tokenizer).
 
+A 1-worker CPU run with ``TrainSpec.warm_ttl_s > 0`` runs instead on the base model's warm
+runner (:mod:`services.training.ray.warm`: no per-run actor start, imports or model load),
+with the same reports, checkpoints on ``storage_path``, resume and export.
+
 Live metrics: V2 runs ``UserCallback.after_report`` on the *controller* actor, not in
 the driver, so the callback pushes each report (rank 0's metrics + ``checkpoint_path``)
 into a ``ray.util.queue.Queue`` actor (0 CPU) and a driver thread drains it while
@@ -76,6 +80,9 @@ class TrainSpec:
     # block a worker for up to that long; a short poll keeps per-step reports cheap.
     poll_interval_s: float | None = 0.25
     log_level: str = "WARNING"  # Ray Train's own logs ("INFO" logs every report)
+    # > 0: a 1-worker CPU run goes to the base model's warm runner, which stays up this
+    # many seconds idle (:mod:`services.training.ray.warm`); 0: always a TorchTrainer
+    warm_ttl_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # report_every, fail_at_step, ...
 
     def has_split(self, name: str) -> bool:
@@ -108,6 +115,8 @@ class TrainOutcome:
     adapter_dir: Path | None = None  # lora / hybrid
     model_dir: Path | None = None  # full / transfer
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # see :func:`run_phases`
+    path: str = "torch_trainer"  # or "warm_runner" (:mod:`services.training.ray.warm`)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -191,6 +200,38 @@ def export_weights(
     raise FileNotFoundError(f"checkpoint {checkpoint_dir} has neither adapter/ nor model/")
 
 
+def run_phases(
+    final: dict[str, Any] | None, *, started_at: float, fit_started_at: float, fit_ended_at: float
+) -> dict[str, float]:
+    """Where a run's wall time went, in seconds, from the final report's timestamps (wall
+    clock, so the loop's host may be another process on the same machine):
+
+    * ``submit``: splits into the object store, trainer/actor handles (driver);
+    * ``start``: from ``fit()`` to the train loop's first line (controller and worker
+      actors, placement group, worker process imports; ~0 on a warm runner);
+    * ``setup``: in the loop, before step 1 (imports, tokenization, model load, DDP);
+    * ``train``: the steps, reports and validation, minus the final checkpoint's save;
+    * ``checkpoint``: the final checkpoint's save in the loop;
+    * ``finish``: from the final report to ``fit()`` returning (checkpoint upload to the
+      storage, report delivery, worker and controller shutdown).
+
+    ``export`` (after ``fit()``) is added by the caller. Empty when the loop sent no
+    timestamps (e.g. no report reached the driver)."""
+    if not final or "loop_started_at" not in final or "reported_at" not in final:
+        return {}
+    loop_at, reported_at = float(final["loop_started_at"]), float(final["reported_at"])
+    setup, ckpt = float(final.get("setup_seconds", 0.0)), float(final.get("checkpoint_seconds", 0))
+    phases = {
+        "submit": fit_started_at - started_at,
+        "start": loop_at - fit_started_at,
+        "setup": setup,
+        "train": reported_at - loop_at - setup - ckpt,
+        "checkpoint": ckpt,
+        "finish": fit_ended_at - reported_at,
+    }
+    return {k: round(max(0.0, v), 3) for k, v in phases.items()}
+
+
 def run_training(
     spec: TrainSpec,
     *,
@@ -198,7 +239,91 @@ def run_training(
     on_report: Callable[[dict[str, Any]], None] | None = None,
     export_dir: Path | None = None,
 ) -> TrainOutcome:
-    """Fit ``spec`` on the connected Ray cluster and export the final weights."""
+    """Fit ``spec`` on the connected Ray cluster and export the final weights.
+
+    Single-worker CPU runs with ``spec.warm_ttl_s > 0`` go to the base model's warm runner
+    (:mod:`services.training.ray.warm`) when it is free; every other run, and those, when it
+    is busy, fit a ``TorchTrainer``. Both stream the same reports and checkpoints."""
+    import time
+
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from services.training.ray import warm
+
+    if spec.method not in METHODS:
+        raise ValueError(f"unknown method {spec.method!r}; expected one of {METHODS}")
+    if spec.num_workers < 1:
+        raise ValueError("num_workers must be >= 1 (Ray Train local mode keeps no checkpoints)")
+    if not spec.has_split("train"):
+        raise ValueError("the spec has no 'train' split")
+    if not ray.is_initialized():
+        raise RuntimeError(
+            "Ray is not connected; call services.training.ray.cluster.ensure_ray first"
+        )
+    t0, started_at = time.perf_counter(), time.time()
+    name = spec.name or f"{spec.method}-{spec.task}-{uuid.uuid4().hex[:8]}"
+    storage = storage_root(storage_path)
+    refs = put_splits(spec.datasets)  # once per run; every worker (any node) reads them
+
+    # on the driver's node (as Train V2 puts its controller): a queue on a worker node
+    # would die with that node and silence every later report
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    queue = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    events: list[dict[str, Any]] = []
+    stop = threading.Event()
+    drainer = threading.Thread(target=_drain, args=(queue, events, on_report, stop), daemon=True)
+    drainer.start()
+    try:
+        outcome = None
+        if warm.eligible(spec):
+            outcome = warm.run_warm(
+                spec,
+                name=name,
+                storage=storage,
+                refs=refs,
+                queue=queue,
+                events=events,
+                on_report=on_report,
+                started_at=started_at,
+            )
+        if outcome is None:
+            outcome = _fit_trainer(spec, name, storage, refs, queue, started_at)
+    finally:
+        stop.set()
+        drainer.join(timeout=30)
+        try:
+            queue.shutdown()
+        except Exception:
+            logger.debug("queue shutdown failed", exc_info=True)
+
+    streamed = [e for e in events if "step" in e]
+    outcome.metrics_history = streamed or outcome.metrics_history
+    t_export = time.perf_counter()
+    if outcome.checkpoint_path is not None:
+        if export_dir is not None:
+            dest = Path(export_dir)
+        elif is_uri(storage):  # the export is for this process: a local dir
+            dest = Path(tempfile.mkdtemp(prefix="tf-export-"))
+        else:
+            dest = Path(outcome.run_path) / "export"
+        from ray.train import Checkpoint
+
+        with Checkpoint(outcome.checkpoint_path).as_directory() as ckpt_dir:
+            outcome.adapter_dir, outcome.model_dir = export_weights(
+                Path(ckpt_dir), dest, spec.base_model_path
+            )
+    if outcome.phases:
+        outcome.phases["export"] = round(time.perf_counter() - t_export, 3)
+    outcome.seconds = time.perf_counter() - t0
+    return outcome
+
+
+def _fit_trainer(
+    spec: TrainSpec, name: str, storage: str, refs: dict[str, Any], queue: Any, started_at: float
+) -> TrainOutcome:
+    """The ``TorchTrainer`` path of :func:`run_training` (the export is the caller's)."""
     import time
 
     import ray
@@ -213,32 +338,11 @@ def run_training(
         ScalingConfig,
     )
     from ray.train.v2.torch.torch_trainer import TorchTrainer
-    from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    if spec.method not in METHODS:
-        raise ValueError(f"unknown method {spec.method!r}; expected one of {METHODS}")
-    if spec.num_workers < 1:
-        raise ValueError("num_workers must be >= 1 (Ray Train local mode keeps no checkpoints)")
-    if not spec.has_split("train"):
-        raise ValueError("the spec has no 'train' split")
-    if not ray.is_initialized():
-        raise RuntimeError(
-            "Ray is not connected; call services.training.ray.cluster.ensure_ray first"
-        )
-    t0 = time.perf_counter()
-    name = spec.name or f"{spec.method}-{spec.task}-{uuid.uuid4().hex[:8]}"
-    storage = storage_root(storage_path)
-    refs = put_splits(spec.datasets)  # once per run; every worker (any node) reads them
+    from services.training.ray import warm
 
-    # on the driver's node (as Train V2 puts its controller): a queue on a worker node
-    # would die with that node and silence every later report
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    queue = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
-    events: list[dict[str, Any]] = []
-    stop = threading.Event()
-    drainer = threading.Thread(target=_drain, args=(queue, events, on_report, stop), daemon=True)
-    drainer.start()
+    if not spec.use_gpu and ray.available_resources().get("CPU", 0) < spec.num_workers:
+        warm.release_idle()  # an idle warm runner holds a CPU this run needs
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=spec.loop_config(refs),
@@ -261,24 +365,18 @@ def run_training(
         if threading.current_thread() is threading.main_thread()
         else None
     )
+    fit_started_at = time.time()
     try:
         result = trainer.fit()
     finally:
+        fit_ended_at = time.time()
         if set_poll:
             os.environ.pop(env_key, None)
         if previous_sigint is not None:
             signal.signal(signal.SIGINT, previous_sigint)  # fit() installs its own handler
-        stop.set()
-        drainer.join(timeout=30)
-        try:
-            queue.shutdown()
-        except Exception:
-            logger.debug("queue shutdown failed", exc_info=True)
 
-    history = [e for e in events if "step" in e]
     returned = getattr(result, "return_value", None)  # not on every Train V2 Result
-    if not history and isinstance(returned, dict):
-        history = list(returned.get("history") or [])
+    history = list(returned.get("history") or []) if isinstance(returned, dict) else []
     outcome = TrainOutcome(
         name=name,
         run_path=str(result.path),
@@ -286,16 +384,10 @@ def run_training(
         metrics_history=history,
         final_metrics=dict(result.metrics) if result.metrics else None,
     )
-    if result.checkpoint is not None:
-        if export_dir is not None:
-            dest = Path(export_dir)
-        elif is_uri(storage):  # the export is for this process: a local dir
-            dest = Path(tempfile.mkdtemp(prefix="tf-export-"))
-        else:
-            dest = Path(result.path) / "export"
-        with result.checkpoint.as_directory() as ckpt_dir:
-            outcome.adapter_dir, outcome.model_dir = export_weights(
-                Path(ckpt_dir), dest, spec.base_model_path
-            )
-    outcome.seconds = time.perf_counter() - t0
+    outcome.phases = run_phases(
+        outcome.final_metrics,
+        started_at=started_at,
+        fit_started_at=fit_started_at,
+        fit_ended_at=fit_ended_at,
+    )
     return outcome

@@ -151,7 +151,15 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     def on_report(m: dict[str, Any]) -> None:
         if "step" not in m:
             return
-        keep = ("step", "train_loss", "valid_loss", "tokens_per_second", "resumed_from")
+        keep = (
+            "step",
+            "train_loss",
+            "valid_loss",
+            "tokens_per_second",
+            "resumed_from",
+            "setup_seconds",
+            "warm_start",
+        )
         data: dict[str, Any] = {k: m[k] for k in keep if k in m}
         rep.event(
             f"Step {m['step']}/{m.get('total_steps', total)}: "
@@ -185,6 +193,7 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         use_gpu=spec.use_gpu,
         max_failures=1,
         name=spec.job_id,
+        warm_ttl_s=float(os.environ.get("TUNEFLEET_WARM_RUNNER_TTL_S") or 0.0),
     )
     result: dict[str, Any] = {"base": base_eval}
     if spec.sweep:

@@ -262,7 +262,8 @@ def run_sweep(
         local = not storage.is_uri(store)
         export_dir = Path(root) if local else Path(tempfile.mkdtemp(prefix="tf-sweep-"))
     # the splits go to the object store once, not once per trial
-    base = replace(base, datasets=put_splits(base.datasets))
+    # (trials fit TorchTrainers: ASHA stops a trial by stopping its trainer)
+    base = replace(base, datasets=put_splits(base.datasets), warm_ttl_s=0.0)
     mode = sweep.resolved_mode
     num_samples = (
         (sweep.num_trials or sweep.grid_size()) // sweep.grid_size()

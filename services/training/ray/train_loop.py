@@ -47,7 +47,10 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.training.ray.sessions import LoopSession
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 METHODS = ("lora", "hybrid", "full", "transfer")
@@ -90,8 +93,11 @@ def epoch_shard(
     return [mine[i % len(mine)] for i in range(need)]
 
 
-def build_model(config: dict[str, Any], resume_dir: Path | None = None) -> Any:
-    """Base model wrapped for ``config["method"]``; weights from ``resume_dir`` if given."""
+def build_model(config: dict[str, Any], resume_dir: Path | None = None, *, base: Any = None) -> Any:
+    """Base model wrapped for ``config["method"]``; weights from ``resume_dir`` if given.
+
+    ``base``: the base model already in memory (a private copy the result may own, e.g.
+    the warm runner's), instead of reading it from ``base_model_path``."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -100,8 +106,11 @@ def build_model(config: dict[str, Any], resume_dir: Path | None = None) -> Any:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     base_path = config["base_model_path"]
     if method in ("full", "transfer"):
-        src = resume_dir / "model" if resume_dir else base_path
-        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+        if resume_dir is None and base is not None:
+            model = base
+        else:
+            src = resume_dir / "model" if resume_dir else base_path
+            model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
         if method == "transfer":
             for name, param in model.named_parameters():
                 param.requires_grad = name.startswith("lm_head.")
@@ -109,7 +118,8 @@ def build_model(config: dict[str, Any], resume_dir: Path | None = None) -> Any:
 
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+    if base is None:
+        base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
     if resume_dir is not None:
         return PeftModel.from_pretrained(base, str(resume_dir / "adapter"), is_trainable=True)
     lora = dict(config.get("lora") or {})
@@ -239,12 +249,29 @@ def _maybe_fail(config: dict[str, Any], step: int, rank: int, world: int, experi
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """TorchTrainer entry point (see module docstring for the config)."""
-    t_enter = time.perf_counter()
-    import ray.train
+    t_enter, wall_enter = time.perf_counter(), time.time()
+    from services.training.ray.sessions import RayTrainSession
+
+    return run_loop(config, RayTrainSession(), t_enter=t_enter, wall_enter=wall_enter)
+
+
+def run_loop(
+    config: dict[str, Any],
+    session: LoopSession,
+    *,
+    t_enter: float | None = None,
+    wall_enter: float | None = None,
+) -> dict[str, Any] | None:
+    """The training loop proper, wherever it runs (``session``); see the module docstring.
+
+    Every report carries ``loop_started_at`` (wall clock when the loop was entered),
+    ``setup_seconds`` (imports, tokenization, model load) and, at checkpoints,
+    ``checkpoint_seconds`` and ``reported_at``: the driver turns them into a per-phase
+    breakdown of the run (:attr:`~services.training.ray.driver.TrainOutcome.phases`).
+    """
+    t_enter = time.perf_counter() if t_enter is None else t_enter
+    wall_enter = time.time() if wall_enter is None else wall_enter
     import torch
-    from ray.train import Checkpoint
-    from ray.train.torch import get_device, prepare_model
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from services.training.ray.datasets import split_rows
@@ -252,8 +279,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     torch.set_num_threads(int(config.get("num_threads", 1)))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     method = config.get("method", "lora")
     hp = dict(config.get("hyperparameters") or {})
     bs = int(hp.get("batch_size", 8))
@@ -263,7 +289,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     report_every = max(1, int(config.get("report_every", 1)))
     ckpt_every = int(config.get("checkpoint_every") or 0)
 
-    tokenizer = AutoTokenizer.from_pretrained(config["base_model_path"])
+    tokenizer = session.tokenizer(config["base_model_path"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rows = split_rows(config, "train")
     encoded = [encode_example(tokenizer, r, max_len, append_eos) for r in rows]
@@ -274,12 +300,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     steps_per_epoch = max(1, math.ceil(len(encoded) / (world * bs)))
     total = int(hp.get("max_steps") or steps_per_epoch * int(hp.get("n_epochs", 1)))
 
-    checkpoint = ray.train.get_checkpoint()
     torch.manual_seed(seed)
     resume_state: dict[str, Any] = {}
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as ckpt_dir:
-        resume_dir = Path(ckpt_dir) if ckpt_dir else None
-        model = build_model(config, resume_dir)
+    with session.restore() as resume_dir:
+        model = build_model(config, resume_dir, base=session.base_model(config))
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
             params,
@@ -296,27 +320,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         # non-reentrant: works with frozen inputs (LoRA) and with DDP without a static graph
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    # DDP (gloo on CPU, NCCL on GPU) when world > 1; the only buffers (rotary inv_freq) are
-    # constant, so skip DDP's per-forward buffer broadcast
-    model = prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    model, device = session.prepare(model)  # DDP (gloo on CPU, NCCL on GPU) when world > 1
     model.train()
-    device = get_device()
     dtype = compute_dtype(str(hp.get("precision", "auto")), device)
     setup_seconds = time.perf_counter() - t_enter
 
     step = int(resume_state.get("step", 0))
     resumed_from = step
     n_trainable = sum(p.numel() for p in params)
-    experiment = ctx.get_experiment_name()
     grad_clip = float(hp.get("grad_clip", 1.0))
     history: list[dict[str, Any]] = []
     last: dict[str, Any] = {}
     window = [0.0, 0.0, 0.0, 0.0]  # loss sum, steps, tokens, seconds since the last report
     while step < total:
+        if session.should_stop():
+            return None
         epoch, pos = divmod(step, steps_per_epoch)
         shard = epoch_shard(len(encoded), epoch, seed, rank, world, steps_per_epoch, bs)
         idx = shard[pos * bs : (pos + 1) * bs]
-        _maybe_fail(config, step + 1, rank, world, experiment)
+        _maybe_fail(config, step + 1, rank, world, session.experiment)
         t0 = time.perf_counter()
         torch.manual_seed(seed + 7919 * step + rank)  # dropout: reproducible across resumes
         batch = {k: v.to(device) for k, v in collate([encoded[i] for i in idx], pad_id).items()}
@@ -351,6 +373,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
             "trainable_params": n_trainable,
             "setup_seconds": setup_seconds,
             "precision": "bf16" if dtype is not None else "fp32",
+            "loop_started_at": wall_enter,
         }
         if is_ckpt and valid:
             metrics["valid_loss"] = _valid_loss(
@@ -366,8 +389,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                     "method": method,
                     "seed": seed,
                 }
+                t_save = time.perf_counter()
                 _save_checkpoint(Path(tmp), model, optimizer, scheduler, state, method, tokenizer)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+                metrics["checkpoint_seconds"] = time.perf_counter() - t_save
+                metrics["reported_at"] = time.time()
+                session.report(metrics, Path(tmp))
         else:
-            ray.train.report(metrics, checkpoint=None)
+            metrics["reported_at"] = time.time()
+            session.report(metrics, None)
     return {"history": history, "final": last, "resumed_from": resumed_from} if rank == 0 else None
