@@ -68,7 +68,7 @@ async def test_upload_limit_idempotency_and_job_quota(f: Fleet) -> None:
     assert first.status_code == again.status_code == 200, first.text
     assert first.json()["id"] == again.json()["id"]
     assert len((await f.gateway.get("/v1/files", headers=h)).json()["data"]) == 1
-    st.settings.max_upload_bytes = 2048
+    st.settings.max_training_file_bytes = 2048  # POST /v1/files has its own limit
     r = await f.gateway.post(
         "/v1/files",
         headers=h,
