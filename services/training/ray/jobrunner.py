@@ -7,8 +7,8 @@ store, never a local path), evaluates the base model on the test split (the repo
 numbers; validation drives sweeps, pruning and ``auto_promote``), trains with
 :func:`services.training.ray.driver.run_training` (events and checkpoints stream back as
 they happen; checkpoints live on the spec's ``storage_path``), evaluates the result
-(evaluations and pruning are Ray tasks with one worker's resources,
-:mod:`services.training.ray.worker_tasks`, not work for this driver on the head), and
+(evaluations, pruning and the merge of a hybrid result are Ray tasks with one worker's
+resources, :mod:`services.training.ray.worker_tasks`, not work for this driver on the head), and
 sends it: an adapter archive (``lora``) or the path of a full model directory (``full``,
 ``transfer``, ``hybrid`` merged into its base). Reports are retried with backoff so a
 training-service restart in the middle of a run loses nothing but a few metric events.
@@ -128,7 +128,7 @@ def _incumbent(rep: Reporter, spec: RunnerSpec, work: Path, rows: list[dict[str,
 def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     from services.training.ray.cluster import ensure_ray
     from services.training.ray.driver import TrainSpec, run_training
-    from services.training.ray.evaluate import load_model, load_tokenizer
+    from services.training.ray.evaluate import load_tokenizer
     from services.training.ray.worker_tasks import ModelSource
 
     splits = _read_splits(rep)
@@ -247,8 +247,11 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
     out = Path(spec.model_output_dir)
     if out.exists():
         shutil.rmtree(out)
-    if adapter_dir is not None:  # hybrid: merge (vLLM refuses modules_to_save)
-        load_model(adapter_dir, merge=True).save_pretrained(out)
+    if adapter_dir is not None:  # hybrid: merge (vLLM refuses modules_to_save), on a worker
+        from services.training.ray.worker_tasks import merge_remote
+
+        source = ModelSource.adapter(spec.base_model_path, adapter_dir)
+        merge_remote(source, out, use_gpu=spec.use_gpu)
         tok.save_pretrained(out)
     else:
         shutil.copytree(tuned_dir, out)

@@ -1,13 +1,14 @@
-"""Evaluation and pruning as Ray tasks with one training worker's resources.
+"""Evaluation, pruning and merging as Ray tasks with one training worker's resources.
 
 The job runner is the Ray job's driver and runs on the head, which reserves nothing for
 work (KubeRay: ``num-cpus: 0``, 8 GiB); scoring models there competed with scheduling and
 ran on CPU even for GPU jobs. So the runner's evaluations (base model, tuned result, the
-incumbent behind the ``auto_promote`` alias) and the pruning search (which scores every
-candidate rank) are tasks asking for 1 CPU, or 1 GPU with ``use_gpu``, on whichever node
-has them. Nothing node-local crosses over: the base model is on the models volume every
-node mounts, an adapter (a few MB) travels as its files through the object store, a full
-model as its checkpoint on the job's shared ``storage_path``.
+incumbent behind the ``auto_promote`` alias), the pruning search (which scores every
+candidate rank) and the merge of a hybrid result into its base are tasks asking for 1 CPU,
+or 1 GPU with ``use_gpu``, on whichever node has them. Nothing node-local crosses over: the
+base model is on the models volume every node mounts, an adapter (a few MB) travels as its
+files through the object store (and so does a merged model coming back), a full model as
+its checkpoint on the job's shared ``storage_path``.
 """
 
 from __future__ import annotations
@@ -107,6 +108,19 @@ def prune(
     return files, out
 
 
+def merge(source: ModelSource) -> dict[str, bytes]:
+    """Fold the adapter ``source`` into its base here (a hybrid result: vLLM refuses
+    ``modules_to_save`` adapters); the merged model's weight and config files."""
+    from services.training.ray.evaluate import load_model
+
+    with tempfile.TemporaryDirectory(prefix="tf-merge-") as tmp:
+        path = source.materialize(Path(tmp) / "src")
+        merged = load_model(path, base_model_path=source.base_model_path, merge=True)
+        out = Path(tmp) / "merged"
+        merged.save_pretrained(out)
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
 def _on_a_worker(fn: Any, use_gpu: bool) -> Any:
     """``fn`` as a Ray task with one training worker's resources (1 CPU, or 1 GPU)."""
     import ray
@@ -153,3 +167,16 @@ def prune_remote(
     for name, data in files.items():
         (dest / name).write_bytes(data)
     return dest, dict(report)
+
+
+def merge_remote(source: ModelSource, dest: Path, *, use_gpu: bool = False) -> Path:
+    """:func:`merge` as a Ray task; the merged model's files are written to ``dest`` here
+    (through the object store: fine for the models a CPU fleet trains; a multi-GB model
+    would rather go by the job's shared ``storage_path``)."""
+    import ray
+
+    files: dict[str, bytes] = ray.get(_on_a_worker(merge, use_gpu).remote(source))
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+    return dest
