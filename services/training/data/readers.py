@@ -97,38 +97,6 @@ def raw_lines(data: Source) -> Iterator[bytes]:
             yield b""
 
 
-def decode_utf8(data: Source, errors: ErrorSink, *, max_line_bytes: int = MAX_LINE_BYTES) -> str:
-    """Decode ``data`` (bytes, or a file read line by line) as UTF-8 line by line (a leading
-    BOM is dropped).
-
-    Over-long lines and invalid bytes are reported with their line and byte offset; the
-    returned text is only meaningful when no error was added.
-    """
-    out: list[str] = []
-    offset = 0
-    for number, raw in enumerate(raw_lines(data), start=1):
-        if errors.full:
-            break
-        if len(raw) > max_line_bytes:
-            errors.add(
-                number,
-                "line",
-                f"line is {len(raw):,} bytes, longer than the {max_line_bytes:,}-byte limit",
-            )
-        else:
-            try:
-                out.append(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                errors.add(
-                    number,
-                    "encoding",
-                    f"invalid UTF-8 byte 0x{raw[exc.start]:02x} at byte offset "
-                    f"{offset + exc.start} of the file (byte {exc.start + 1} of the line)",
-                )
-        offset += len(raw) + 1
-    return "\n".join(out).removeprefix("\ufeff")
-
-
 @dataclass(frozen=True, slots=True)
 class TextStart:
     """How the decoded text starts: its first character after ``str.lstrip()`` (empty when
@@ -141,8 +109,9 @@ class TextStart:
 def scan_utf8(
     data: Source, errors: ErrorSink, *, max_line_bytes: int = MAX_LINE_BYTES
 ) -> TextStart:
-    """Check ``data`` line by line as :func:`decode_utf8` does (same errors), keeping nothing
-    of the text but how it starts."""
+    """Check ``data`` line by line (over-long lines and invalid bytes are reported with their
+    line and byte offset; a leading BOM is dropped), keeping nothing of the text but how it
+    starts."""
     first = first_json = ""
     offset = 0
     for number, raw in enumerate(raw_lines(data), start=1):
