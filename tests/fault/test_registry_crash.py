@@ -51,12 +51,20 @@ def push(url: str, name: str, archive: Path, timeout: float = 60) -> httpx.Respo
 
 def check_invariants(url: str, name: str, acked: list[int], store: Path) -> int:
     """Everything acknowledged is there and intact; returns the number of versions."""
-    r = httpx.get(f"{url}/v1/adapters/{name}/versions", headers=H, params={"limit": 100})
-    if r.status_code == 404:
-        assert not acked, "acknowledged versions lost with their adapter"
-        return 0
-    assert r.status_code == 200, r.text
-    versions = r.json()["data"]
+    versions: list[dict] = []
+    after: int | None = None
+    while True:  # every page: a quiet machine pushes more than one page (100) in 6 trials
+        params = {"limit": 100} | ({"after": after} if after is not None else {})
+        r = httpx.get(f"{url}/v1/adapters/{name}/versions", headers=H, params=params)
+        if r.status_code == 404:
+            assert not acked, "acknowledged versions lost with their adapter"
+            return 0
+        assert r.status_code == 200, r.text
+        page = r.json()
+        versions += page["data"]
+        if not page["has_more"] or not page["data"]:
+            break
+        after = page["data"][-1]["version"]
     numbers = sorted(v["version"] for v in versions)
     assert numbers == list(range(1, len(numbers) + 1)), f"gap in versions: {numbers}"
     assert set(acked) <= set(numbers), f"acknowledged {acked}, listed {numbers}"
