@@ -15,6 +15,7 @@ OUT=${RELIABILITY_OUT:-var/reliability}
 mkdir -p "$OUT"
 PY=.venv/bin/python
 
+export TUNEFLEET_KEEP_LOGS="${TUNEFLEET_KEEP_LOGS:-$OUT/logs}"   # the 2-node test keeps its Ray logs there
 timeout "${PYTEST_BUDGET_S:-2700}" $PY -m pytest -p no:cacheprovider -q -s -rfEsxX \
   --timeout=1200 --durations=20 tests/fault tests/security tests/property \
   tests/service/test_registry_webhooks.py 2>&1 | tee "$OUT/pytest.log"

@@ -20,7 +20,9 @@ Runs ~6-10 min on 2 busy cores: part of ``make reliability`` (scripts/reliabilit
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import tempfile
@@ -165,9 +167,32 @@ def fleet(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                 if fl.training is not None:
                     fl.training.stop()
     finally:
+        _keep_logs(nodes, shared, home)
         leftovers = nodes.stop()
         shutil.rmtree(shared, ignore_errors=True)
         assert not leftovers, f"Ray processes left behind: {leftovers}"
+
+
+def _keep_logs(nodes: RayNodes, shared: Path, home: Path) -> None:
+    """Copy the head's Ray logs, the nodes' and the services' logs to
+    ``$TUNEFLEET_KEEP_LOGS/multinode-<time>`` (scripts/reliability.sh sets it): the resume
+    after a raylet kill has hung intermittently, and its logs went with the temp dirs."""
+    keep = os.environ.get("TUNEFLEET_KEEP_LOGS")
+    if not keep:
+        return
+    dest = Path(keep) / f"multinode-{time.strftime('%Y%m%dT%H%M%S')}"
+    wanted = ("*.log", "*.out", "*.err")
+    sources = [(shared, "shared"), (home, "training")]
+    if nodes.temp_dir is not None:
+        sources.append(((nodes.temp_dir / "session_latest" / "logs").resolve(), "head"))
+    for src, name in sources:
+        for pattern in wanted:
+            for f in src.rglob(pattern) if src.is_dir() else []:
+                target = dest / name / f.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copy2(f, target)
+    print(f"\n[2-node] logs kept in {dest}")
 
 
 def _metrics(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
