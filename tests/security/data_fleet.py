@@ -18,17 +18,16 @@ from typing import Any
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from gateway.app import create_app as create_gateway
 from gateway.settings import GatewaySettings
 from services.inference.app import create_app as create_inference
-from services.inference.settings import InferenceSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 from services.training.app import create_app as create_training
 from services.training.settings import TrainingSettings
 from shared.datasets import samples
+from tests.support.standin_engine import replica_settings
 from tests.support.training import UnreachableRay
 
 TOKEN = "erasure-test-token"
@@ -209,16 +208,7 @@ async def with_replica(fl: DataFleet, model_dir: Path) -> AsyncIterator[FastAPI]
 
     from tests.security.test_quota_replica_cancel import ScriptedEngine
 
-    settings = InferenceSettings(
-        home=fl.home / "inference",
-        internal_token=SecretStr(TOKEN),
-        model_dir=model_dir,
-        registry_url="http://registry",
-        max_model_len=512,
-        max_loras=4,
-        max_cpu_loras=8,
-        max_lora_rank=16,
-    )
+    settings = replica_settings(fl.home / "inference", model_dir, TOKEN)
     engine = ScriptedEngine(AutoTokenizer.from_pretrained(str(model_dir)), Counter())
     app = create_inference(
         settings,

@@ -27,13 +27,13 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from services.inference.app import create_app as create_inference
-from services.inference.settings import InferenceSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 from services.registry.storage.tables import DeliveryRow
 from shared import signing
 from tests.security.test_quota_replica_cancel import ScriptedEngine
 from tests.support.adapters import make_adapter, pack
+from tests.support.standin_engine import replica_settings
 
 TOKEN = "erasure-replica-token"
 H = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
@@ -79,16 +79,7 @@ async def fleet(tmp_path: Path, model_dir: Path) -> AsyncIterator[Fleet]:
             webhook_poll_s=3600,  # the outbox is read and delivered by the test
         )
     )
-    settings = InferenceSettings(
-        home=tmp_path / "inference",
-        internal_token=SecretStr(TOKEN),
-        model_dir=model_dir,
-        registry_url="http://registry",
-        max_model_len=512,
-        max_loras=4,
-        max_cpu_loras=8,
-        max_lora_rank=16,
-    )
+    settings = replica_settings(tmp_path / "inference", model_dir, TOKEN)
     engine = ScriptedEngine(AutoTokenizer.from_pretrained(str(model_dir)), Counter())
     inference = create_inference(
         settings,

@@ -24,14 +24,13 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from services.inference.app import create_app as create_inference
-from services.inference.settings import InferenceSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 from tests.support.adapters import make_adapter, pack
 from tests.support.digest_engine import DigestEngine, weights_digest
+from tests.support.standin_engine import replica_settings
 
 TOKEN = "version-reuse-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Tenant-Id": "acme"}
@@ -71,16 +70,7 @@ async def fleet(
     )
     engine = DigestEngine(AutoTokenizer.from_pretrained(str(model_dir)))
     replica = create_inference(
-        InferenceSettings(
-            home=tmp_path / "replica",
-            internal_token=SecretStr(TOKEN),
-            model_dir=model_dir,
-            registry_url="http://registry",
-            max_model_len=512,
-            max_loras=4,
-            max_cpu_loras=8,
-            max_lora_rank=16,
-        ),
+        replica_settings(tmp_path / "replica", model_dir, TOKEN),
         engine,  # type: ignore[arg-type]
         registry_transport=httpx.ASGITransport(app=registry),
     )
