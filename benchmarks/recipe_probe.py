@@ -1,11 +1,15 @@
 """Recipe probe: one LoRA fine-tune in this process, scored per epoch on both held-out kinds.
 
-    .venv/bin/python benchmarks/recipe_probe.py --task hobby [--lr 2e-3] [--epochs 3]
-        [--r 8] [--alpha 16] [--batch-size 20] [--n-train 400] [--n-heldout 60] [--curve]
+    .venv/bin/python benchmarks/recipe_probe.py --task hobby [--lr 4e-3] [--epochs 3]
+        [--r 8] [--alpha 16] [--batch-size 10] [--targets q_proj,...] [--method full]
+        [--n-train 400] [--n-heldout 60] [--curve]
 
 For quick iteration on the default recipe (issue 15, item 8) without a fleet: the same
 pieces the Ray train loop uses (``build_model``, ``encode_example`` = the one renderer,
-``collate``, the warmup + linear-decay schedule), one process, one thread. Scores are
+``collate``, the warmup + linear-decay schedule), one process, one thread. Defaults are the
+service's default recipe for 400 rows (:mod:`services.training.domain.hyper`: LoRA r 8 /
+alpha 16 on the linears, embed_tokens and lm_head, lr ``BASE_LR["lora"]``, a batch of
+``n_train // STEPS_PER_EPOCH``, 3 epochs). Scores are
 label log-likelihoods (the label's tokens + end of turn after the rendered chat prompt),
 which is what constrained decoding over ``choices_allowed`` picks in all but near-ties.
 Reported: ``heldout`` (the paraphrasing family of :mod:`shared.datasets.quality`) and
@@ -28,7 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, log
 
-from services.training.ray.train_loop import build_model, collate, encode_example
+from services.training.domain.hyper import BASE_LR, STEPS_PER_EPOCH
+from services.training.ray.train_loop import METHODS, build_model, collate, encode_example
 from shared.datasets import quality as Q
 from shared.rendering import render_chat
 
@@ -40,10 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16)
     p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--targets", default="", help="comma-separated; default: all")
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--targets", default="", help="comma-separated; default: the service's")
+    p.add_argument("--method", default="lora", choices=METHODS)
+    p.add_argument("--lr", type=float, default=None, help="default: the method's BASE_LR")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=None, help="default: n_train / 40")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-heldout", type=int, default=60)
     p.add_argument("--seed", type=int, default=0)
@@ -88,13 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     a = parse_args(argv)
+    a.lr = a.lr or BASE_LR[a.method]
+    a.batch_size = a.batch_size or max(1, a.n_train // STEPS_PER_EPOCH)
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
     tok = AutoTokenizer.from_pretrained(a.model)
     lora = {"r": a.r, "alpha": a.alpha, "dropout": a.dropout}
     if a.targets:
         lora["target_modules"] = a.targets.split(",")
-    model = build_model({"base_model_path": a.model, "method": "lora", "lora": lora})
+    model = build_model({"base_model_path": a.model, "method": a.method, "lora": lora})
     train = [encode_example(tok, r, 256) for r in Q.chat_rows(a.task, "train", a.n_train, a.seed)]
     held = Q.cases(a.task, "heldout", a.n_heldout, a.seed)
     in_dist = Q.cases(a.task, "train", a.n_heldout, a.seed + 1000)

@@ -10,7 +10,7 @@ from shared.schemas.training import Hyperparameters
 
 @pytest.mark.parametrize(
     ("n_train", "epochs", "per_worker"),
-    [(20, 10, 1), (300, 4, 8), (1200, 1, 16), (100_000, 1, 16)],
+    [(20, 10, 1), (300, 4, 4), (400, 3, 5), (1200, 1, 15), (100_000, 1, 16)],
 )
 def test_auto_follows_dataset_size(n_train: int, epochs: int, per_worker: int) -> None:
     hp = resolve(Hyperparameters(), method="lora", n_train=n_train, num_workers=2, max_len=256)

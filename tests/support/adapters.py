@@ -35,7 +35,7 @@ def make_adapter(
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn_like(param) * scale)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(out_dir, save_embedding_layers=False)
     return out_dir
 
 
@@ -102,5 +102,5 @@ def train_adapter(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(out_dir, save_embedding_layers=False)
     return out_dir

@@ -133,6 +133,8 @@ def install(*, enabled: bool = True, version: str | None = None) -> bool:
         return True
     stock_update = PunicaWrapperCPU.update_metadata
     stock_linear = PunicaWrapperCPU.add_lora_linear
+    stock_embedding = PunicaWrapperCPU.add_lora_embedding
+    stock_logits = PunicaWrapperCPU.add_lora_logits
 
     def update_metadata(self: Any, mapping: Any, lora_index_to_id: list, *a: Any, **k: Any):
         stock_update(self, mapping, lora_index_to_id, *a, **k)
@@ -153,11 +155,21 @@ def install(*, enabled: bool = True, version: str | None = None) -> bool:
         if not _STATE.enabled or len(self.token_lora_indices) != x2.shape[0]:
             keep = base_rows(self, y)  # the stock ops add the last slot's adapter to them
             stock_linear(self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, **kwargs)
-            if keep is not None:
-                rows, saved = keep
-                y.view(-1, y.shape[-1]).index_copy_(0, rows, saved)
+            _restore(y, keep)
             return
         add_lora_linear(self, y, x2, lora_a_stacked, lora_b_stacked, scale, output_slices)
+
+    def patched_embedding(self: Any, y: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        keep = base_rows(self, y)  # embed_tokens LoRA: stock ops only, base rows put back
+        out = stock_embedding(self, y, *args, **kwargs)
+        _restore(y, keep)
+        return out
+
+    def patched_logits(self: Any, y: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        keep = base_rows(self, y, self.sampler_indices)  # lm_head LoRA: one row per sample
+        out = stock_logits(self, y, *args, **kwargs)
+        _restore(y, keep)
+        return out
 
     def rpc(worker: Any, enable: bool | None = None) -> bool:
         if enable is not None:
@@ -169,6 +181,8 @@ def install(*, enabled: bool = True, version: str | None = None) -> bool:
 
     PunicaWrapperCPU.update_metadata = update_metadata  # type: ignore[method-assign]
     PunicaWrapperCPU.add_lora_linear = patched_linear  # type: ignore[method-assign]
+    PunicaWrapperCPU.add_lora_embedding = patched_embedding  # type: ignore[method-assign]
+    PunicaWrapperCPU.add_lora_logits = patched_logits  # type: ignore[method-assign]
     setattr(WorkerBase, RPC_METHOD, rpc)
     setattr(WorkerBase, PACK_RPC_METHOD, pack_rpc)
     _STATE.installed = True
@@ -189,18 +203,29 @@ def pack_control(cache_pieces: bool | None = None) -> dict[str, Any]:
     )
 
 
-def base_rows(wrapper: Any, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def base_rows(
+    wrapper: Any, y: torch.Tensor, indices: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The rows of ``y`` that belong to base tokens (slot -1) and their values now, for the
     stock ops' path: they index the weights with -1, i.e. the *last* slot, so a base request
-    batched with adapter requests got another tenant's adapter. The caller puts these rows
-    back after the stock op. None when there are none."""
-    idx = wrapper.token_lora_indices
+    batched with adapter requests got another tenant's adapter (in the linears, and in the
+    embedding and logits LoRA that adapters with ``embed_tokens``/``lm_head`` targets use).
+    ``indices``: the per-row slots (default: per token; the logits pass the per-sample
+    ``sampler_indices``). The caller puts these rows back after the stock op
+    (:func:`_restore`). None when there are none."""
+    idx = wrapper.token_lora_indices if indices is None else indices
     y2 = y.view(-1, y.shape[-1])
     n = min(len(idx), y2.shape[0])
     rows = torch.nonzero(idx[:n] < 0).flatten()
     if rows.numel() == 0:
         return None
     return rows, y2.index_select(0, rows)
+
+
+def _restore(y: torch.Tensor, keep: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    if keep is not None:
+        rows, saved = keep
+        y.view(-1, y.shape[-1]).index_copy_(0, rows, saved)
 
 
 def add_lora_linear(

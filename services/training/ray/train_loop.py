@@ -16,10 +16,10 @@
     report_every (1), append_eos (True), num_threads (1), max_valid (256),
     fail_at_step / fail_rank / fail_marker   test hook: that rank ``os._exit(1)``s once
 
-Methods: ``lora`` = PEFT LoRA on q/k/v/o/gate/up/down; ``hybrid`` = LoRA +
-``modules_to_save=["embed_tokens", "lm_head"]``; ``full`` = every weight trainable, no
-PEFT; ``transfer`` = base frozen, only ``lm_head`` trained (exported as a full model dir,
-since PEFT has no "modules_to_save only" adapter).
+Methods: ``lora`` = PEFT LoRA on q/k/v/o/gate/up/down, embed_tokens and lm_head;
+``hybrid`` = LoRA on the linears + ``modules_to_save=["embed_tokens", "lm_head"]``;
+``full`` = every weight trainable, no PEFT; ``transfer`` = base frozen, only ``lm_head``
+trained (exported as a full model dir, since PEFT has no "modules_to_save only" adapter).
 
 Rows are encoded by the one renderer inference uses (:mod:`shared.rendering`): chat rows
 through the base's chat template with the loss on assistant turns only, prompt rows raw with
@@ -49,10 +49,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.schemas.training import LINEAR_TARGETS, LORA_TARGETS
+
 if TYPE_CHECKING:
     from services.training.ray.sessions import LoopSession
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = LORA_TARGETS  # every linear of the blocks + embed_tokens + lm_head
 METHODS = ("lora", "hybrid", "full", "transfer")
 STATE_FILE = "state.json"
 
@@ -123,15 +125,19 @@ def build_model(config: dict[str, Any], resume_dir: Path | None = None, *, base:
     if resume_dir is not None:
         return PeftModel.from_pretrained(base, str(resume_dir / "adapter"), is_trainable=True)
     lora = dict(config.get("lora") or {})
+    targets = list(lora.get("target_modules") or DEFAULT_TARGETS)
+    saved = ["embed_tokens", "lm_head"] if method == "hybrid" else None
+    if saved:  # trained whole there: a LoRA on them too would be a second copy
+        targets = [t for t in targets if t not in saved] or list(LINEAR_TARGETS)
     peft_cfg = LoraConfig(
         task_type="CAUSAL_LM",
         r=int(lora.get("r", 8)),
         lora_alpha=int(lora.get("alpha", 16)),
         lora_dropout=float(lora.get("dropout", 0.05)),
-        target_modules=list(lora.get("target_modules") or DEFAULT_TARGETS),
+        target_modules=targets,
         use_rslora=bool(lora.get("use_rslora", False)),
         use_dora=bool(lora.get("use_dora", False)),
-        modules_to_save=["embed_tokens", "lm_head"] if method == "hybrid" else None,
+        modules_to_save=saved,
     )
     return get_peft_model(base, peft_cfg)
 
@@ -223,7 +229,9 @@ def _save_checkpoint(
 
     inner = getattr(model, "module", model)  # unwrap DDP
     if method in ("lora", "hybrid"):
-        inner.save_pretrained(str(d / "adapter"))
+        # LoRA on embed_tokens/lm_head: save the low-rank pairs only, not (PEFT's default
+        # then) a copy of the base's whole embedding and head (10 MB here, GBs on a 7B base)
+        inner.save_pretrained(str(d / "adapter"), save_embedding_layers=False)
     else:
         inner.save_pretrained(str(d / "model"))
         tokenizer.save_pretrained(str(d / "model"))
