@@ -14,6 +14,7 @@ export VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0
 # `make reliability` (scripts/reliability.sh), which runs them together with everything else.
 RELIABILITY_ONLY=(--ignore=tests/fault/test_fleet_faults.py --ignore=tests/fault/test_registry_crash.py
   --ignore=tests/fault/test_training_crash.py --ignore=tests/fault/test_ray_multinode.py
+  --ignore=tests/fault/test_ray_report_channel.py
   --ignore=tests/security/test_api_fuzz.py)
 failed_ids="$(mktemp -t tunefleet-failed.XXXXXX)"
 trap 'rm -f "$failed_ids"' EXIT

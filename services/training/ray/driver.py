@@ -19,10 +19,11 @@ with the same reports, checkpoints on ``storage_path``, resume and export.
 
 Live metrics: V2 runs ``UserCallback.after_report`` on the *controller* actor, not in
 the driver, so the callback pushes each report (rank 0's metrics + ``checkpoint_path``)
-into a ``ray.util.queue.Queue`` actor (0 CPU) and a driver thread drains it while
-``fit()`` blocks; ``on_report`` therefore sees reports live, called from that background
-thread, in order. If that channel fails, the history returned by rank 0
-(``Result.return_value``) is used — it only covers the last (post-restart) attempt.
+into a ``ray.util.queue.Queue`` actor (0 CPU, hard-pinned to the driver's node:
+:func:`report_queue`) and a driver thread drains it while ``fit()`` blocks; ``on_report``
+therefore sees reports live, called from that background thread, in order. If that
+channel fails, the history returned by rank 0 (``Result.return_value``) is used — it only
+covers the last (post-restart) attempt.
 """
 
 from __future__ import annotations
@@ -174,6 +175,22 @@ def _drain(
                 logger.exception("on_report callback raised")
 
 
+def report_queue() -> Any:
+    """The run's report channel: a 0-CPU ``Queue`` actor pinned to the driver's node.
+
+    On a worker node it would die with that node, and every later report with it (the
+    drainer stops; the run goes on, restarts and finishes unseen). The pin must be *hard*:
+    Ray puts an actor that needs no resources on a random alive node unless its node
+    affinity is hard (a soft one is ignored), which is why Train V2 pins its controller with
+    a label selector on the node id. The driver's node lives as long as the driver does."""
+    import ray
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
 def export_weights(
     checkpoint_dir: Path, dest: Path, base_model_path: Path
 ) -> tuple[Path | None, Path | None]:
@@ -247,8 +264,6 @@ def run_training(
     import time
 
     import ray
-    from ray.util.queue import Queue
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from services.training.ray import warm
 
@@ -267,10 +282,7 @@ def run_training(
     storage = storage_root(storage_path)
     refs = put_splits(spec.datasets)  # once per run; every worker (any node) reads them
 
-    # on the driver's node (as Train V2 puts its controller): a queue on a worker node
-    # would die with that node and silence every later report
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    queue = Queue(maxsize=0, actor_options={"num_cpus": 0, "scheduling_strategy": here})
+    queue = report_queue()
     events: list[dict[str, Any]] = []
     stop = threading.Event()
     drainer = threading.Thread(target=_drain, args=(queue, events, on_report, stop), daemon=True)
