@@ -110,43 +110,12 @@ class _Lists:
         self.splits[split].append(example)
 
 
-def prepare(
-    data: Source,
-    filename: str,
-    *,
-    mapping: Mapping[str, str] | None = None,
-    task: str = "generation",
-    tokenizer: Any,
-    max_len: int,
-    validation: Source | None = None,
-    validation_filename: str | None = None,
-    seed: int = 0,
-    validation_fraction: float = 0.1,
-    max_errors: int = 10,
-    test: Source | None = None,
-    test_filename: str | None = None,
-    test_fraction: float = 0.0,
-) -> Prepared:
-    """:func:`prepare_stream` with the splits returned as lists (held in memory: small
-    uploads and tests; the service writes them out as they come)."""
+def prepare(data: Source, filename: str, **options: Any) -> Prepared:
+    """:func:`prepare_stream` (same keyword options, ``tokenizer`` and ``max_len`` required)
+    with the splits returned as lists (held in memory: small uploads and tests; the service
+    writes them out as they come)."""
     lists = _Lists()
-    report = prepare_stream(
-        data,
-        filename,
-        mapping=mapping,
-        task=task,
-        tokenizer=tokenizer,
-        max_len=max_len,
-        validation=validation,
-        validation_filename=validation_filename,
-        seed=seed,
-        validation_fraction=validation_fraction,
-        max_errors=max_errors,
-        test=test,
-        test_filename=test_filename,
-        test_fraction=test_fraction,
-        sink=lists,
-    )
+    report = prepare_stream(data, filename, sink=lists, **options)
     got = lists.splits
     return Prepared(got["train"], got["validation"], report, got["test"])
 
