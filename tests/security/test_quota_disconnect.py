@@ -132,30 +132,41 @@ async def _served(app: FastAPI) -> AsyncIterator[str]:
         await task
 
 
+@asynccontextmanager
+async def gateway_on(
+    home: Path, registry: str, replica: str
+) -> AsyncIterator[tuple[str, FastAPI, httpx.AsyncClient, dict[str, str]]]:
+    """A gateway on uvicorn in front of ``replica`` (its registry and training at
+    ``registry``), tenant ``acme`` onboarded: (url, app, client, the app key's headers)."""
+    settings = GatewaySettings(
+        home=home,
+        internal_token=SecretStr(TOKEN),
+        admin_key=SecretStr(BOOTSTRAP),
+        registry_url=registry,
+        training_url=registry,
+        inference_urls=[replica],
+    )
+    app = create_gateway(settings)
+    async with (
+        LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
+        _served(app) as gateway,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        r = await http.post(f"{gateway}/admin/tenants", json={"id": "acme"}, headers=ADMIN)
+        assert r.is_success, r.text
+        body = {"tenant": "acme", "role": "app"}
+        r = await http.post(f"{gateway}/admin/keys", json=body, headers=ADMIN)
+        yield gateway, app, http, {"Authorization": f"Bearer {r.json()['key']}"}
+
+
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
     log: Counter[str] = Counter()
-    async with _served(stand_in_replica(log)) as replica:
-        settings = GatewaySettings(
-            home=tmp_path,
-            internal_token=SecretStr(TOKEN),
-            admin_key=SecretStr(BOOTSTRAP),
-            registry_url=replica,
-            training_url=replica,
-            inference_urls=[replica],
-        )
-        app = create_gateway(settings)
-        async with (
-            LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
-            _served(app) as gateway,
-            httpx.AsyncClient(timeout=30) as http,
-        ):
-            r = await http.post(f"{gateway}/admin/tenants", json={"id": "acme"}, headers=ADMIN)
-            assert r.is_success, r.text
-            body = {"tenant": "acme", "role": "app"}
-            r = await http.post(f"{gateway}/admin/keys", json=body, headers=ADMIN)
-            key = {"Authorization": f"Bearer {r.json()['key']}"}
-            yield World(gateway, app, key, log)
+    async with (
+        _served(stand_in_replica(log)) as replica,
+        gateway_on(tmp_path, replica, replica) as (gateway, app, _, key),
+    ):
+        yield World(gateway, app, key, log)
 
 
 async def _set_tpm(w: World, http: httpx.AsyncClient, tpm: int) -> None:

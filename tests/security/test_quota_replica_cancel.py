@@ -24,17 +24,15 @@ import pytest
 from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
-from gateway.app import create_app as create_gateway
-from gateway.settings import GatewaySettings
 from services.inference.app import create_app as create_inference
 from services.inference.engine.base import GenerationChunk, GenerationRequest
 from services.inference.settings import InferenceSettings
 from tests.security.test_quota_disconnect import (
     ADMIN,
-    BOOTSTRAP,
     TOKEN,
     TOKEN_S,
     _served,
+    gateway_on,
     stand_in_replica,
 )
 from tests.support.standin_engine import StandInEngine
@@ -99,6 +97,33 @@ async def replica(tmp_path: Path, model_dir: Path) -> AsyncIterator[tuple[str, C
         yield url, log
 
 
+async def _abandon(
+    http: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    log: Counter[str],
+    tokens: int,
+    *,
+    cancel_polls: int,
+) -> None:
+    """Post ``body`` (the second generation the replica sees), leave after about ``tokens``
+    tokens of it, and give the replica ``cancel_polls`` x 20 ms to log the cancellation."""
+    call = asyncio.create_task(http.post(url, json=body, headers=headers))
+    for _ in range(250):
+        if log["started"] == 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(tokens * TOKEN_S)
+    call.cancel()  # the caller goes away: its connection is closed
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(cancel_polls):
+        if log["cancelled"]:
+            break
+        await asyncio.sleep(0.02)
+
+
 async def test_replica_stops_a_non_streamed_generation_its_caller_left(
     replica: tuple[str, Counter[str]],
 ) -> None:
@@ -110,19 +135,7 @@ async def test_replica_stops_a_non_streamed_generation_its_caller_left(
         assert r.status_code == 200, r.text
         assert r.json()["usage"]["completion_tokens"] == 5 and log["finished"] == 1
         body["max_tokens"] = 60  # 3 s of generation
-        call = asyncio.create_task(http.post(f"{url}/v1/completions", json=body, headers=headers))
-        for _ in range(250):
-            if log["started"] == 2:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(3 * TOKEN_S)
-        call.cancel()  # the caller goes away: its connection is closed
-        with pytest.raises(asyncio.CancelledError):
-            await call
-        for _ in range(50):
-            if log["cancelled"]:
-                break
-            await asyncio.sleep(0.02)
+        await _abandon(http, f"{url}/v1/completions", body, headers, log, 3, cancel_polls=50)
         assert log["cancelled"] == 1 and log["finished"] == 1, dict(log)
 
 
@@ -139,59 +152,30 @@ async def test_abandoned_non_streamed_call_is_billed_what_the_replica_generated(
     """Gateway and the real inference app, both on uvicorn: a client that leaves a
     non-streamed call mid-generation is billed prompt + the tokens generated before the
     replica stopped (the replica's count, not the prompt estimate), in one usage row."""
-    async with _replica(tmp_path / "replica", model_dir) as (replica, registry, log):
-        settings = GatewaySettings(
-            home=tmp_path / "gateway",
-            internal_token=SecretStr(TOKEN),
-            admin_key=SecretStr(BOOTSTRAP),
-            registry_url=registry,
-            training_url=registry,
-            inference_urls=[replica],
-        )
-        app = create_gateway(settings)
-        async with (
-            LifespanManager(app, startup_timeout=60, shutdown_timeout=60),
-            _served(app) as gateway,
-            httpx.AsyncClient(timeout=30) as http,
-        ):
-            r = await http.post(f"{gateway}/admin/tenants", json={"id": "acme"}, headers=ADMIN)
-            assert r.is_success, r.text
-            r = await http.post(
-                f"{gateway}/admin/keys", json={"tenant": "acme", "role": "app"}, headers=ADMIN
-            )
-            key = {"Authorization": f"Bearer {r.json()['key']}"}
-            url = f"{gateway}/v1/completions"
-            body = {"model": "tiny-llama", "prompt": "Hi there", "max_tokens": 5}
-            r = await http.post(url, json=body, headers=key)  # answered: its usage
-            assert r.status_code == 200, r.text
-            prompt = r.json()["usage"]["prompt_tokens"]
-            assert await _usage(http, gateway) == [(1, prompt, 5)]
+    async with (
+        _replica(tmp_path / "replica", model_dir) as (replica, registry, log),
+        gateway_on(tmp_path / "gateway", registry, replica) as (gateway, _, http, key),
+    ):
+        url = f"{gateway}/v1/completions"
+        body = {"model": "tiny-llama", "prompt": "Hi there", "max_tokens": 5}
+        r = await http.post(url, json=body, headers=key)  # answered: its usage
+        assert r.status_code == 200, r.text
+        prompt = r.json()["usage"]["prompt_tokens"]
+        assert await _usage(http, gateway) == [(1, prompt, 5)]
 
-            body["max_tokens"] = 60  # 3 s of generation
-            call = asyncio.create_task(http.post(url, json=body, headers=key))
-            for _ in range(250):
-                if log["started"] == 2:
-                    break
-                await asyncio.sleep(0.02)
-            await asyncio.sleep(6 * TOKEN_S)
-            call.cancel()  # the client gives up: its connection is closed
-            with pytest.raises(asyncio.CancelledError):
-                await call
-            for _ in range(100):
-                if log["cancelled"]:
-                    break
-                await asyncio.sleep(0.02)
-            assert log["cancelled"] == 1 and log["finished"] == 1, dict(log)
+        body["max_tokens"] = 60  # 3 s of generation
+        await _abandon(http, url, body, key, log, 6, cancel_polls=100)
+        assert log["cancelled"] == 1 and log["finished"] == 1, dict(log)
+        rows = await _usage(http, gateway)
+        for _ in range(100):  # billed in the background, once the count is fetched
+            if rows[0][0] == 2:
+                break
+            await asyncio.sleep(0.05)
             rows = await _usage(http, gateway)
-            for _ in range(100):  # billed in the background, once the count is fetched
-                if rows[0][0] == 2:
-                    break
-                await asyncio.sleep(0.05)
-                rows = await _usage(http, gateway)
-            [(requests, prompts, completions)] = rows
-            assert (requests, prompts) == (2, 2 * prompt), rows
-            generated = completions - 5
-            assert 3 <= generated < 60, rows  # ~6 tokens before the close, not 0, not 60
-            await asyncio.sleep(1.0)  # nothing more arrives: billed once
-            assert await _usage(http, gateway) == rows
-            print(f"abandoned call billed prompt {prompt} + {generated} generated tokens")
+        [(requests, prompts, completions)] = rows
+        assert (requests, prompts) == (2, 2 * prompt), rows
+        generated = completions - 5
+        assert 3 <= generated < 60, rows  # ~6 tokens before the close, not 0, not 60
+        await asyncio.sleep(1.0)  # nothing more arrives: billed once
+        assert await _usage(http, gateway) == rows
+        print(f"abandoned call billed prompt {prompt} + {generated} generated tokens")

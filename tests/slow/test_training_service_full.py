@@ -85,6 +85,28 @@ def test_hybrid_result_is_registered_as_a_base_model(
     assert str(stack.home) not in reg.get("/v1/base-models").text
 
 
+def test_transfer_job_trains_only_the_head_and_registers_a_base_model(
+    stack: TrainingStack, model_dir: Path
+) -> None:
+    """``transfer``: the base frozen, only ``lm_head`` trained; the result is a whole model
+    (PEFT has no "modules_to_save only" adapter) registered like ``hybrid``/``full``."""
+    from safetensors.torch import load_file
+
+    job = run_job(stack, "transfer", "head")
+    assert job["status"] == "succeeded", job
+    model = job["fine_tuned_model"]
+    assert model.startswith("head-") and job["result"]["registered_as"] == "base_model"
+    out = stack.settings.data_root() / "models" / job["id"]
+    tuned, base = load_file(out / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    changed = sorted(k for k in base if not bool((tuned[k] == base[k]).all()))
+    assert changed == ["lm_head.weight"], changed
+    reg = httpx.get(
+        f"{stack.registry_url}/v1/base-models/{model}",
+        headers=dict(stack.http.headers) | stack.headers(),
+    )
+    assert reg.status_code == 200 and reg.json()["owned_by"] == "acme", reg.text
+
+
 class _ToReplica(httpx.AsyncBaseTransport):
     """The gateway's upstream: ``http://inference`` is the in-process replica, every other
     host (the registry on loopback) the network."""
