@@ -1,4 +1,5 @@
-"""Fine-tuning quality: base vs tuned on held-out cases that paraphrase the training data.
+"""Fine-tuning quality: base vs tuned on held-out cases that paraphrase the training data,
+and on new draws of the training family.
 
     .venv/bin/python benchmarks/quality.py [--tasks router,sentiment,translation,dining,hobby,games]
         [--n-train 400] [--n-heldout 60] [--seed 0] [--workers 2] [--model-dir DIR]
@@ -14,6 +15,11 @@ ends, then ask ``chat.completions`` (system + user, ``temperature=0``) for every
 case, once with the base model (``tiny-llama``) and once with ``job.fine_tuned_model``.
 Classification passes ``extra_body={"choices_allowed": labels}`` and is scored by
 accuracy and macro-F1; translation is plain chat scored by corpus chrF (sacrebleu).
+Both models are also asked ``--n-heldout`` *new draws* of the training family (``new_draws``
+in the JSON; :func:`tests.support.heldout.fresh_cases`, as the SDK end-to-end test draws
+them): cases the generator makes like the training rows, balanced over the labels, none of
+them worded like one (not even ignoring digits, punctuation and case, the preparation's
+near-duplicate form), which is what a customer's next tickets look like.
 
 Without ``--url`` the fleet is started as processes (registry, inference, training,
 gateway; :class:`gateway.cli.supervisor.Supervisor`) on free loopback ports with a
@@ -42,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, CpuMonitor, host_label, log, machine_info
 
 from shared.datasets import quality as Q
+from tests.support.heldout import fresh_cases
 
 ADMIN_KEY = "tf-quality-admin-key"
 TENANT = "quality"
@@ -240,11 +247,23 @@ async def run_task(client: Any, task: str, args: argparse.Namespace) -> dict[str
         return out
     tuned_answers = await ask_all(client, task, job.fine_tuned_model, held, args.concurrency)
     out["tuned"] = score(task, held, tuned_answers)
+    fresh = fresh_cases(
+        task, args.n_heldout, n_train=args.n_train, seed=args.seed + 1000, train_seed=args.seed
+    )
+    out["new_draws"] = {
+        "n": len(fresh),
+        "base": score(
+            task, fresh, await ask_all(client, task, "tiny-llama", fresh, args.concurrency)
+        ),
+        "tuned": score(
+            task, fresh, await ask_all(client, task, job.fine_tuned_model, fresh, args.concurrency)
+        ),
+    }
     out["examples"] = [
         {"text": c.text, "gold": c.answer, "base": b, "tuned": t}
         for c, b, t in list(zip(held, base_answers, tuned_answers, strict=True))[:3]
     ]
-    log(f"{task}: base {out['base']} tuned {out['tuned']}")
+    log(f"{task}: base {out['base']} tuned {out['tuned']}; new draws {out['new_draws']}")
     return out
 
 
