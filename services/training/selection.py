@@ -1,7 +1,9 @@
 """Base-model selection: score catalog base models few-shot on a validation file, rank them.
 
-``rank_base_models(model_dirs, valid_path, task, ...) -> list[dict]`` (for
-``POST /v1/fine_tuning/model_selection``). For each base model (a HF model dir), the first
+``rank_base_models(model_dirs, valid_path, task, ..., scorer=...) -> list[dict]`` (for
+``POST /v1/fine_tuning/model_selection``; the service's ``scorer`` scores each candidate as a
+Ray task on a worker, :func:`services.training.ray.worker_tasks.select_remote`; the default
+scores here). For each base model (a HF model dir), the first
 ``few_shot`` rows of the file become in-context examples (earlier user/assistant turns for
 chat rows; ``prompt + completion`` pairs separated by a blank line for prompt rows) and the
 next ``max_examples`` rows are scored with :func:`services.training.ray.evaluate.evaluate`,
@@ -24,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,17 +141,16 @@ def _score_model(
     }
 
 
-def rank_base_models(
-    model_dirs: dict[str, Path],
+def prepare_examples(
+    model_dirs: Mapping[str, Path],
     valid_path: Path,
     task: str,
     *,
-    labels: Sequence[str] | None = None,
     few_shot: int = 3,
     max_examples: int = 64,
-    batch_size: int = 16,
 ) -> list[dict[str, Any]]:
-    """Score every base model in ``model_dirs`` (name → model dir) and rank them, best first."""
+    """Check the request and read the rows to score, each with the in-context examples in
+    front (cheap: done where the request arrives, before any model is loaded)."""
     if not model_dirs or len(model_dirs) > MAX_MODELS:
         raise InvalidRequest(f"give between 1 and {MAX_MODELS} base models", param="models")
     for name, path in model_dirs.items():
@@ -165,29 +166,79 @@ def rank_base_models(
             f"validation_file needs more than {few_shot} rows (few-shot examples + scored rows)",
             param="validation_file",
         )
-    examples = [with_shots(r, rows[:few_shot]) for r in rows[few_shot:]]
+    return [with_shots(r, rows[:few_shot]) for r in rows[few_shot:]]
+
+
+def score_candidate(
+    name: str,
+    model_dir: str,
+    examples: list[dict[str, Any]],
+    task: str,
+    labels: Sequence[str] | None,
+    few_shot: int,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """One candidate's ranking entry (without its rank): the heavy part, one model loaded
+    and scored (the service runs it as a Ray task: ``worker_tasks.select_remote``)."""
+    t0 = time.perf_counter()
+    result = _score_model(Path(model_dir), examples, task, labels, batch_size)
+    metric = TASK_METRIC[task]
+    return {
+        "model": name,
+        "metric": metric,
+        "score": result[metric],
+        "n": len(examples),
+        "few_shot": few_shot,
+        **{
+            k: result[k]
+            for k in ("eval_loss", "eval_ppl", "accuracy", "macro_f1", "chrf")
+            if k in result
+        },
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def score_here(
+    model_dirs: Mapping[str, Path],
+    examples: list[dict[str, Any]],
+    task: str,
+    labels: Sequence[str] | None,
+    few_shot: int,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """Every candidate scored one after the other in this process."""
+    return [
+        score_candidate(n, str(p), examples, task, labels, few_shot, batch_size)
+        for n, p in model_dirs.items()
+    ]
+
+
+Scorer = Callable[
+    [Mapping[str, Path], list[dict[str, Any]], str, Sequence[str] | None, int, int],
+    list[dict[str, Any]],
+]
+
+
+def rank_base_models(
+    model_dirs: Mapping[str, Path],
+    valid_path: Path,
+    task: str,
+    *,
+    labels: Sequence[str] | None = None,
+    few_shot: int = 3,
+    max_examples: int = 64,
+    batch_size: int = 16,
+    scorer: Scorer = score_here,
+) -> list[dict[str, Any]]:
+    """Score every base model in ``model_dirs`` (name → model dir) with ``scorer`` and rank
+    them, best first."""
+    examples = prepare_examples(
+        model_dirs, valid_path, task, few_shot=few_shot, max_examples=max_examples
+    )
     if labels is None and task in ("sentiment", "ticket"):
         labels = labels_for(task)
-    metric = TASK_METRIC[task]
-    scored: list[dict[str, Any]] = []
-    for name, path in model_dirs.items():
-        t0 = time.perf_counter()
-        result = _score_model(Path(path), examples, task, labels, batch_size)
-        entry: dict[str, Any] = {
-            "model": name,
-            "metric": metric,
-            "score": result[metric],
-            "n": len(examples),
-            "few_shot": few_shot,
-            **{
-                k: result[k]
-                for k in ("eval_loss", "eval_ppl", "accuracy", "macro_f1", "chrf")
-                if k in result
-            },
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        scored.append(entry)
-    if metric == "eval_loss":
+    scored = scorer(model_dirs, examples, task, labels, few_shot, batch_size)
+    if TASK_METRIC[task] == "eval_loss":
         scored.sort(key=lambda e: e["eval_loss"])
     else:
         scored.sort(key=lambda e: (-e["score"], e["eval_loss"]))

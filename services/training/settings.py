@@ -87,6 +87,14 @@ class TrainingSettings(ServiceSettings):
         ),
     )
     max_workers: int = Field(default=8, ge=1)
+    selection_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "model selection scores each candidate as a Ray task; a request whose tasks find "
+            "no free worker in this time (the cluster busy training) answers 503"
+        ),
+    )
     monitor_poll_s: float = Field(default=1.0, gt=0)
     retention_interval_s: float = Field(
         default=3600.0, gt=0, description="how often data past a tenant's retention is purged"

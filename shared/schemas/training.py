@@ -230,6 +230,9 @@ class ModelSelectionRequest(BaseModel):
     )
     few_shot: int = Field(default=3, ge=0, le=16)
     max_examples: int = Field(default=64, ge=1, le=512)
+    use_gpu: bool = Field(
+        default=False, description="score each candidate on a GPU worker (one Ray task each)"
+    )
 
 
 class RankedModel(BaseModel):

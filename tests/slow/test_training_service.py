@@ -12,6 +12,7 @@ actor start, imports and base model kept); a job cancelled on it stops;
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,32 @@ def _wait_event(stack: TrainingStack, job_id: str, pred, timeout: float = 300) -
 
 def _is_metrics(e: dict) -> bool:
     return "step" in (e.get("data") or {})
+
+
+def test_model_selection_scores_each_candidate_on_a_ray_worker(stack: TrainingStack) -> None:
+    """``POST /v1/fine_tuning/model_selection`` ranks the catalog on a tenant's file; the
+    models are loaded and scored by Ray tasks (other processes), not by the API process
+    (issue 17 item 3). First in the file: no warm runner holds a CPU yet."""
+    from ray.util.state import list_tasks
+
+    fid = _upload(stack, samples.sentiment_examples(12, seed=9), "select.jsonl")
+    url = "/v1/fine_tuning/model_selection"
+    body = {"validation_file": fid, "task": "sentiment", "few_shot": 2, "max_examples": 8}
+    r = stack.http.post(url, headers=stack.headers(), json=body)
+    assert r.status_code == 200, r.text
+    ranked = r.json()["data"]
+    assert ranked[0]["model"] == "tiny-llama" and ranked[0]["rank"] == 1
+    assert 0 <= ranked[0]["accuracy"] <= 1 and ranked[0]["n"] == 8
+    deadline = time.monotonic() + 30  # task events reach the State API a little later
+    while True:
+        tasks = list_tasks(filters=[("func_or_class_name", "=", "score_candidate")], detail=True)
+        if (tasks and all(t.state == "FINISHED" for t in tasks)) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert tasks and all(t.state == "FINISHED" for t in tasks), tasks
+    assert all(t.worker_pid and t.worker_pid != os.getpid() for t in tasks), tasks
+    r = stack.http.post(url, headers=stack.headers(), json={**body, "use_gpu": True})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "use_gpu", r.text
 
 
 def test_lora_sentiment_job_end_to_end(stack: TrainingStack) -> None:

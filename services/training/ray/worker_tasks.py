@@ -4,20 +4,23 @@ The job runner is the Ray job's driver and runs on the head, which reserves noth
 work (KubeRay: ``num-cpus: 0``, 8 GiB); scoring models there competed with scheduling and
 ran on CPU even for GPU jobs. So the runner's evaluations (base model, tuned result, the
 incumbent behind the ``auto_promote`` alias), the pruning search (which scores every
-candidate rank) and the merge of a hybrid result into its base are tasks asking for 1 CPU,
-or 1 GPU with ``use_gpu``, on whichever node has them. Nothing node-local crosses over: the
-base model is on the models volume every node mounts, an adapter (a few MB) travels as its
-files through the object store (and so does a merged model coming back), a full model as
-its checkpoint on the job's shared ``storage_path``.
+candidate rank), the merge of a hybrid result into its base and base-model selection (the
+training service is a Ray driver too: one task per candidate, in parallel) are tasks asking
+for 1 CPU, or 1 GPU with ``use_gpu``, on whichever node has them. Nothing node-local
+crosses over: the base model is on the models volume every node mounts, an adapter (a few
+MB) travels as its files through the object store (and so does a merged model coming back),
+a full model as its checkpoint on the job's shared ``storage_path``.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from shared.errors import InvalidRequest, ServiceUnavailable
 
 Row = dict[str, Any]  # a prepared row (chat or prompt/completion)
 
@@ -180,3 +183,43 @@ def merge_remote(source: ModelSource, dest: Path, *, use_gpu: bool = False) -> P
     for name, data in files.items():
         (dest / name).write_bytes(data)
     return dest
+
+
+def select_remote(
+    model_dirs: Mapping[str, Path],
+    examples: list[Row],
+    task: str,
+    labels: Sequence[str] | None,
+    few_shot: int,
+    batch_size: int,
+    *,
+    use_gpu: bool = False,
+    timeout_s: float = 900.0,
+) -> list[dict[str, Any]]:
+    """:func:`services.training.selection.score_candidate` as one Ray task per candidate
+    (a :data:`~services.training.selection.Scorer`). The rows travel with the task; the
+    model directories are on the models volume every node mounts. No free worker within
+    ``timeout_s`` (a cluster busy with training): the tasks are cancelled and the caller
+    gets a 503 with ``Retry-After``."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    from services.training.selection import score_candidate
+
+    if use_gpu and not ray.cluster_resources().get("GPU"):
+        raise InvalidRequest("use_gpu: the Ray cluster has no GPU", param="use_gpu")
+    task_fn = _on_a_worker(score_candidate, use_gpu)
+    refs = [
+        task_fn.remote(name, str(path), examples, task, labels, few_shot, batch_size)
+        for name, path in model_dirs.items()
+    ]
+    try:
+        return list(ray.get(refs, timeout=timeout_s))
+    except GetTimeoutError:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise ServiceUnavailable(
+            f"model selection found no free Ray worker within {timeout_s:.0f} s",
+            retry_after=60,
+            code="ray_busy",
+        ) from None

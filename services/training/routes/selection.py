@@ -1,7 +1,9 @@
 """``POST /v1/fine_tuning/model_selection``: rank catalog base models on a tenant's file.
 
-The file goes through the same preparation as training data (PII redacted, normalized), then
-:func:`services.training.selection.rank_base_models` scores each candidate few-shot on it.
+The file goes through the same preparation as training data (PII redacted, normalized) here,
+then :func:`services.training.selection.rank_base_models` scores each candidate few-shot on it
+as a Ray task on a worker (:func:`services.training.ray.worker_tasks.select_remote`): loading
+and running models is a worker's job, not the API process's (issue 17 item 3).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from services.training.data.example import Example
 from services.training.data.pipeline import prepare_stream, to_jsonl
 from services.training.deps import State
 from services.training.domain import files
+from services.training.ray.worker_tasks import select_remote
 from services.training.selection import MAX_MODELS, rank_base_models
 from shared.auth import TenantId
 from shared.errors import InvalidRequest
@@ -47,6 +50,11 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
         lambda: st.store.source(files.file_key(row.id), tenant=row.tenant)
     )
 
+    def on_ray(*args: Any) -> list[dict[str, Any]]:  # once the input is known to be good
+        st.lifecycle.backend.connect()  # the service is a Ray driver from here on
+        timeout_s = st.settings.selection_timeout_s
+        return select_remote(*args, use_gpu=body.use_gpu, timeout_s=timeout_s)
+
     def run() -> list[dict[str, Any]]:
         with tempfile.TemporaryDirectory(prefix="tf-select-") as tmp:
             path = Path(tmp) / "rows.jsonl"
@@ -71,6 +79,7 @@ async def model_selection(body: ModelSelectionRequest, st: State, tenant: Tenant
                     labels=labels or None,
                     few_shot=body.few_shot,
                     max_examples=body.max_examples,
+                    scorer=on_ray,
                 )
             )
 
