@@ -231,8 +231,8 @@ def create_service_app(
 
     Readiness: append async checks to ``app.state.readiness_checks``; ``/readyz`` is 503 with
     the first failing reason, and also while ``app.state.draining`` is set. Fields put in
-    ``app.state.ready_info`` are added to the ready answer (an inference replica announces the
-    base models it serves there).
+    ``app.state.ready_info`` are added to the ready answer, a callable one called per answer
+    (an inference replica announces the base models it serves and how busy it is there).
 
     Tracing (``shared.tracing``) is on when ``traces_endpoint`` is set: the app's requests
     become server spans and ``app.state.tracer_provider`` is the provider for its clients
@@ -288,7 +288,8 @@ def create_service_app(
                 status_code=503,
                 headers={"Retry-After": "1"},
             )
-        return JSONResponse({"status": "ready", "service": service, **app.state.ready_info})
+        info = {k: v() if callable(v) else v for k, v in app.state.ready_info.items()}
+        return JSONResponse({"status": "ready", "service": service, **info})
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

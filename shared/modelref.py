@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from shared.errors import InvalidRequest
 
 MODEL_REF_HEADER = "X-Tunefleet-Model-Ref"
+# An inference replica's answers carry the sequences it runs at that moment, from every
+# gateway: each gateway's spill-over sees the others' load too (gateway.domain.routing).
+RUNNING_HEADER = "X-Tunefleet-Replica-Running"
 """Set by the gateway on a generation it forwards: the immutable ref (``tenant/name@vN`` or a
 base id) it resolved ``model`` to. The replica serves that ref as given."""
 

@@ -10,9 +10,12 @@ announced its bases yet (never probed, or an older version) is taken to serve an
 The same model key (the immutable version) always lands on the same replica while it is
 healthy, so each adapter stays warm on few replicas; when a replica goes down only its keys
 move. Spill-over: a replica also announces how many sequences it runs at once
-(``max_running``); once this gateway has that many generations open on a key's first replica,
-the next one goes to the least busy replica of the same base that has room (one hot model then
-uses a second replica instead of queueing on the first).
+(``max_running``); once a key's first replica has that many generations open, the next one
+goes to the least busy replica of the same base that has room (one hot model then uses a
+second replica instead of queueing on the first). "Open" counts every gateway's: a replica
+reports what it runs (``running`` in its ready answer, ``X-Tunefleet-Replica-Running`` on
+every answer); what this gateway had open at that report is known, so the rest is the other
+gateways' load, added to this gateway's live count until the report is ``REPORT_TTL_S`` old.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 
 PROBE_FAILURES_TO_DROP = 2  # a slow probe on a busy box must not move every adapter
+REPORT_TTL_S = 5.0  # how long a replica's report of the other gateways' load is believed
 
 
 @dataclass
@@ -40,9 +47,26 @@ class Replica:
     bases: frozenset[str] | None = None  # None: not announced yet (may serve any)
     capacity: int | None = None  # sequences it runs at once (announced); None: unknown
     in_flight: int = 0  # generations this gateway has open on it
+    others: int = 0  # the other gateways' generations on it, as of its last report
+    reported_at: float = -math.inf  # monotonic time of that report
+
+    def report(self, running: str | int | None, *, own: int | None = None) -> None:
+        """The replica said it runs ``running`` sequences while this gateway had ``own``
+        (default: now) open on it."""
+        try:
+            n = int(running)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
+        self.others = max(0, n - (self.in_flight if own is None else own))
+        self.reported_at = time.monotonic()
+
+    def load(self) -> int:
+        """Generations open on it, every gateway's (the others' while their report is fresh)."""
+        fresh = time.monotonic() - self.reported_at < REPORT_TTL_S
+        return self.in_flight + (self.others if fresh else 0)
 
     def full(self) -> bool:
-        return self.capacity is not None and self.in_flight >= self.capacity
+        return self.capacity is not None and self.load() >= self.capacity
 
     def serves(self, base: str | None) -> bool:
         return base is None or self.bases is None or base in self.bases
@@ -52,21 +76,23 @@ def _score(key: str, url: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest(), "big")
 
 
-def _announced(resp: httpx.Response) -> tuple[frozenset[str] | None, int | None]:
-    """(bases, capacity) from a replica's ready answer; None for what it does not say."""
+def _announced(resp: httpx.Response) -> tuple[frozenset[str] | None, int | None, Any]:
+    """(bases, capacity, running) from a replica's ready answer; None for what it does not
+    say."""
     try:
         info = resp.json()
     except ValueError:
-        return None, None
+        return None, None, None
     if not isinstance(info, dict):
-        return None, None
+        return None, None, None
     bases = info.get("bases")
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         bases = None
     capacity = info.get("max_running")
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
         capacity = None
-    return (None if bases is None else frozenset(bases)), capacity
+    running = info.get("running")
+    return (None if bases is None else frozenset(bases)), capacity, running
 
 
 class ReplicaSet:
@@ -96,7 +122,7 @@ class ReplicaSet:
         if ranked[0].full():  # spill over to the least busy one with room, if any
             room = [r for r in ranked[1:] if not r.full()]
             if room:
-                spill = min(room, key=lambda r: r.in_flight)
+                spill = min(room, key=lambda r: r.load())
                 ranked.remove(spill)
                 ranked.insert(0, spill)
         return ranked
@@ -133,10 +159,12 @@ class ReplicaSet:
         async def probe(r: Replica) -> None:
             slow = False
             try:
+                own = r.in_flight  # what was open here while the replica counted
                 resp = await self.http.get(f"{r.url}/readyz", timeout=2.0)
                 ok = resp.status_code == 200
                 if ok:
-                    r.bases, r.capacity = _announced(resp)
+                    r.bases, r.capacity, running = _announced(resp)
+                    r.report(running, own=min(own, r.in_flight))
             except httpx.TimeoutException:
                 ok, slow = False, True
             except httpx.HTTPError:

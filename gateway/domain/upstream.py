@@ -10,7 +10,8 @@
 * Failover across inference replicas: ranked by rendezvous hash of the immutable version, the
   request goes to the first, and once to the second if the first failed before answering
   (connection failure, or 503 while draining). Each replica's open generations are counted
-  until their answer is closed, which is what spill-over (``routing``) reads.
+  until their answer is closed and each answer's report of what the replica runs (every
+  gateway's) is kept: spill-over (``routing``) reads both.
 * SSE relay: a streamed generation is relayed event by event; its usage comes from the final
   chunk, which the gateway asks for (``stream_options.include_usage``) and hides again when the
   client did not ask for it itself. A replica that dies mid-stream ends the stream with an
@@ -37,7 +38,7 @@ from gateway.domain.keys import Principal
 from gateway.domain.routing import Replica, ReplicaSet
 from shared.errors import InvalidRequest, ServiceUnavailable, error_from_envelope
 from shared.logging import request_id_var
-from shared.modelref import MODEL_REF_HEADER
+from shared.modelref import MODEL_REF_HEADER, RUNNING_HEADER
 from shared.tracing import ClientSpans
 
 if TYPE_CHECKING:
@@ -270,6 +271,7 @@ class Upstream:
                 replica.in_flight -= 1
                 await resp.aclose()
                 continue
+            replica.report(resp.headers.get(RUNNING_HEADER))  # every gateway's load on it
             return _Counted(resp, replica)
         assert last is not None
         raise last

@@ -135,8 +135,13 @@ def create_app(
     )
     app.state.background = set()
     app.state.readiness_checks.append(engine_ready)
-    # the gateway routes by the bases, and spills over to another replica at max_running
-    app.state.ready_info.update(bases=[settings.base_model], max_running=settings.max_num_seqs)
+    # the gateway routes by the bases, and spills over to another replica at max_running,
+    # counting what every gateway runs on it (``running``, also on each answer)
+    app.state.ready_info.update(
+        bases=[settings.base_model],
+        max_running=settings.max_num_seqs,
+        running=lambda: app.state.server.admitted if hasattr(app.state, "server") else 0,
+    )
     api = APIRouter(dependencies=[InternalAuth])
     for module in (openai, admin, events):
         api.include_router(module.router)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.modelref import RUNNING_HEADER
 from tests.support.adapters import make_adapter, pack
 from tests.support.fleet import Fleet, fleet
 
@@ -277,6 +278,8 @@ async def test_burst_past_the_admission_bound_gets_503_with_retry_after(
         async with asyncio.timeout(60):  # fill the bound, then burst
             while server.admitted < server.max_admitted:
                 await asyncio.sleep(0.01)
+        ready = (await fl.inference.get("/readyz")).json()  # what every gateway's spill reads
+        assert ready["running"] == server.max_admitted and ready["max_running"] == 1, ready
         burst = await asyncio.gather(
             *(fl.inference.post("/v1/completions", json=completion("tiny-llama")) for _ in range(5))
         )
@@ -288,6 +291,7 @@ async def test_burst_past_the_admission_bound_gets_503_with_retry_after(
         for r in await asyncio.gather(*admitted):  # the admitted ones finish normally
             assert r.status_code == 200, r.text
             assert r.json()["usage"]["completion_tokens"] > 0
+            assert 1 <= int(r.headers[RUNNING_HEADER]) <= server.max_admitted
         metrics = (await fl.inference.get("/metrics")).text
         assert 'adapter="tiny-llama",status="503",tenant="acme"} 5.0' in metrics
         assert server.admitted == 0  # nothing stays counted: the next request is admitted

@@ -13,10 +13,11 @@ import pytest
 from gateway.app import MIGRATIONS, VERSION_TABLE
 from gateway.domain.keys import Principal
 from gateway.domain.quotas import Admission, Limits, Quotas
-from gateway.domain.routing import ReplicaSet
+from gateway.domain.routing import REPORT_TTL_S, ReplicaSet
 from gateway.domain.upstream import Upstream
 from shared.db import Database, run_migrations
 from shared.errors import RateLimited, ServiceUnavailable
+from shared.modelref import RUNNING_HEADER
 
 
 def flaky(fail_first: int, seen: list[httpx.Request]) -> httpx.MockTransport:
@@ -138,6 +139,59 @@ async def test_a_full_replica_spills_over_to_one_with_room() -> None:
         seen.clear()
         await (await gen()).aclose()
         assert seen == [first]  # room again: affinity
+
+
+async def test_spill_over_counts_what_other_gateways_run_on_a_replica() -> None:
+    """Two gateways share the replicas: what the other one runs reaches this one through the
+    replica's reports (``running`` in its ready answer, ``X-Tunefleet-Replica-Running`` on
+    each answer), so a replica the other gateway filled is skipped although this gateway has
+    nothing open there; a report stops counting once it is ``REPORT_TTL_S`` old."""
+    seen: list[str] = []
+    running = {"r1": 0, "r2": 0}  # what each replica runs for the *other* gateway
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if request.url.path == "/readyz":
+            info = {"status": "ready", "bases": ["tiny-llama"], "max_running": 2}
+            return httpx.Response(200, json={**info, "running": running[host]})
+        seen.append(host)
+        return httpx.Response(
+            200, json={"choices": []}, headers={RUNNING_HEADER: str(running[host] + 1)}
+        )
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        replicas = ReplicaSet(["http://r1", "http://r2"], http)
+        up = Upstream(http, replicas)
+        key = "acme/hot@v1"
+        first = replicas.ranked(key)[0].url.removeprefix("http://")
+        other = "r2" if first == "r1" else "r1"
+
+        async def gen() -> None:
+            await (
+                await up.generate(
+                    "/v1/completions", key=key, headers={}, raw=b"{}", base="tiny-llama"
+                )
+            ).aclose()
+
+        running[first] = 2  # the other gateway filled the key's first replica
+        await replicas.check_once()  # ... as its ready answer says
+        await gen()
+        assert seen == [other]  # spilled: this gateway had nothing open there
+
+        running[first] = 0  # the other gateway's work there ended
+        await replicas.check_once()
+        await gen()
+        assert seen[-1] == first  # affinity again
+
+        running[first] = 1  # an answer from the first replica: 1 for the other gateway + ours
+        await gen()
+        assert seen[-1] == first
+        r = next(x for x in replicas.replicas if x.url.endswith(first))
+        assert (r.in_flight, r.others, r.load()) == (0, 1, 1)
+        r.in_flight = 1  # one more of ours open: full with the other gateway's
+        assert r.full()
+        r.reported_at -= REPORT_TTL_S  # a stale report is forgotten
+        assert r.load() == 1 and not r.full()
 
 
 async def test_stream_slot_is_given_back(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from shared.app import request_id_of
 from shared.auth import TenantId
 from shared.disconnect import CLIENT_CLOSED, cancel_on_disconnect
 from shared.errors import NotFound, ServiceUnavailable
-from shared.modelref import MODEL_REF_HEADER
+from shared.modelref import MODEL_REF_HEADER, RUNNING_HEADER
 from shared.schemas.common import ListResponse
 from shared.schemas.openai import (
     AbandonedUsageOut,
@@ -57,12 +57,19 @@ async def _serve(
         return StreamingResponse(
             sse_stream(prepared, replay(), chat=chat, response_id=response_id),
             media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={
+                **headers,
+                RUNNING_HEADER: str(srv.admitted),  # this answer's sequences included
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            },
         )
 
     async def whole() -> Response:
         out = await complete(prepared, chunks, chat=chat, response_id=response_id)
-        return JSONResponse(out.model_dump(), headers=headers)
+        # this answer's sequences are released by now; the gateway still counts them
+        running = srv.admitted + len(prepared.prompts) * body.n
+        return JSONResponse(out.model_dump(), headers={**headers, RUNNING_HEADER: str(running)})
 
     # A caller that goes away (the gateway's client disconnected) cancels the generation;
     # what it generated is kept for the gateway to bill (it never sees this answer).
