@@ -1,15 +1,18 @@
 """Full-weight results (``hybrid`` merged into its base; ``full``/``transfer`` the same way)
 are uploaded to the registry as a new tenant-owned base model (an archive, since vLLM refuses
-LoRA adapters with ``modules_to_save``). End to end for ``full``: the job trains, its model is
-uploaded, an inference replica configured to serve that base by id downloads it from the
-registry (its own home: nothing of the training host's is read), verifies and serves it, and
-a chat request through the gateway is answered by it."""
+LoRA adapters with ``modules_to_save``). End to end for each of the three methods: the job
+trains on router tickets (chat rows), its model is uploaded, an inference replica configured
+to serve that base by id downloads it from the registry (its own home: nothing of the
+training host's is read), verifies and serves it, and held-out tickets asked through the
+gateway's ``chat.completions`` are answered by it better than the base model answers them
+(``lora`` results, adapters on the shared base, run the same way in
+``tests/e2e/test_sdk_fine_tune.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +20,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from shared.datasets import samples
+from shared.datasets import quality as Q
 from tests.support.engine import SMALL_ENGINE
 from tests.support.fleet import ADMIN_KEY
+from tests.support.heldout import fresh_cases
 from tests.support.ray_cluster import start_test_ray, stop_test_ray
 from tests.support.training import TOKEN, TrainingStack, training_stack
 
@@ -37,44 +41,51 @@ def stack(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert not leftovers, f"Ray processes left behind: {leftovers}"
 
 
+TASK = "router"  # 4 queues; the base answers near chance (0.17-0.25)
+N_TRAIN = 200
+
+
 def run_job(stack: TrainingStack, method: str, suffix: str) -> dict[str, Any]:
-    rows = [
-        {"prompt": r["prompt"], "completion": r["completion"]}
-        for r in samples.sentiment_examples(80, seed=4)
-    ]
-    f = stack.upload(rows).json()
+    f = stack.upload(Q.chat_rows(TASK, "train", N_TRAIN)).json()
     r = stack.create_job(
         training_file=f["id"],
-        task="sentiment",
+        task="classification",
         training_method=method,
         suffix=suffix,
         seed=1,
         resources={"num_workers": 1},
-        hyperparameters={"batch_size": 8, "max_steps": 6, "max_len": 96},
+        hyperparameters={"batch_size": 8, "max_steps": 40, "max_len": 128},
     )
     assert r.status_code == 200, r.text
     t0 = time.monotonic()
-    job = stack.wait_job(r.json()["id"], timeout=600)
+    job = stack.wait_job(r.json()["id"], timeout=900)
     print(f"{method} job: {job['status']} in {time.monotonic() - t0:.1f}s")
     return job
 
 
 @pytest.fixture(scope="module")
-def merged_job(stack: TrainingStack) -> dict[str, Any]:
-    """One ``hybrid`` job (its merged model)."""
-    return run_job(stack, "hybrid", "merged")
+def jobs(stack: TrainingStack) -> Callable[[str], dict[str, Any]]:
+    """A finished job per method (``suffix`` = the method), each run once for the module."""
+    done: dict[str, dict[str, Any]] = {}
+
+    def job_of(method: str) -> dict[str, Any]:
+        if method not in done:
+            done[method] = run_job(stack, method, method)
+        return done[method]
+
+    return job_of
 
 
 def test_hybrid_result_is_registered_as_a_base_model(
-    stack: TrainingStack, merged_job: dict[str, Any]
+    stack: TrainingStack, jobs: Callable[[str], dict[str, Any]]
 ) -> None:
-    job = merged_job
+    job = jobs("hybrid")
     out = stack.settings.data_root() / "models" / job["id"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()  # merged: a plain model dir
     assert job["status"] == "succeeded", job
     model = job["fine_tuned_model"]
-    assert model.startswith("merged-") and job["result"]["registered_as"] == "base_model"
+    assert model.startswith("hybrid-") and job["result"]["registered_as"] == "base_model"
     reg = httpx.Client(
         base_url=stack.registry_url, headers=dict(stack.http.headers) | stack.headers()
     )
@@ -86,16 +97,16 @@ def test_hybrid_result_is_registered_as_a_base_model(
 
 
 def test_transfer_job_trains_only_the_head_and_registers_a_base_model(
-    stack: TrainingStack, model_dir: Path
+    stack: TrainingStack, jobs: Callable[[str], dict[str, Any]], model_dir: Path
 ) -> None:
     """``transfer``: the base frozen, only ``lm_head`` trained; the result is a whole model
     (PEFT has no "modules_to_save only" adapter) registered like ``hybrid``/``full``."""
     from safetensors.torch import load_file
 
-    job = run_job(stack, "transfer", "head")
+    job = jobs("transfer")
     assert job["status"] == "succeeded", job
     model = job["fine_tuned_model"]
-    assert model.startswith("head-") and job["result"]["registered_as"] == "base_model"
+    assert model.startswith("transfer-") and job["result"]["registered_as"] == "base_model"
     out = stack.settings.data_root() / "models" / job["id"]
     tuned, base = load_file(out / "model.safetensors"), load_file(model_dir / "model.safetensors")
     changed = sorted(k for k in base if not bool((tuned[k] == base[k]).all()))
@@ -129,8 +140,9 @@ async def wait_ready(http: httpx.AsyncClient, timeout: float = 300) -> httpx.Res
     return ready
 
 
-async def test_full_job_served_by_a_replica_that_downloads_it_through_the_gateway(
-    stack: TrainingStack, tmp_path: Path
+@pytest.mark.parametrize("method", ["full", "transfer", "hybrid"])
+async def test_result_served_through_the_gateway_beats_the_base(
+    stack: TrainingStack, jobs: Callable[[str], dict[str, Any]], method: str, tmp_path: Path
 ) -> None:
     from gateway.app import create_app as create_gateway
     from gateway.settings import GatewaySettings
@@ -139,10 +151,12 @@ async def test_full_job_served_by_a_replica_that_downloads_it_through_the_gatewa
     from services.inference.engine.vllm_engine import VllmEngine
     from services.inference.settings import InferenceSettings, engine_config
 
-    job = run_job(stack, "full", "whole")
+    job = jobs(method)
     assert job["status"] == "succeeded", job
     model = job["fine_tuned_model"]
-    assert model.startswith("whole-") and job["result"]["registered_as"] == "base_model"
+    assert model.startswith(f"{method}-") and job["result"]["registered_as"] == "base_model"
+    base_acc, tuned_acc = (job["result"][k]["accuracy"] for k in ("base", "tuned"))
+    assert tuned_acc > base_acc, job["result"]  # the job's own test split
     settings = InferenceSettings(
         home=tmp_path / "replica",  # its own directory: nothing of the training host's
         internal_token=TOKEN,
@@ -195,30 +209,39 @@ async def test_full_job_served_by_a_replica_that_downloads_it_through_the_gatewa
         await wait_ready(gw, 30)
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         assert (await gw.post("/admin/tenants", json={"id": "acme"}, headers=admin)).is_success
-        r = await gw.post(
-            "/admin/keys", json={"tenant": "acme", "role": "integrator"}, headers=admin
-        )
+        r = await gw.post("/admin/keys", json={"tenant": "acme", "role": "app"}, headers=admin)
         key = {"Authorization": f"Bearer {r.json()['key']}"}
         listed = await gw.get("/v1/models", headers=key)
         assert model in [m["id"] for m in listed.json()["data"]], listed.text
+
+        async def ask(text: str) -> str:
+            r = await gw.post(
+                "/v1/chat/completions",
+                headers=key,
+                json={
+                    "model": model,
+                    "messages": [
+                        {"role": "system", "content": Q.system_prompt(TASK)},
+                        {"role": "user", "content": text},
+                    ],
+                    "temperature": 0,
+                    "choices_allowed": list(Q.labels(TASK)),
+                },
+            )
+            assert r.status_code == 200, r.text
+            assert r.json()["model"] == model and r.json()["usage"]["completion_tokens"] > 0
+            return str(r.json()["choices"][0]["message"]["content"])
+
+        held = fresh_cases(TASK, 24, n_train=N_TRAIN)  # new tickets, none worded like a row
         t0 = time.monotonic()
-        r = await gw.post(
-            "/v1/chat/completions",
-            headers=key,
-            json={
-                "model": model,
-                "messages": [{"role": "user", "content": "Review: great phone. Sentiment?"}],
-                "max_tokens": 4,
-                "temperature": 0,
-            },
-        )
-        chat_s = time.monotonic() - t0
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["model"] == model and body["usage"]["completion_tokens"] > 0
+        answers = [await ask(c.text) for c in held]
+        chat_s = (time.monotonic() - t0) / len(held)
+    served_acc = sum(a == c.answer for a, c in zip(answers, held, strict=True)) / len(held)
     print(
-        f"full model {model}: fetched+verified+unpacked {fetched_s:.2f}s, engine ready "
-        f"{engine_s:.1f}s, chat through the gateway {chat_s * 1000:.0f} ms "
-        f"({body['choices'][0]['message']['content']!r}); metrics base {job['result'].get('base')} "
-        f"tuned {job['result'].get('tuned')}"
+        f"{method} model {model}: fetched+verified+unpacked {fetched_s:.2f}s, engine ready "
+        f"{engine_s:.1f}s, chat through the gateway {chat_s * 1000:.0f} ms each; accuracy "
+        f"job test split base {base_acc:.2f} tuned {tuned_acc:.2f}, served on "
+        f"{len(held)} held-out tickets {served_acc:.2f}"
     )
+    assert set(answers) <= set(Q.labels(TASK))
+    assert served_acc > base_acc  # better than the base model, as served
