@@ -27,6 +27,7 @@ from shared.jsonbody import loads_untrusted
 __all__ = [
     "MODEL_FILES",
     "MODEL_MEMBERS",
+    "PACKED_NAME",
     "is_model_file",
     "pack_model_dir",
     "unpack_model_archive",
@@ -63,6 +64,11 @@ MODEL_MEMBERS = MemberPolicy(
     expected="a model archive may only contain *.safetensors weights and "
     + ", ".join(sorted(MODEL_FILES)),
 )
+
+
+# The archive a job runner leaves in a merged model's directory (packed by a Ray task), which
+# the training service uploads as it is instead of packing the model itself.
+PACKED_NAME = "model.tar.gz"
 
 
 def pack_model_dir(model_dir: Path, out: Path) -> Path:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from shared.datasets import samples
-from tests.support.ray_cluster import start_test_ray, stop_test_ray
+from tests.support.ray_cluster import finished_tasks, start_test_ray, stop_test_ray
 from tests.support.training import TrainingStack, training_stack
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,6 @@ def test_model_selection_scores_each_candidate_on_a_ray_worker(stack: TrainingSt
     """``POST /v1/fine_tuning/model_selection`` ranks the catalog on a tenant's file; the
     models are loaded and scored by Ray tasks (other processes), not by the API process
     (issue 17 item 3). First in the file: no warm runner holds a CPU yet."""
-    from ray.util.state import list_tasks
-
     fid = _upload(stack, samples.sentiment_examples(12, seed=9), "select.jsonl")
     url = "/v1/fine_tuning/model_selection"
     body = {"validation_file": fid, "task": "sentiment", "few_shot": 2, "max_examples": 8}
@@ -76,12 +74,7 @@ def test_model_selection_scores_each_candidate_on_a_ray_worker(stack: TrainingSt
     ranked = r.json()["data"]
     assert ranked[0]["model"] == "tiny-llama" and ranked[0]["rank"] == 1
     assert 0 <= ranked[0]["accuracy"] <= 1 and ranked[0]["n"] == 8
-    deadline = time.monotonic() + 30  # task events reach the State API a little later
-    while True:
-        tasks = list_tasks(filters=[("func_or_class_name", "=", "score_candidate")], detail=True)
-        if (tasks and all(t.state == "FINISHED" for t in tasks)) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    tasks = finished_tasks("score_candidate")
     assert tasks and all(t.state == "FINISHED" for t in tasks), tasks
     assert all(t.worker_pid and t.worker_pid != os.getpid() for t in tasks), tasks
     r = stack.http.post(url, headers=stack.headers(), json={**body, "use_gpu": True})

@@ -21,10 +21,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from shared.datasets import quality as Q
+from shared.models.artifact import PACKED_NAME
 from tests.support.engine import SMALL_ENGINE
 from tests.support.fleet import ADMIN_KEY
 from tests.support.heldout import fresh_cases
-from tests.support.ray_cluster import start_test_ray, stop_test_ray
+from tests.support.ray_cluster import finished_tasks, start_test_ray, stop_test_ray
 from tests.support.training import TOKEN, TrainingStack, training_stack
 
 pytestmark = pytest.mark.slow
@@ -83,6 +84,11 @@ def test_hybrid_result_is_registered_as_a_base_model(
     out = stack.settings.data_root() / "models" / job["id"]
     assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
     assert not (out / "adapter_config.json").exists()  # merged: a plain model dir
+    assert not (out / PACKED_NAME).exists()  # the uploaded archive is not kept twice
+    # merged and packed by Ray tasks on a worker, not in the job's driver (issue 17 item 3)
+    for name in ("merge", "pack"):
+        tasks = finished_tasks(name)
+        assert tasks and all(t.state == "FINISHED" for t in tasks), (name, tasks)
     assert job["status"] == "succeeded", job
     model = job["fine_tuned_model"]
     assert model.startswith("hybrid-") and job["result"]["registered_as"] == "base_model"

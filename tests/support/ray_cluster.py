@@ -43,6 +43,24 @@ def start_test_ray(tmp_dir: Path | None = None, *, include_dashboard: bool = Tru
     )
 
 
+def finished_tasks(name: str, timeout: float = 30.0) -> list:
+    """The Ray tasks called ``name`` on the test cluster (State API), once there are some and
+    all have finished (their events reach the State API a little after they end); what there
+    is at ``timeout``."""
+    from ray.util.state import list_tasks
+
+    info = current_info()
+    assert info is not None, "no test Ray cluster"
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = list_tasks(
+            address=info.address, filters=[("name", "=", name)], detail=True, limit=10_000
+        )
+        if (tasks and all(t.state == "FINISHED" for t in tasks)) or time.monotonic() > deadline:
+            return list(tasks)
+        time.sleep(0.5)
+
+
 def _proc_table() -> dict[int, tuple[int, str, str]]:
     """pid → (ppid, state, cmdline) for every live process."""
     table = {}

@@ -27,7 +27,7 @@ from services.training.storage.tables import JobRow
 from shared.clients.registry import RegistryClient
 from shared.db import Database
 from shared.errors import Conflict, InvalidRequest, TunefleetError
-from shared.models.artifact import pack_model_dir
+from shared.models.artifact import PACKED_NAME, pack_model_dir
 from shared.offloop import in_session
 from shared.schemas.registry import BaseModelMetadata, Lineage, VersionMetadata
 from shared.schemas.training import JobCreate, RunnerResult
@@ -141,7 +141,13 @@ def _own_dir(reported: str, models_root: Path) -> Path:
 
 
 async def _upload_model(registry: RegistryClient, tenant: str, model: str, path: Path) -> None:
-    """Pack the merged model (off the loop) and stream it to the registry."""
+    """Stream the merged model's archive to the registry: the one the runner had a Ray worker
+    pack (``PACKED_NAME``, removed once uploaded), or packed here (off the loop) when absent."""
+    packed = path / PACKED_NAME
+    if packed.is_file() and not packed.is_symlink():
+        await registry.push_base_model(tenant, packed, BaseModelMetadata(id=model))
+        packed.unlink()
+        return
     with tempfile.TemporaryDirectory(prefix=".upload-", dir=path.parent) as tmp:
         archive = Path(tmp) / f"{model}.tar.gz"
         await anyio.to_thread.run_sync(pack_model_dir, path, archive)

@@ -255,6 +255,10 @@ def run(rep: Reporter, spec: RunnerSpec, work: Path) -> None:
         tok.save_pretrained(out)
     else:
         shutil.copytree(tuned_dir, out)
+    from services.training.ray.worker_tasks import pack_remote
+    from shared.models.artifact import PACKED_NAME
+
+    pack_remote(out, out / PACKED_NAME)  # the service uploads it as it is
     report["model_dir"] = str(out)
     rep.call("POST", "/result", patience_s=600, data={"report": json.dumps(report)})
 

@@ -6,7 +6,8 @@ ran on CPU even for GPU jobs. So the runner's evaluations (base model, tuned res
 incumbent behind the ``auto_promote`` alias), the pruning search (which scores every
 candidate rank), the merge of a hybrid result into its base and base-model selection (the
 training service is a Ray driver too: one task per candidate, in parallel) are tasks asking
-for 1 CPU, or 1 GPU with ``use_gpu``, on whichever node has them. Nothing node-local
+for 1 CPU, or 1 GPU with ``use_gpu``, on whichever node has them; packing a full-weight
+result into the registry archive (gzip of every weight) is a 1-CPU task. Nothing node-local
 crosses over: the base model is on the models volume every node mounts, an adapter (a few
 MB) travels as its files through the object store (and so does a merged model coming back),
 a full model as its checkpoint on the job's shared ``storage_path``.
@@ -124,6 +125,19 @@ def merge(source: ModelSource) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
+def pack(files: dict[str, bytes]) -> bytes:
+    """The registry archive (:func:`shared.models.artifact.pack_model_dir`) of a model given
+    as its files, packed here."""
+    from shared.models.artifact import pack_model_dir
+
+    with tempfile.TemporaryDirectory(prefix="tf-pack-") as tmp:
+        src = Path(tmp) / "model"
+        src.mkdir()
+        for name, data in files.items():
+            (src / name).write_bytes(data)
+        return pack_model_dir(src, Path(tmp) / "model.tar.gz").read_bytes()
+
+
 def _on_a_worker(fn: Any, use_gpu: bool) -> Any:
     """``fn`` as a Ray task with one training worker's resources (1 CPU, or 1 GPU)."""
     import ray
@@ -223,3 +237,20 @@ def select_remote(
             retry_after=60,
             code="ray_busy",
         ) from None
+
+
+def pack_remote(model_dir: Path, dest: Path) -> Path:
+    """:func:`pack` as a 1-CPU Ray task (compression needs no GPU) on ``model_dir``'s model
+    files; the archive is written to ``dest`` here."""
+    import ray
+
+    from shared.models.artifact import is_model_file
+
+    files = {
+        p.name: p.read_bytes()
+        for p in sorted(Path(model_dir).iterdir())
+        if p.is_file() and not p.is_symlink() and is_model_file(p.name)
+    }
+    data: bytes = ray.get(_on_a_worker(pack, False).remote(files))
+    dest.write_bytes(data)
+    return dest
