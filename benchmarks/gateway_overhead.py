@@ -181,6 +181,13 @@ async def run(args: argparse.Namespace, urls: dict[str, str], gateway_pid: int) 
     }
     for url, h in paths.values():  # warm both paths (connections, caches, compile)
         await phase(url, h, body, 3, args.concurrency)
+    # The gateway's CPU with no request at all: its background work (replica probes, usage
+    # flush, key/quota refreshes, the registry's change feed), paid whatever the rate.
+    idle_user0, idle_sys0 = cpu_times(gateway_pid)
+    await asyncio.sleep(args.idle_seconds)
+    idle_user1, idle_sys1 = cpu_times(gateway_pid)
+    idle_ms_per_s = (idle_user1 + idle_sys1 - idle_user0 - idle_sys0) * 1000 / args.idle_seconds
+    log(f"gateway idle: {idle_ms_per_s:.2f} ms of CPU per second")
     load_before = os.getloadavg()
     profile: dict[str, Any] | None = None
     gateway_cpu = 0.0
@@ -250,6 +257,7 @@ async def run(args: argparse.Namespace, urls: dict[str, str], gateway_pid: int) 
     out["gateway_cpu_system_ms_per_request"] = (
         round(gateway_sys * 1000 / g["requests"], 3) if g["requests"] else None
     )
+    out["gateway_idle_cpu_ms_per_s"] = round(idle_ms_per_s, 2)
     out["throughput_ratio"] = round(g["rps"] / d["rps"], 3) if d["rps"] else None
     out["added_p50_ms"] = round(g["latency_p50_ms"] - d["latency_p50_ms"], 2)
     out["added_p99_ms"] = round(g["latency_p99_ms"] - d["latency_p99_ms"], 2)
@@ -272,6 +280,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="direct/gateway phase pairs")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--idle-seconds", type=float, default=10.0, help="gateway CPU measured with no load"
+    )
     last = max(os.sched_getaffinity(0))
     others = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)) if c != last)
     ap.add_argument("--gateway-cpus", default=str(last), help="taskset list; '' = unpinned")
