@@ -91,8 +91,8 @@ class TrainingSettings(ServiceSettings):
         default=900.0,
         gt=0,
         description=(
-            "model selection scores each candidate as a Ray task; a request whose tasks find "
-            "no free worker in this time (the cluster busy training) answers 503"
+            "model selection scores each candidate as a Ray task; a request whose tasks have "
+            "not finished in this time (e.g. the cluster busy training) answers 503"
         ),
     )
     monitor_poll_s: float = Field(default=1.0, gt=0)

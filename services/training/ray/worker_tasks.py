@@ -212,9 +212,9 @@ def select_remote(
 ) -> list[dict[str, Any]]:
     """:func:`services.training.selection.score_candidate` as one Ray task per candidate
     (a :data:`~services.training.selection.Scorer`). The rows travel with the task; the
-    model directories are on the models volume every node mounts. No free worker within
-    ``timeout_s`` (a cluster busy with training): the tasks are cancelled and the caller
-    gets a 503 with ``Retry-After``."""
+    model directories are on the models volume every node mounts. Not done within
+    ``timeout_s`` (no free worker on a cluster busy with training, or slow scoring): the
+    tasks are cancelled and the caller gets a 503 with ``Retry-After``."""
     import ray
     from ray.exceptions import GetTimeoutError
 
@@ -233,7 +233,7 @@ def select_remote(
         for ref in refs:
             ray.cancel(ref, force=True)
         raise ServiceUnavailable(
-            f"model selection found no free Ray worker within {timeout_s:.0f} s",
+            f"model selection did not finish within {timeout_s:.0f} s (no free Ray worker?)",
             retry_after=60,
             code="ray_busy",
         ) from None
