@@ -60,6 +60,11 @@ class Prepared:
     def served_ref(self) -> str:
         return self.resolution.ref
 
+    @property
+    def sequences(self) -> int:
+        """Engine sequences the request runs: one per prompt and choice."""
+        return len(self.prompts) * self.body.n
+
 
 class Server:
     def __init__(
@@ -178,7 +183,7 @@ class Server:
         """Chunks of every prompt's choices; choice index = prompt index * n + choice."""
         if self.engine.is_dead():
             raise ServiceUnavailable("inference engine is not running", code="engine_dead")
-        seqs = len(p.prompts) * p.body.n
+        seqs = p.sequences
         if self.admitted and self.admitted + seqs > self.max_admitted:
             # (A lone request larger than the bound is admitted rather than never served.)
             self.metrics.requests.labels(*p.metric_labels, "503").inc()

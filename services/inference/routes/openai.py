@@ -68,7 +68,7 @@ async def _serve(
     async def whole() -> Response:
         out = await complete(prepared, chunks, chat=chat, response_id=response_id)
         # this answer's sequences are released by now; the gateway still counts them
-        running = srv.admitted + len(prepared.prompts) * body.n
+        running = srv.admitted + prepared.sequences
         return JSONResponse(out.model_dump(), headers={**headers, RUNNING_HEADER: str(running)})
 
     # A caller that goes away (the gateway's client disconnected) cancels the generation;
